@@ -1,0 +1,33 @@
+"""edgepack: take a trained ONNX model to a fast, small, verified engine on an edge device.
+
+The public API is imported lazily, so `import edgepack` stays cheap and works on any CPU
+machine (TensorRT and other heavy dependencies load only when used).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from edgepack.errors import EdgepackError, InternalError  # noqa: E402
+
+# public name -> module that defines it
+_API = {
+    "load": "edgepack.io",
+    "save": "edgepack.io",
+    "inspect_model": "edgepack.inspection",
+    "load_target": "edgepack.targets",
+    "list_targets": "edgepack.targets",
+}
+
+__all__ = ["EdgepackError", "InternalError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'edgepack' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

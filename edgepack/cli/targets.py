@@ -1,0 +1,25 @@
+"""edgepack targets: list the hardware targets and what each supports."""
+from __future__ import annotations
+
+from edgepack.cli import common
+
+
+def register(subparsers):
+    parser = common.add_command(subparsers, "targets", "list hardware targets (targets/*.toml)")
+    parser.add_argument("target", nargs="?", metavar="T", help="show one target (name or .toml path)")
+    common.add_json(parser)
+    return parser
+
+
+def run(args) -> int:
+    from edgepack.targets import list_targets, load_target
+
+    targets = [load_target(args.target)] if args.target else list_targets()
+    rows = [f"{'name':<18} {'backend':<12} {'precisions':<15} {'DLA':>3} {'2:4':>4}  activations"]
+    for t in targets:
+        rows.append(f"{t.name:<18} {t.backend:<12} {','.join(t.precisions):<15} {t.dla_cores:>3} "
+                    f"{'yes' if t.sparsity else 'no':>4}  {t.qdq.activations}")
+    if args.target:
+        rows += ["", targets[0].description, f"file: {targets[0].path}"]
+    common.emit(args, [t.summary() for t in targets], "\n".join(rows))
+    return 0

@@ -1,0 +1,185 @@
+"""Loading and saving models, and the one bridge between onnx-ir and onnx's C++ tools.
+
+Weights stay where they are: external data is memory-mapped by onnx-ir, never copied into a
+protobuf. The checker and shape inference see the graph with large initializers lifted out
+(onnx-ir's `call_onnx_api`), so models over 2 GB need no special case anywhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
+
+from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
+
+# Protobuf cannot serialize a message over 2 GiB; stay clear of it with a margin for the graph.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+_PROGRESS_BYTES = 256 * 2**20
+
+
+def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
+    """Load an ONNX model; external weights stay memory-mapped.
+
+    Refuses files that are missing, not ONNX, truncated, fail the checker, or whose external
+    data would be read from outside the model's folder (a known attack on ONNX loaders).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EdgepackError(f"model file not found: {path}", hint="check the path")
+    if not path.is_file():
+        raise EdgepackError(f"{path}: is a directory, not an ONNX model file")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf raises several unrelated types for bad bytes
+        raise EdgepackError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})",
+            hint="the file may be truncated or not an .onnx file",
+        ) from None
+    if model.ir_version == 0 or not model.opset_imports:
+        raise EdgepackError(
+            f"{path}: not an ONNX model (no IR version or opset)",
+            hint="the file may be corrupt or of another format",
+        )
+    _refuse_escaping_external_data(model, path)
+    if check:
+        try:
+            onnx.checker.check_model(str(path))  # by path: resolves external data, any size
+        except onnx.checker.ValidationError as exc:
+            raise EdgepackError(
+                f"{path}: fails the ONNX checker: {_first_line(exc)}",
+                hint="fix the exporter, or run with --no-check to inspect it anyway",
+            ) from None
+    return model
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write `model` atomically: a temporary folder beside `path`, then rename.
+
+    Weights go to one data file `<name>.data` beside the model when they exceed the protobuf
+    limit, when the model already had external data, or when `external_data=True`.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
+    threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
+    if external_data is None:
+        external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
+            isinstance(t, ir.ExternalTensor) for t in _tensors(model)
+        )
+    data_name = path.name + ".data"
+    if external_data:
+        _refuse_overwriting_own_weights(model, folder / data_name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    try:
+        tmp_model = tmp / path.name
+        with _progress(model) as callback:
+            if external_data:
+                ir.save(model, tmp_model, external_data=data_name, callback=callback,
+                        size_threshold_bytes=threshold)
+            else:
+                ir.save(model, tmp_model)
+        if (tmp / data_name).exists():
+            os.replace(tmp / data_name, folder / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def check_model(model: ir.Model, *, full_check: bool = False) -> None:
+    """onnx.checker on the graph (with full shape inference when `full_check`)."""
+    CheckerPass(full_check=full_check)(model)
+
+
+def infer_shapes(model: ir.Model) -> ir.Model:
+    """ONNX shape inference in place: fills value shapes and dtypes where they can be inferred."""
+    return ShapeInferencePass()(model).model
+
+
+def weights_nbytes(model: ir.Model) -> int:
+    return sum(t.nbytes for t in _tensors(model))
+
+
+def files_nbytes(path: str | os.PathLike, model: ir.Model | None = None) -> int:
+    """Size on disk: the model file plus every external data file it reads."""
+    path = Path(path)
+    total = path.stat().st_size
+    if model is not None:
+        for data_file in {t.path for t in _tensors(model) if isinstance(t, ir.ExternalTensor)}:
+            total += os.path.getsize(data_file)
+    return total
+
+
+def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    """Every weight: initializers of all graphs and the tensors of Constant nodes."""
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for graph in graphs:
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
+            yield node.attributes["value"].as_tensor()
+
+
+def _refuse_escaping_external_data(model: ir.Model, path: Path) -> None:
+    base = path.parent.resolve()
+    for tensor in _tensors(model):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        location = Path(tensor.location)
+        target = (path.parent / location).resolve()
+        if location.is_absolute() or ".." in location.parts or not target.is_relative_to(base):
+            raise EdgepackError(
+                f"{path}: tensor '{tensor.name}' reads external data from '{tensor.location}', "
+                "outside the model's folder; refused",
+                hint="external data must be a relative path inside the model's folder",
+            )
+        if not target.is_file():
+            raise EdgepackError(
+                f"{path}: tensor '{tensor.name}' needs external data file '{tensor.location}', "
+                "which is missing",
+                hint="copy the .data file next to the model",
+            )
+
+
+def _refuse_overwriting_own_weights(model: ir.Model, data_path: Path) -> None:
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor) and Path(tensor.path).resolve() == data_path.resolve():
+            raise EdgepackError(
+                f"saving would overwrite '{data_path}', which holds the input model's weights",
+                hint="write the output to another file name (-o)",
+            )
+
+
+@contextlib.contextmanager
+def _progress(model: ir.Model):
+    """A progress bar for saving models with large weights; None (no callback) for small ones."""
+    if weights_nbytes(model) < _PROGRESS_BYTES:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc="saving weights", unit="tensor", leave=False) as bar:
+
+        def callback(tensor, info):
+            bar.total = info.total
+            bar.update()
+
+        yield callback
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

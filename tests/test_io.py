@@ -1,0 +1,177 @@
+"""load/save: round trips, external data, atomic writes, and every bad input's one-line error."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import edgepack
+from edgepack import io
+from edgepack.errors import EdgepackError
+from tests.helpers import model_from_text, run_ort, save_text_model
+
+# X[N,4] -> MatMul(W[4,3]) -> Add(b) -> Y
+TINY = """
+<ir_version: 8, opset_import: ["" : 17]>
+tiny (float[N,4] X) => (float[N,3] Y)
+<float[4,3] W = {1,2,3,4,5,6,7,8,9,10,11,12}, float[3] b = {0.5,-1,2}> {
+    Z = MatMul(X, W)
+    Y = Add(Z, b)
+}
+"""
+
+
+def test_round_trip_keeps_outputs(tmp_path):
+    src = save_text_model(TINY, tmp_path / "tiny.onnx")
+    model = edgepack.load(src)
+    out = edgepack.save(model, tmp_path / "copy.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(src, {"X": x})[0], run_ort(out, {"X": x})[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.onnx", "tiny.onnx"]  # no temp left
+
+
+def test_external_data_round_trip(tmp_path):
+    model = model_from_text(TINY)
+    io.save(model, tmp_path / "ext.onnx", external_data=True)
+    assert (tmp_path / "ext.onnx.data").is_file()
+    loaded = io.load(tmp_path / "ext.onnx")
+    assert isinstance(loaded.graph.initializers["W"].const_value, ir.ExternalTensor)
+    # A model that came with external data keeps it, in a data file of its own.
+    (tmp_path / "out").mkdir()
+    io.save(loaded, tmp_path / "out" / "again.onnx")
+    assert (tmp_path / "out" / "again.onnx.data").is_file()
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_array_equal(
+        run_ort(tmp_path / "out" / "again.onnx", {"X": x})[0], run_ort(model, {"X": x})[0]
+    )
+
+
+def test_save_refuses_to_overwrite_the_inputs_weights(tmp_path):
+    model = model_from_text(TINY)
+    io.save(model, tmp_path / "m.onnx", external_data=True)
+    loaded = io.load(tmp_path / "m.onnx")
+    with pytest.raises(EdgepackError, match="holds the input model's weights"):
+        io.save(loaded, tmp_path / "m.onnx")
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    model = model_from_text(TINY)
+    (tmp_path / "out.onnx").write_bytes(b"previous")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ir, "save", broken)
+    with pytest.raises(OSError):
+        io.save(model, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(EdgepackError, match="not found"):
+        io.load(tmp_path / "nope.onnx")
+    with pytest.raises(EdgepackError, match="is a directory"):
+        io.load(tmp_path)
+
+
+def test_not_onnx_and_truncated(tmp_path):
+    (tmp_path / "text.onnx").write_text("hello, this is not a model\n" * 10)
+    with pytest.raises(EdgepackError, match="text.onnx"):
+        io.load(tmp_path / "text.onnx")
+    data = onnx.parser.parse_model(TINY).SerializeToString()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgepackError, match="cut.onnx"):
+        io.load(tmp_path / "cut.onnx")
+
+
+def test_checker_failure_names_the_file(tmp_path):
+    proto = onnx.parser.parse_model(TINY)
+    proto.graph.node[0].input[1] = "does_not_exist"
+    onnx.save(proto, tmp_path / "bad.onnx")
+    with pytest.raises(EdgepackError, match="bad.onnx: fails the ONNX checker"):
+        io.load(tmp_path / "bad.onnx")
+    assert io.load(tmp_path / "bad.onnx", check=False) is not None
+
+
+def _point_weights_at(tmp_path, location: str):
+    model = model_from_text(TINY)
+    io.save(model, tmp_path / "m.onnx", external_data=True)
+    proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(proto, tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../secret.data", "sub/../../secret.data"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    (tmp_path / "secret.data").write_bytes(b"\0" * 64)
+    (tmp_path / "models").mkdir()
+    path = _point_weights_at(tmp_path / "models", location)
+    with pytest.raises(EdgepackError, match="outside the model's folder"):
+        io.load(path)
+
+
+def test_external_data_symlink_out_is_refused(tmp_path):
+    (tmp_path / "models").mkdir()
+    path = _point_weights_at(tmp_path / "models", "link.data")
+    real = tmp_path / "models" / "m.onnx.data"
+    os.replace(real, tmp_path / "elsewhere.data")
+    os.symlink(tmp_path / "elsewhere.data", tmp_path / "models" / "link.data")
+    with pytest.raises(EdgepackError, match="outside the model's folder"):
+        io.load(path)
+
+
+def test_missing_external_data_file(tmp_path):
+    path = _point_weights_at(tmp_path, "gone.data")
+    with pytest.raises(EdgepackError, match="gone.data.*missing"):
+        io.load(path)
+
+
+@pytest.mark.slow
+def test_model_over_2gb_round_trips_with_external_data(tmp_path):
+    """Weights of 2.25 GB, written straight to an external data file (never all in memory),
+    loaded memory-mapped, saved again: the copy must use external data and hold the same bytes."""
+    chunk = 2**28  # 256 MiB per initializer, 9 of them
+    count = 9
+    data_file = tmp_path / "big.onnx.data"
+    with open(data_file, "wb") as handle:
+        for i in range(count):
+            handle.write(np.full(chunk // 4, i, dtype=np.float32).tobytes())
+    graph_inits = []
+    for i in range(count):
+        t = onnx.TensorProto(name=f"w{i}", data_type=onnx.TensorProto.FLOAT, dims=[chunk // 4])
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", data_file.name), ("offset", str(i * chunk)), ("length", str(chunk))):
+            t.external_data.add(key=key, value=value)
+        graph_inits.append(t)
+    # Y = X + sum over i of ReduceSum(w_i): a scalar that depends on every weight.
+    nodes, acc = [], "X"
+    for i in range(count):
+        nodes.append(onnx.helper.make_node("ReduceSum", [f"w{i}"], [f"s{i}"], keepdims=0))
+        nodes.append(onnx.helper.make_node("Add", [acc, f"s{i}"], [f"a{i}"]))
+        acc = f"a{i}"
+    nodes.append(onnx.helper.make_node("Identity", [acc], ["Y"]))
+    graph = onnx.helper.make_graph(
+        nodes, "big", [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1])], graph_inits,
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(proto, tmp_path / "big.onnx")
+
+    model = io.load(tmp_path / "big.onnx")
+    assert io.weights_nbytes(model) > 2 * 10**9
+    (tmp_path / "out").mkdir()
+    out = io.save(model, tmp_path / "out" / "copy.onnx", external_data=None)
+    assert (tmp_path / "out" / "copy.onnx.data").stat().st_size == count * chunk
+    assert out.stat().st_size < 10_000  # the graph alone; weights are external
+    copy = io.load(out)
+    for i in (0, count - 1):
+        w = copy.graph.initializers[f"w{i}"].const_value.numpy()
+        assert w.shape == (chunk // 4,) and w[0] == i and w[-1] == i
