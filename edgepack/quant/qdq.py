@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from edgepack.calib.ranges import Ranges
 from edgepack.graph import WEIGHTED_OPS, attr_int, const_array, node_label, weight_output_axis
-from edgepack.passes.rewrite import new_initializer
+from edgepack.passes.rewrite import new_initializer, remove_unused_initializers
 from edgepack.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
             result.quantized.append(label)
     if policy.tensorrt:
         _residual_adds(model.graph, ins, set(result.quantized))
+    remove_unused_initializers(model.graph)
     return result
 
 
