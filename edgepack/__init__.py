@@ -18,6 +18,12 @@ _API = {
     "inspect_model": "edgepack.inspection",
     "load_target": "edgepack.targets",
     "list_targets": "edgepack.targets",
+    "profile_model": "edgepack.profile.profiler",
+    "profile_pair": "edgepack.profile.profiler",
+    "ProfileOptions": "edgepack.profile.profiler",
+    "check_regression": "edgepack.profile.regression",
+    "History": "edgepack.profile.history",
+    "Budget": "edgepack.profile.timing",
     "optimize": "edgepack.passes.pipeline",
     "build_pipeline": "edgepack.passes.pipeline",
 }
