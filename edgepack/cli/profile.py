@@ -73,7 +73,7 @@ def run(args) -> int:
     affinity = parse_cpus(args.affinity) if args.affinity else None
     if args.vs:
         result, baseline = profile_pair(args.model, args.vs, args.target, options, affinity=affinity)
-        comparison = check_regression(result, baseline, force=True)
+        comparison = check_regression(result, baseline, force=True, metric="p50")  # interleaved: load hits both alike
         result["vs"] = {k: v for k, v in baseline.items() if k != "environment"}
         result["comparison"] = comparison
         text = (format_profile(result, args.top) + "\n\nvs " + baseline["model"]["name"] + "\n"

@@ -246,12 +246,18 @@ def profile_model(path: str | os.PathLike, target=None, options: ProfileOptions 
     return result
 
 
+def _io_triplet(binding) -> tuple:
+    """(name, shape, dtype) from a TensorRTRunner input: a tuple or an object with those fields."""
+    name, shape, dtype = ((binding.name, binding.shape, binding.dtype) if hasattr(binding, "name") else binding)
+    return name, tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else "?" for d in shape), np.dtype(dtype)
+
+
 def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threads: int) -> dict:
     """Host latency and GPU compute per run from TensorRTRunner.time_once; layers from IProfiler."""
     from edgepack.profile.tensorrt_profile import layer_profiler, layer_rows
 
     with runner:
-        inputs = [(n, tuple(s), np.dtype(d)) for n, s, d in runner.inputs]
+        inputs = [_io_triplet(i) for i in runner.inputs]
         feeds, batch = make_feeds(inputs, options)
         runner.infer(feeds)
         gpu: list[float] = []

@@ -4,14 +4,15 @@ Models: a chain of MatMuls ([32, 256] x [256, 256]), 40 layers (~1 ms in ONNX Ru
 the "slower" models have 5%, 10%, 20% more layers, so proportionally more work. Two modes:
   separate     baseline profiled, then current, each in a fresh session (as two CI jobs would);
   interleaved  `profile CURRENT --vs BASELINE`: one process, blocks of runs in ABBA order.
-Each trial runs the check (threshold 5%, confidence 0.99, metric p1 by default). Trial kinds are
+Each trial runs the check (threshold 5%, confidence 0.99; metric p1 for separate runs, the
+check's default, and p50 for interleaved ones, what `profile --vs` uses). Trial kinds are
 round-robin, so changing load from other processes hits them alike.
 
 Also measured, side by side in this run:
   - the true slowdown of each variant: the median ratio over the interleaved trials;
   - the overhead of the timing loop vs a bare `session.run` loop, interleaved blocks.
 
-Usage:  python scripts/bench/bench_check.py [--trials-aa 100] [--trials 30] [--duration 0.5] [--metric p1]
+Usage:  python scripts/bench/bench_check.py [--trials-aa 100] [--trials 30] [--duration 0.5] [--metric auto|p1|p50]
 """
 from __future__ import annotations
 
@@ -92,13 +93,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=0.5, help="seconds per profile")
     parser.add_argument("--threshold", type=float, default=0.05)
     parser.add_argument("--confidence", type=float, default=0.99)
-    parser.add_argument("--metric", default="p1")
+    parser.add_argument("--metric", default="auto",
+                        help="percentile checked; auto: p1 for separate runs (check's default), "
+                        "p50 for interleaved (what `profile --vs` uses)")
     parser.add_argument("--modes", default="separate,interleaved")
     args = parser.parse_args()
 
     from tqdm import tqdm
 
     modes = args.modes.split(",")
+    metric_for = {m: (args.metric if args.metric != "auto" else ("p1" if m == "separate" else "p50")) for m in modes}
     with tempfile.TemporaryDirectory() as folder:
         extra = {"A/A": 0, "+5% work": 2, "+10% work": 4, "+20% work": 8}
         models = {name: matmul_chain(BASE_LAYERS + n, Path(folder) / f"chain{BASE_LAYERS + n}.onnx")
@@ -113,7 +117,7 @@ def main() -> int:
             else:                    # profile CURRENT --vs BASELINE: one process, ABBA blocks
                 current, baseline = profile_pair(models[name], models["A/A"], None, options)
             report = check_regression(current, baseline, threshold=args.threshold, confidence=args.confidence,
-                                      metric=args.metric, n_resamples=1000, force=True)
+                                      metric=metric_for[mode], n_resamples=1000, force=True)
             return report
 
         wanted = {name: (args.trials_aa if name == "A/A" else args.trials) for name in extra}
@@ -132,7 +136,7 @@ def main() -> int:
         loop_ratio, reported_ratio = overhead(models["A/A"])
         base = profile_model(models["A/A"], None, options)["latency_ms"]
 
-    print(f"\nedgepack check: threshold {args.threshold:.0%}, confidence {args.confidence}, metric {args.metric}, "
+    print(f"\nedgepack check: threshold {args.threshold:.0%}, confidence {args.confidence}, metric {metric_for}, "
           f"{args.duration:g} s per profile, 1 thread; base model p1 {base['p1']:.3f} ms, "
           f"p50 {base['p50']:.3f} ms; {elapsed:.0f} s of trials; load average {os.getloadavg()[0]:.1f}")
     print("true slowdown: median over the interleaved trials of the measured ratio (same process, ABBA blocks)")
