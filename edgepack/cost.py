@@ -1,0 +1,145 @@
+"""What a compression step cost and what it saved: output error against the original model on
+sample data, and params / nonzeros / MACs / size before and after.
+
+Sample data is random (seeded) unless a calibration folder or .npz/.npy file is given.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
+
+_NP_DTYPES = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16,
+              ir.DataType.DOUBLE: np.float64, ir.DataType.INT64: np.int64,
+              ir.DataType.INT32: np.int32, ir.DataType.UINT8: np.uint8, ir.DataType.INT8: np.int8,
+              ir.DataType.BOOL: np.bool_}
+
+
+def graph_inputs(model: ir.Model) -> list[ir.Value]:
+    return [v for v in model.graph.inputs if not v.is_initializer()]
+
+
+def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """One batch of seeded random inputs; symbolic dims become `batch` (first) or 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in graph_inputs(model):
+        if value.shape is None:
+            raise EdgepackError(f"input '{value.name}' has no shape",
+                                hint="pass --data with sample inputs")
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1)
+                 for i, d in enumerate(value.shape)]
+        dtype = _NP_DTYPES.get(value.dtype, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = np.zeros(shape, dtype)
+    return [feeds]
+
+
+def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:
+    """Sample inputs (and `labels`, when present) from a calibration folder, .npz or .npy file.
+
+    Uses issue 4's `edgepack.calib.data.open_dataset` when it exists; otherwise reads the arrays
+    itself. At most `limit` samples, in batches of `batch`.
+    """
+    names = [v.name for v in graph_inputs(model)]
+    arrays = _read_arrays(Path(spec), names)
+    count = min(limit, min(len(a) for a in arrays.values()))
+    return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, count, batch)]
+
+
+def _read_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise EdgepackError(f"data not found: {path}", hint="pass a calibration folder, .npz or .npy")
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"), key=lambda p: (p.stem not in ("eval", "test"), p.name))
+        if not files:
+            raise EdgepackError(f"{path}: no .npz file in this folder", hint="pass a .npz file")
+        path = files[0]
+    try:
+        if path.suffix == ".npy":
+            loaded = {names[0]: np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                loaded = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # numpy raises several types for bad files
+        raise EdgepackError(f"{path}: not a readable NumPy file ({exc})",
+                            hint="pass a .npz with one array per model input") from None
+    if len(names) == 1 and names[0] not in loaded:
+        candidates = [k for k in loaded if k != "labels"]
+        if len(candidates) == 1:
+            loaded[names[0]] = loaded.pop(candidates[0])
+    missing = [n for n in names if n not in loaded]
+    if missing:
+        raise EdgepackError(f"{path}: no array for model input(s) {missing}; it has {sorted(loaded)}",
+                            hint="name the arrays after the model's inputs")
+    keep = set(names) | {"labels"}
+    return {k: v for k, v in loaded.items() if k in keep}
+
+
+def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
+    return random_feeds(model) if data is None else load_feeds(data, model)
+
+
+def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Run the model in ONNX Runtime (CPU) over each batch; `labels` in feeds are not fed."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    data = ir.serde.serialize_model(model).SerializeToString()
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return [session.run(None, {k: v for k, v in f.items() if k in names}) for f in feeds]
+
+
+def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
+                 labels: list[np.ndarray] | None = None) -> dict:
+    """Max/mean absolute error and SQNR (dB) of the first output; top-1 agreement for [N, C]."""
+    ref = np.concatenate([r[0].astype(np.float64).reshape(len(r[0]), -1) for r in reference])
+    out = np.concatenate([c[0].astype(np.float64).reshape(len(c[0]), -1) for c in candidate])
+    diff = out - ref
+    noise = float(np.sum(diff ** 2))
+    sqnr = math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref ** 2)), 1e-30) / noise)
+    report = {"max_abs_error": float(np.abs(diff).max()), "mean_abs_error": float(np.abs(diff).mean()),
+              "sqnr_db": sqnr if math.isfinite(sqnr) else None}
+    if ref.shape[1] > 1:
+        report["top1_agreement"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
+        if labels is not None:
+            y = np.concatenate(labels).reshape(-1)
+            report["accuracy"] = {"before": float(np.mean(ref.argmax(1) == y)),
+                                  "after": float(np.mean(out.argmax(1) == y))}
+    return report
+
+
+def compare(original: ir.Model, compressed: ir.Model, data=None) -> dict:
+    """Output error of `compressed` against `original` on sample data (random when data is None)."""
+    feeds = sample_feeds(original, data)
+    labels = [f["labels"] for f in feeds] if all("labels" in f for f in feeds) else None
+    report = output_error(run(original, feeds), run(compressed, feeds), labels)
+    report["samples"] = int(sum(len(next(iter(f.values()))) for f in feeds))
+    report["data"] = "random" if data is None else str(data)
+    return report
+
+
+def model_stats(model: ir.Model) -> dict:
+    """params, nonzero weights, MACs and serialized size of an in-memory model."""
+    from edgepack.inspection import inspect_model
+
+    clone = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    report = inspect_model(clone)
+    nonzeros = 0
+    for value in clone.graph.initializers.values():
+        if value.const_value is not None:
+            nonzeros += int(np.count_nonzero(value.const_value.numpy()))
+    return {"nodes": report["nodes"], "params": report["params"], "nonzeros": nonzeros,
+            "macs": report["macs"],
+            "size_bytes": len(ir.serde.serialize_model(clone).SerializeToString())}
