@@ -55,3 +55,17 @@ class ClipWeightsPass(ir.passes.InPlacePass):
         moved = sum(layer["moved"] for layer in self.layers)
         logger.info("clipped %d weights in %d layers", moved, len(self.layers))
         return ir.passes.PassResult(model, modified=moved > 0)
+
+
+def clip_weights(model: ir.Model, *, percentile: float | None = None, threshold: float | None = None,
+                 include=(), exclude=(), data=None) -> tuple[ir.Model, dict]:
+    """A clipped copy of `model` and its report (weights moved per layer, cost)."""
+    from edgepack import cost
+
+    clipped = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    clip_pass = ClipWeightsPass(percentile=percentile, threshold=threshold, include=include, exclude=exclude)
+    clip_pass(clipped)
+    report = {"percentile": percentile, "threshold": threshold, "layers": clip_pass.layers,
+              "moved": sum(layer["moved"] for layer in clip_pass.layers),
+              **cost.cost_report(model, clipped, data)}
+    return clipped, report

@@ -126,3 +126,18 @@ def _rewrite(model: ir.Model, node: ir.Node, a: np.ndarray, b: np.ndarray) -> No
     graph.remove(node, safe=True)
     if not old_weight.uses() and old_weight.is_initializer() and old_weight not in graph.outputs:
         graph.initializers.pop(old_weight.name, None)
+
+
+def lowrank(model: ir.Model, *, rank: int | None = None, energy: float | None = None,
+            min_saving: float = 0.1, full: bool = False, include=(), exclude=(),
+            data=None) -> tuple[ir.Model, dict]:
+    """A factorized copy of `model` and its report (rank and MAC saving per layer, cost)."""
+    from edgepack import cost
+
+    factored = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    lowrank_pass = FactorizeLowRankPass(rank=rank, energy=energy, min_saving=min_saving, full=full,
+                                        include=include, exclude=exclude)
+    lowrank_pass(factored)
+    report = {"rank": "full" if full else rank, "energy": energy, "min_saving": min_saving,
+              "layers": lowrank_pass.layers, **cost.cost_report(model, factored, data)}
+    return factored, report
