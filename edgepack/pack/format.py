@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"EPK\0"
 VERSION = 1
 FORMAT = "edgepack.pack/1"
-STREAMS = ("graph", "dense", "values", "deltas", "indices", "centroids")
+STREAMS = ("table", "graph", "dense", "values", "deltas", "indices", "centroids")
 _PREFIX = struct.Struct("<4sHI")
 _MIN_BYTES = 64  # smaller initializers stay inside the graph stream
 _NUMERIC = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.uint8,
@@ -94,11 +94,21 @@ def _unshuffle(data: bytes, itemsize: int) -> bytes:
     return np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
 
 
-def _uint_for(maximum: int) -> np.dtype:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if maximum <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
+def encode_gaps(positions: np.ndarray) -> np.ndarray:
+    """Sorted positions as uint8 gaps to the previous one (the first from -1), as in Deep
+    Compression: a gap g in 1..255 is one byte; a longer one is preceded by (g-1)//255 filler
+    bytes 0, each standing for +255 with no weight."""
+    gaps = np.diff(positions, prepend=-1).astype(np.int64)
+    fillers = (gaps - 1) // 255
+    last = gaps - 255 * fillers
+    out = np.zeros(int(fillers.sum()) + gaps.size, np.uint8)
+    out[np.cumsum(fillers + 1) - 1] = last
+    return out
+
+
+def decode_gaps(codes: np.ndarray) -> np.ndarray:
+    steps = np.where(codes == 0, 255, codes.astype(np.int64))
+    return (np.cumsum(steps) - 1)[codes != 0]
 
 
 # ------------------------------------------------------------------ pack
@@ -139,6 +149,7 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
         tensors.append(entry)
         init.ClearField("raw_data")
     streams.add("graph", proto.SerializeToString())
+    streams.add("table", json.dumps(tensors, separators=(",", ":")).encode())
 
     payload, table = bytearray(), []
     for name in STREAMS:
@@ -161,7 +172,6 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "payload_bytes": len(payload),
         "streams": table,
-        "tensors": tensors,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + bytes(payload)
@@ -189,14 +199,15 @@ def _encode(raw: bytes, data_type: int, streams: _Streams, bits: int | None, spa
     sparse = positions.size < sparse_below * flat.size
     values = flat[positions] if sparse else flat
     if sparse:
-        deltas = np.diff(positions, prepend=-1)
-        delta_dtype = _uint_for(int(deltas.max()) if deltas.size else 0)
-        entry.update(encoding="sparse", nnz=int(positions.size), delta_dtype=delta_dtype.str,
-                     deltas=streams.add("deltas", deltas.astype(delta_dtype).tobytes()))
+        entry.update(encoding="sparse", nnz=int(positions.size),
+                     deltas=streams.add("deltas", encode_gaps(positions).tobytes()))
     else:
         entry["encoding"] = "dense"
-    if bits is not None and dtype.kind == "f" and values.size > 2 ** bits:
+    if bits is not None and dtype.kind in "fiu" and values.size > 2 ** bits \
+            and np.unique(values).size > 2 ** bits:
         centroids, index = kmeans_1d(values, 2 ** bits)
+        if dtype.kind != "f":  # integer weights keep integer values (zero points are not touched)
+            centroids = np.round(centroids)
         entry.update(codebook=len(centroids), index_dtype=index.dtype.str,
                      centroids=streams.add("centroids", centroids.astype(dtype).tobytes()),
                      indices=streams.add("indices", index.tobytes()))
@@ -263,7 +274,7 @@ def unpack_model(path: str | Path) -> tuple[ir.Model, dict]:
         streams[entry["name"]] = _decompress(entry["codec"], data, f"{path}: stream '{entry['name']}'")
     proto = onnx.ModelProto.FromString(streams["graph"])
     weights_hash = hashlib.sha256()
-    for entry in header["tensors"]:
+    for entry in json.loads(streams["table"]):
         raw = _decode(entry, streams)
         if header["mode"] == "lossless":
             weights_hash.update(raw)
@@ -290,8 +301,7 @@ def _decode(entry: dict, streams: dict) -> bytes:
     if entry["encoding"] == "dense":
         return values.tobytes()
     out = np.zeros(entry["bytes"], np.uint8)
-    positions = np.cumsum(np.frombuffer(_take(streams, "deltas", entry["deltas"]), entry["delta_dtype"]),
-                          dtype=np.int64) - 1
+    positions = decode_gaps(np.frombuffer(_take(streams, "deltas", entry["deltas"]), np.uint8))
     values = np.frombuffer(bytes(values), np.uint8).reshape(-1, itemsize)
     out.reshape(-1, itemsize)[positions] = values
     return out.tobytes()
