@@ -57,7 +57,7 @@ class ConvertToFloat16Pass(ir.passes.InPlacePass):
         if not half and (self.keep_io_float or not _float_io(graph)):
             return ir.passes.PassResult(model, modified=False)
         if not self.keep_io_float:
-            for value in [*graph.inputs, *graph.outputs]:
+            for value in graph.inputs:
                 if value.dtype == F32 and not value.is_initializer():
                     value.dtype = F16
         to_half: dict[int, ir.Value] = {}
@@ -74,13 +74,16 @@ class ConvertToFloat16Pass(ir.passes.InPlacePass):
                     node.replace_input_with(index, _cast(graph, value, F32, to_float, before=node))
             if id(node) in half:
                 _to_half_node(node)
-        if self.keep_io_float:
-            for i, value in enumerate(list(graph.outputs)):
-                if value.dtype == F16 and _produced_half(value, half):
-                    name = value.name
-                    cast = _cast(graph, value, F32, to_float, before=None)
-                    value.name, cast.name = f"{name}/fp16", name
-                    graph.outputs[i] = cast
+        for i, value in enumerate(list(graph.outputs)):
+            if self.keep_io_float and value.dtype == F16 and _produced_half(value, half):
+                cast = _cast(graph, value, F32, to_float, before=None)
+            elif not self.keep_io_float and value.dtype == F32 and not _produced_half(value, half):
+                cast = _cast(graph, value, F16, to_half, before=None)
+            else:
+                continue
+            name = value.name
+            value.name, cast.name = f"{name}/{'fp16' if cast.dtype == F32 else 'fp32'}", name
+            graph.outputs[i] = cast
         logger.info("float16: %d nodes converted, %d kept in float32", len(self.converted),
                     len(self.kept_float))
         return ir.passes.PassResult(model, modified=True)
