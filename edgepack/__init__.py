@@ -18,6 +18,12 @@ _API = {
     "inspect_model": "edgepack.inspection",
     "load_target": "edgepack.targets",
     "list_targets": "edgepack.targets",
+    "prune": "edgepack.passes.prune",
+    "clip_weights": "edgepack.passes.clip_weights",
+    "lowrank": "edgepack.passes.lowrank",
+    "to_fp16": "edgepack.passes.fp16",
+    "pack": "edgepack.pack.format",
+    "unpack": "edgepack.pack.format",
     "optimize": "edgepack.passes.pipeline",
     "build_pipeline": "edgepack.passes.pipeline",
 }
