@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.errors import EdgepackError
+from edgepack.graph import copy_model
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +28,10 @@ def graph_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """One batch of seeded random inputs; symbolic dims become `batch` (first) or 1."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in graph_inputs(model):
-        if value.shape is None:
-            raise EdgepackError(f"input '{value.name}' has no shape",
-                                hint="pass --data with sample inputs")
-        shape = [d if isinstance(d, int) else (batch if i == 0 else 1)
-                 for i, d in enumerate(value.shape)]
-        dtype = _NP_DTYPES.get(value.dtype, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[value.name] = np.zeros(shape, dtype)
-    return [feeds]
+    """One batch of seeded random inputs; the first dynamic dim is `batch`."""
+    from edgepack.runtime import random_feeds as session_feeds, session
+
+    return [session_feeds(session(model, optimize=False), batch=batch, seed=seed)]
 
 
 def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:
@@ -80,12 +70,9 @@ def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
 
 def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Run the model in ONNX Runtime (CPU) over each batch; `labels` in feeds are not fed."""
-    import onnxruntime as ort
+    from edgepack.runtime import session as ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    data = ir.serde.serialize_model(model).SerializeToString()
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = ort_session(model)
     types = {i.name: i.type for i in session.get_inputs()}
 
     def cast(name, array):  # a float16 model (compress fp16) takes the same float samples
@@ -127,7 +114,7 @@ def model_stats(model: ir.Model) -> dict:
     """params, nonzero weights, MACs and serialized size of an in-memory model."""
     from edgepack.inspection import inspect_model
 
-    clone = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    clone = copy_model(model)
     report = inspect_model(clone)
     nonzeros = 0
     for value in clone.graph.initializers.values():

@@ -175,7 +175,10 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + bytes(payload)
-    _write_atomic(Path(output), blob)
+    output = Path(output)
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise EdgepackError(f"output folder does not exist: {output.parent}", hint="create it first")
+    io.write_atomic(output, blob)
     seconds = time.perf_counter() - started
     logger.info("packed %s in %.2f s", model_path, seconds)
     original = io.files_nbytes(model_path, model)
@@ -216,23 +219,6 @@ def _encode(raw: bytes, data_type: int, streams: _Streams, bits: int | None, spa
     else:
         entry["dense"] = streams.add("dense", _shuffle(raw, dtype.itemsize))
     return entry
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------ unpack

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.errors import EdgepackError
-from edgepack.graph import const_array, node_label, weight_input
+from edgepack.graph import const_array, copy_model, node_label, weight_input
 from edgepack.passes.prune import select_nodes
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def clip_weights(model: ir.Model, *, percentile: float | None = None, threshold:
     """A clipped copy of `model` and its report (weights moved per layer, cost)."""
     from edgepack import cost
 
-    clipped = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    clipped = copy_model(model)
     clip_pass = ClipWeightsPass(percentile=percentile, threshold=threshold, include=include, exclude=exclude)
     clip_pass(clipped)
     report = {"percentile": percentile, "threshold": threshold, "layers": clip_pass.layers,

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import io
-from edgepack.graph import const_array
+from edgepack.graph import const_array, copy_model
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def to_fp16(model: ir.Model, *, keep_io_float: bool = True, block=DEFAULT_BLOCK,
     """A float16 copy of `model` and its report (converted / kept nodes, cost and saving)."""
     from edgepack import cost
 
-    converted = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    converted = copy_model(model)
     fp16_pass = ConvertToFloat16Pass(keep_io_float=keep_io_float, block=block)
     fp16_pass(converted)
     report = {"keep_io_float": keep_io_float, "blocked_ops": sorted(fp16_pass.block),

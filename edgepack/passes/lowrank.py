@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.errors import EdgepackError
-from edgepack.graph import attr_int, attr_ints, const_array, node_label, weight_input
+from edgepack.graph import attr_int, const_array, copy_model, node_label, weight_input
 from edgepack.passes.prune import select_nodes
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def lowrank(model: ir.Model, *, rank: int | None = None, energy: float | None = 
     """A factorized copy of `model` and its report (rank and MAC saving per layer, cost)."""
     from edgepack import cost
 
-    factored = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    factored = copy_model(model)
     lowrank_pass = FactorizeLowRankPass(rank=rank, energy=energy, min_saving=min_saving, full=full,
                                         include=include, exclude=exclude)
     lowrank_pass(factored)

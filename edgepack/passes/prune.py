@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.errors import EdgepackError
-from edgepack.graph import attr_int, const_array, iter_nodes, node_label, weight_input, weight_output_axis
+from edgepack.graph import attr_int, const_array, copy_model, iter_nodes, node_label, weight_input, weight_output_axis
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def correct_biases(original: ir.Model, pruned: ir.Model, feeds: list[dict]) -> i
         return 0
     taps = []
     for model, index in ((original, 0), (pruned, 1)):
-        clone = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        clone = copy_model(model)
         nodes = list(iter_nodes(clone))
         wanted = {id(p[index]) for p in pairs}
         positions = [i for i, n in enumerate(iter_nodes(model)) if id(n) in wanted]
@@ -353,7 +353,7 @@ def prune(model: ir.Model, *, sparsity: float, granularity: str = "element", sco
     from edgepack import cost
 
     original = model
-    model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    model = copy_model(model)
     prune_pass = PruneWeightsPass(sparsity=sparsity, granularity=granularity, scope=scope, norm=norm,
                                   include=include, exclude=exclude)
     prune_pass(model)

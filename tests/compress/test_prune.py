@@ -62,6 +62,18 @@ def weights(model):
     return {n.name or n.op_type: const_array(weight_input(n)) for n in model.graph if weight_input(n) is not None}
 
 
+def assert_same_as_original_with(model, new_weights, pruned, rng):
+    """ORT on the pruned graph == ORT on the original graph with the new weights set by hand."""
+    reference = copy(model)
+    for node in reference.graph:
+        value = weight_input(node)
+        if value is not None:
+            value.const_value = ir.tensor(new_weights[node.name or node.op_type].copy(), name=value.name)
+    x = feeds_for(model, rng)
+    for a, b in zip(run_ort(pruned, x), run_ort(reference, x)):
+        np.testing.assert_array_equal(a, b)
+
+
 def feeds_for(model, rng, batch=4):
     x = model.graph.inputs[0]
     return {x.name: rng.standard_normal([batch, *x.shape[1:]]).astype(np.float32)}
@@ -81,15 +93,7 @@ def test_element_pruning_per_layer_zeroes_the_smallest():
         assert kept.min() >= np.abs(w[p == 0]).max()  # the largest ones survive
         np.testing.assert_array_equal(p[p != 0], w[p != 0])
     check(pruned)
-    # numerics: ORT on the pruned graph == ORT on the original graph with the same weights set by hand
-    reference = copy(model)
-    for node in reference.graph:
-        value = weight_input(node)
-        if value is not None:
-            value.const_value = ir.tensor(after[node.name or node.op_type].copy(), name=value.name)
-    x = feeds_for(model, rng)
-    for a, b in zip(run_ort(pruned, x), run_ort(reference, x)):
-        np.testing.assert_array_equal(a, b)
+    assert_same_as_original_with(model, after, pruned, rng)
     assert not PruneWeightsPass(sparsity=0.75)(pruned).modified
 
 
@@ -123,7 +127,7 @@ def test_2_4_every_group_of_four_along_reduction_axis():
         kept = np.sort(np.abs(g), axis=-1)[..., 2:]
         np.testing.assert_array_equal(kept, np.sort(np.abs(go), axis=-1)[..., 2:])
     check(pruned)
-    run_ort(pruned, feeds_for(model, rng))
+    assert_same_as_original_with(model, after, pruned, rng)
     assert not PruneWeightsPass(sparsity=0.5, granularity="2:4")(pruned).modified
 
 
