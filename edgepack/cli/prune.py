@@ -27,6 +27,7 @@ def register(subparsers):
                         help="channel: keep the zeroed channels instead of removing them")
     parser.add_argument("--data", metavar="D", help="calibration folder, .npz or .npy for the output error "
                         "(default: random inputs)")
+    common.add_target(parser, required=False)
     parser.add_argument("--bias-correction", action="store_true",
                         help="with --data: shift each pruned layer's bias by the mean output change it caused")
     common.add_json(parser)
@@ -41,13 +42,23 @@ def run(args) -> int:
 
     if args.bias_correction and not args.data:
         raise UsageError("--bias-correction needs sample data", hint="pass --data D")
+    target = None
+    if args.target:
+        from edgepack.targets import load_target
+
+        target = load_target(args.target)
+        if args.granularity == "2:4" and not target.sparsity:
+            common.stderr(f"warning: target '{target.name}' does not run 2:4 sparse weights faster "
+                          "(sparsity = false): the zeros will only save space after compression")
     model = io.load(args.model)
     pruned, report = prune(model, sparsity=args.sparsity, granularity=args.granularity,
                            scope=args.scope, norm=args.norm, include=args.include,
                            exclude=args.exclude, fold=not args.no_fold, data=args.data,
                            bias_correction=args.bias_correction)
     io.save(pruned, args.output)
-    report = {"schema": SCHEMA, "model": args.model, "output": args.output, **report}
+    report = {"schema": SCHEMA, "model": args.model, "output": args.output,
+              "target": target.name if target else None,
+              "target_sparsity": target.sparsity if target else None, **report}
     changed = sum(layer["modified"] for layer in report["layers"])
     text = (f"pruned {changed}/{len(report['layers'])} layers ({args.granularity}) -> {args.output}\n"
             + format_cost(report))

@@ -138,7 +138,11 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
     model = io.load(model_path)
     proto = ir.serde.serialize_model(model)
     streams, tensors, weights_hash = _Streams(), [], hashlib.sha256()
-    for position, init in enumerate(proto.graph.initializer):
+    from tqdm import tqdm
+
+    large = len(proto.graph.initializer) > 50 or proto.ByteSize() > 64 * 2**20
+    for position, init in enumerate(tqdm(proto.graph.initializer, desc="packing", unit="tensor",
+                                         leave=False, disable=not large)):
         if not init.HasField("raw_data") or len(init.raw_data) < _MIN_BYTES:
             continue
         raw = init.raw_data

@@ -48,7 +48,10 @@ class FactorizeLowRankPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.layers = []
-        for node in select_nodes(model, self.include, self.exclude, ops=("Gemm", "MatMul", "Conv")):
+        from tqdm import tqdm
+
+        nodes = select_nodes(model, self.include, self.exclude, ops=("Gemm", "MatMul", "Conv"))
+        for node in tqdm(nodes, desc="low-rank SVD", unit="layer", leave=False, disable=len(nodes) < 20):
             if _MARK in node.metadata_props:
                 continue
             matrix = _as_matrix(node)

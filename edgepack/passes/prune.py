@@ -302,11 +302,12 @@ def _channel_groups(model: ir.Model, producers: list[ir.Node]):
 
 
 def correct_biases(original: ir.Model, pruned: ir.Model, feeds: list[dict]) -> int:
-    """Empirical bias correction: bias[c] -= mean over the data of (pruned - original) output of
-    channel c, for every Conv/Gemm whose weight changed and has a constant bias. Channels whose
-    weights are all zero keep a zero bias. Both models must have the same nodes in the same order.
+    """Empirical bias correction, layer by layer in graph order: bias[c] -= mean over the data of
+    (pruned - original) output of channel c, measured with the layers before it already corrected,
+    for every Conv/Gemm whose weight changed and has a constant bias. Channels whose weights are
+    all zero keep a zero bias. Both models must have the same nodes in the same order.
     Returns the number of corrected layers."""
-    from edgepack import cost
+    from tqdm import tqdm
 
     pairs = []
     for a, b in zip(iter_nodes(original), iter_nodes(pruned)):
@@ -317,29 +318,35 @@ def correct_biases(original: ir.Model, pruned: ir.Model, feeds: list[dict]) -> i
             pairs.append((a, b))
     if not pairs:
         return 0
-    taps = []
-    for model, index in ((original, 0), (pruned, 1)):
-        clone = copy_model(model)
-        nodes = list(iter_nodes(clone))
-        wanted = {id(p[index]) for p in pairs}
-        positions = [i for i, n in enumerate(iter_nodes(model)) if id(n) in wanted]
-        clone.graph.outputs.extend(nodes[i].outputs[0] for i in positions
-                                   if nodes[i].outputs[0] not in clone.graph.outputs)
-        names = [nodes[i].outputs[0].name for i in positions]
-        outputs = cost.run(clone, feeds)
-        all_names = [v.name for v in clone.graph.outputs]
-        taps.append({n: [batch[all_names.index(n)] for batch in outputs] for n in names})
-    for a, b in pairs:
-        ref = np.concatenate(taps[0][a.outputs[0].name])
-        out = np.concatenate(taps[1][b.outputs[0].name])
-        axes = tuple(i for i in range(ref.ndim) if i != 1)
-        shift = (out - ref).mean(axis=axes)
+    reference = _tap(original, [a for a, _ in pairs], feeds)
+    for (a, b), ref in zip(tqdm(pairs, desc="bias correction", unit="layer", leave=False,
+                                disable=len(pairs) < 8), reference):
+        out = _tap(pruned, [b], feeds)[0]
+        shift = (out - ref).mean(axis=tuple(i for i in range(ref.ndim) if i != 1))
         w = const_array(weight_input(b))
         live = np.moveaxis(w, weight_output_axis(b, w.ndim), 0).reshape(shift.size, -1).any(axis=1)
         bias = const_array(b.inputs[2])
         _set_const(b.inputs[2], np.where(live, bias - shift, bias).astype(bias.dtype))
     logger.info("bias correction on %d layers", len(pairs))
     return len(pairs)
+
+
+def _tap(model: ir.Model, nodes: list[ir.Node], feeds: list[dict]) -> list[np.ndarray]:
+    """The first outputs of `nodes` (of `model`) over all the feeds, in ORT."""
+    from edgepack import cost
+
+    clone = copy_model(model)
+    wanted = {id(n) for n in nodes}
+    positions = [i for i, n in enumerate(iter_nodes(model)) if id(n) in wanted]
+    cloned = list(iter_nodes(clone))
+    taps = [cloned[i].outputs[0] for i in positions]
+    graph_outputs = list(clone.graph.outputs)
+    clone.graph.outputs.extend(v for v in dict.fromkeys(taps) if v not in graph_outputs)
+    names = [v.name for v in clone.graph.outputs]
+    results = cost.run(clone, feeds)
+    by_id = {id(n): i for i, n in zip(positions, nodes)}
+    order = [cloned[by_id[id(n)]].outputs[0].name for n in nodes]
+    return [np.concatenate([batch[names.index(name)] for batch in results]) for name in order]
 
 
 def prune(model: ir.Model, *, sparsity: float, granularity: str = "element", scope: str = "layer",
