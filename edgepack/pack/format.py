@@ -136,6 +136,10 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
     started = time.perf_counter()
     model_path = Path(model_path)
     model = io.load(model_path)
+    if io.weights_nbytes(model) > io.EXTERNAL_DATA_THRESHOLD:
+        raise EdgepackError(f"{model_path}: weights over 2 GB; pack holds a model in one protobuf",
+                            hint="compress it with `edgepack compress`/`prune` and zstd instead")
+    model = ir.external_data.load_to_model(model)  # external weights go into the package too
     proto = ir.serde.serialize_model(model)
     streams, tensors, weights_hash = _Streams(), [], hashlib.sha256()
     from tqdm import tqdm

@@ -62,6 +62,15 @@ def test_lossless_round_trip_is_identical(sparse_model, tmp_path):
     assert header["versions"]["onnx"]
 
 
+def test_external_data_is_packed_too(sparse_model, tmp_path):
+    (tmp_path / "ext").mkdir()
+    external = io.save(io.load(sparse_model), tmp_path / "ext" / "m.onnx", external_data=True)
+    assert (tmp_path / "ext" / "m.onnx.data").exists()
+    pack(external, tmp_path / "e.epk")
+    unpack(tmp_path / "e.epk", tmp_path / "back.onnx")
+    assert initializers(io.load(tmp_path / "back.onnx")) == initializers(io.load(sparse_model))
+
+
 def test_codebook_shares_values_and_keeps_zeros(sparse_model, tmp_path):
     pack(sparse_model, tmp_path / "c.epk", codebook_bits=4)
     back, header = unpack_model(tmp_path / "c.epk")
