@@ -100,3 +100,55 @@ def test_options_are_checked():
         FactorizeLowRankPass(rank=4, energy=0.9)
     with pytest.raises(EdgepackError, match="--energy"):
         FactorizeLowRankPass(energy=1.5)
+
+
+# A one-head transformer encoder layer, D=64, T=16, FFN 256:
+#   x -> LayerNorm -> MatMul wq / wk / wv -> q @ k^T / 8 -> Softmax -> @ v -> MatMul wo -> + x = h
+#   h -> LayerNorm -> MatMul w1 -> Relu -> MatMul w2 -> + h -> y
+ENCODER = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 16, 64] x, float[64] g1, float[64] b1, float[64, 64] wq, float[64, 64] wk, float[64, 64] wv,
+   float[64, 64] wo, float[64] g2, float[64] b2, float[64, 256] w1, float[256, 64] w2, float[1] scale)
+  => (float[N, 16, 64] y) {
+  n1 = LayerNormalization<axis=-1>(x, g1, b1)
+  q = MatMul(n1, wq)
+  k = MatMul(n1, wk)
+  v = MatMul(n1, wv)
+  kt = Transpose<perm=[0, 2, 1]>(k)
+  s = MatMul(q, kt)
+  ss = Mul(s, scale)
+  a = Softmax<axis=-1>(ss)
+  c = MatMul(a, v)
+  o = MatMul(c, wo)
+  h = Add(o, x)
+  n2 = LayerNormalization<axis=-1>(h, g2, b2)
+  f = MatMul(n2, w1)
+  r = Relu(f)
+  f2 = MatMul(r, w2)
+  y = Add(f2, h)
+}"""
+
+
+def encoder(rng):
+    def low_rank(k, n, r):  # trained transformer weights have decaying spectra; imitate that
+        return (randn(rng, k, r) @ randn(rng, r, n) + randn(rng, k, n, scale=0.005)).astype(np.float32)
+
+    return model_with_weights(ENCODER, {
+        "g1": np.ones(64, np.float32), "b1": np.zeros(64, np.float32), "g2": np.ones(64, np.float32),
+        "b2": np.zeros(64, np.float32), "wq": low_rank(64, 64, 8), "wk": low_rank(64, 64, 8),
+        "wv": low_rank(64, 64, 8), "wo": low_rank(64, 64, 8), "w1": low_rank(64, 256, 16),
+        "w2": low_rank(256, 64, 16), "scale": np.array([0.125], np.float32)})
+
+
+def test_transformer_encoder_fewer_macs_and_error_reported():
+    from edgepack.passes.lowrank import lowrank
+
+    rng = np.random.default_rng(5)
+    model = encoder(rng)
+    factored, report = lowrank(model, energy=0.99)
+    assert sum(layer["factorized"] for layer in report["layers"]) == 6
+    assert report["after"]["macs"] < 0.6 * report["before"]["macs"]
+    assert report["error"]["max_abs_error"] > 0 and report["error"]["sqnr_db"] > 20
+    check(factored)
+    exact, report = lowrank(model, full=True)
+    x = {"x": rng.standard_normal((2, 16, 64)).astype(np.float32)}
+    np.testing.assert_allclose(run_ort(exact, x)[0], run_ort(model, x)[0], rtol=1e-4, atol=1e-4)
