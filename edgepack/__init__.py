@@ -18,6 +18,9 @@ _API = {
     "inspect_model": "edgepack.inspection",
     "load_target": "edgepack.targets",
     "list_targets": "edgepack.targets",
+    "build": "edgepack.backends",
+    "load_artifact": "edgepack.backends",
+    "Artifact": "edgepack.backends",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]
