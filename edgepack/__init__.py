@@ -18,6 +18,8 @@ _API = {
     "inspect_model": "edgepack.inspection",
     "load_target": "edgepack.targets",
     "list_targets": "edgepack.targets",
+    "optimize": "edgepack.passes.pipeline",
+    "build_pipeline": "edgepack.passes.pipeline",
     "build": "edgepack.backends",
     "load_artifact": "edgepack.backends",
     "Artifact": "edgepack.backends",

@@ -1,0 +1,92 @@
+"""calibrate: one ONNX Runtime pass over the data, every float activation fed to an observer."""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack import runtime
+from edgepack.calib.data import input_specs_of, open_dataset
+from edgepack.calib.observers import METHODS, HistogramObserver
+from edgepack.calib.ranges import Ranges
+from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+def observable_tensors(model: ir.Model) -> list[ir.Value]:
+    """Every float tensor computed by the graph, plus float graph inputs (what Q/DQ may go on)."""
+    values = [v for v in model.graph.inputs if v.dtype in FLOATS and not v.is_initializer()]
+    for node in model.graph:
+        if node.op_type in ("Constant", "QuantizeLinear", "DequantizeLinear"):
+            continue
+        values += [o for o in node.outputs if o.dtype in FLOATS]
+    return values
+
+
+def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: float = 99.99,
+              batch_size: int = 32, limit: int | None = None, symmetric: bool = False,
+              progress: bool = True) -> Ranges:
+    """Observe every float tensor over `data` (a path or an iterable of {input: array})."""
+    if method not in METHODS:
+        raise EdgepackError(f"unknown calibration method '{method}'", hint=f"use one of {', '.join(METHODS)}")
+    from edgepack import io
+
+    io.infer_shapes(model)
+    tensors = observable_tensors(model)
+    names = [v.name for v in tensors]
+    probe = _with_outputs(model, tensors)
+    session = runtime.session(probe, optimize=False)
+    dataset = open_dataset(data, input_specs_of(session), batch_size=batch_size, limit=limit)
+    observers = {n: HistogramObserver() for n in names}
+    need_hist = method != "minmax"
+    samples = 0
+    bar = _progress(progress, limit)
+    outputs = [o.name for o in session.get_outputs()]
+    for batch in dataset:
+        results = session.run(outputs, batch)
+        for name, value in zip(outputs, results):
+            if name in observers:
+                observers[name].update(value, need_hist)
+        for name in batch:  # graph inputs are observed from the data itself
+            if name in observers:
+                observers[name].update(batch[name], need_hist)
+        n = len(next(iter(batch.values())))
+        samples += n
+        if bar is not None:
+            bar.update(n)
+    if bar is not None:
+        bar.close()
+    if samples == 0:
+        raise EdgepackError(f"{dataset.description}: no calibration samples")
+    ranges = Ranges(method, symmetric=symmetric, samples=samples,
+                    percentile=percentile if method == "percentile" else None)
+    for name, obs in observers.items():
+        ranges.tensors[name] = tuple(float(v) for v in obs.range(method, symmetric=symmetric, percentile=percentile))
+    ranges.model_sha256 = hashlib.sha256(ir.serde.serialize_model(model).graph.SerializeToString()).hexdigest()
+    logger.info("calibrated %d tensors on %d samples (%s)", len(names), samples, method)
+    return ranges
+
+
+def _with_outputs(model: ir.Model, tensors: list[ir.Value]) -> ir.Model:
+    """A copy of the graph proto whose outputs include every observed tensor (weights shared)."""
+    proto = ir.serde.serialize_model(model)
+    existing = {o.name for o in proto.graph.output}
+    inputs = {i.name for i in proto.graph.input}
+    import onnx
+
+    for v in tensors:
+        if v.name not in existing and v.name not in inputs:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(v.name))
+    return ir.serde.deserialize_model(proto)
+
+
+def _progress(enabled: bool, total: int | None):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="calibrating", unit="sample", leave=False, disable=None)

@@ -1,0 +1,68 @@
+"""Ranges: the result of calibration, a file you can keep and quantize from again."""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepack.errors import EdgepackError
+
+SCHEMA = "edgepack.ranges/1"
+
+
+@dataclass
+class Ranges:
+    """Per-tensor [min, max] for one calibration method; `symmetric` ranges are [-T, T]."""
+
+    method: str
+    tensors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    symmetric: bool = False
+    samples: int = 0
+    model_sha256: str | None = None
+    percentile: float | None = None
+
+    def __getitem__(self, name: str) -> tuple[float, float]:
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "method": self.method, "symmetric": self.symmetric, "samples": self.samples,
+                "percentile": self.percentile, "model_sha256": self.model_sha256,
+                "tensors": {k: {"min": lo, "max": hi} for k, (lo, hi) in self.tensors.items()}}
+
+    def save(self, path: str | Path) -> Path:
+        from edgepack.cli.common import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ranges":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise EdgepackError(f"ranges file not found: {path}", hint="run edgepack calibrate first") from None
+        except json.JSONDecodeError as exc:
+            raise EdgepackError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise EdgepackError(f"{path}: not an edgepack ranges file (schema {SCHEMA})")
+        try:
+            tensors = {k: (float(v["min"]), float(v["max"])) for k, v in data["tensors"].items()}
+        except (KeyError, TypeError, ValueError):
+            raise EdgepackError(f"{path}: malformed 'tensors' entry") from None
+        return cls(data["method"], tensors, bool(data.get("symmetric")), int(data.get("samples", 0)),
+                   data.get("model_sha256"), data.get("percentile"))
+
+    def to_tensorrt_cache(self, path: str | Path, version: str = "TRT-8601-EntropyCalibration2") -> Path:
+        """TensorRT's calibration cache (implicit INT8): a header line, then `tensor: <hex>` where
+        hex is the big-endian float32 scale max|range| / 127."""
+        from edgepack.cli.common import write_text_atomic
+
+        lines = [version]
+        for name, (lo, hi) in self.tensors.items():
+            scale = max(abs(lo), abs(hi)) / 127.0 or 1e-8
+            lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+        return write_text_atomic(path, "\n".join(lines) + "\n")

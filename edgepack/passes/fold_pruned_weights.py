@@ -1,0 +1,483 @@
+"""FoldPrunedWeightsPass: physically remove channels that pruning left provably constant (mostly zero)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack import io
+from edgepack.graph import attr_int, attr_ints, const_array
+from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant
+
+logger = logging.getLogger(__name__)
+
+UNARY = {
+    "Relu": lambda c, n: np.maximum(c, 0),
+    "LeakyRelu": lambda c, n: np.where(c >= 0, c, _attr_float(n, "alpha", 0.01) * c),
+    "Sigmoid": lambda c, n: 1 / (1 + np.exp(-c)),
+    "Tanh": lambda c, n: np.tanh(c),
+    "HardSigmoid": lambda c, n: np.clip(_attr_float(n, "alpha", 0.2) * c + _attr_float(n, "beta", 0.5), 0, 1),
+    "HardSwish": lambda c, n: c * np.clip(c / 6 + 0.5, 0, 1),
+    "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
+    "Neg": lambda c, n: -c,
+    "Abs": lambda c, n: np.abs(c),
+    "Identity": lambda c, n: c,
+    "Dropout": lambda c, n: c,
+    "Clip": None,  # bounds come from inputs: handled in _clip
+}
+POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+BINARY = ("Add", "Sub", "Mul", "Div")
+
+
+@dataclass
+class _Analysis:
+    axis: dict = field(default_factory=dict)      # Value -> channel axis
+    consts: dict = field(default_factory=dict)    # Value -> float64[C], NaN where not constant
+    parent: dict = field(default_factory=dict)    # union-find over (Value, channel)
+    linked: set = field(default_factory=set)      # (Node, input index) that carry channels through
+    blocked: set = field(default_factory=set)     # Values whose channels must all stay
+
+    def find(self, key):
+        root = key
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while key != root:  # path compression
+            self.parent[key], key = root, self.parent.get(key, key)
+        return root
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+
+class FoldPrunedWeightsPass(ir.passes.InPlacePass):
+    """Removes output channels that are provably constant and shrinks every consumer to match.
+
+    Conv(W[k]=0, b[k]) -> Relu -> Conv(:, k): channel k carries the constant Relu(b[k]) everywhere,
+    so row k of the producer and column k of every consumer can go; a constant c != 0 moves into
+    the consumer's bias (bias[m] += c * sum(W[m, k])), which is exact for Gemm, MatMul and Conv
+    without padding. Channels are followed through Relu-like ops (f applied to the constant),
+    BatchNormalization, pools, depthwise Conv, Flatten/Reshape into a Gemm (channel k becomes
+    features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div: tensors joined by
+    such ops share each channel, and a channel goes only when it is constant in every tensor that
+    shares it and every consumer can drop it. Graph outputs, unknown ops and subgraphs keep theirs.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        io.infer_shapes(model)
+        analysis = _analyse(graph)
+        keep = _decide(graph, analysis)
+        removed = {v: idx for v, idx in keep.items() if len(idx) < _channels(v, analysis)}
+        if not removed:
+            return ir.passes.PassResult(model, modified=False)
+        _apply(graph, analysis, keep)
+        remove_unused_initializers(graph)
+        count = sum(_channels(v, analysis) - len(idx) for v, idx in removed.items()
+                    if not _is_linked_output(v, analysis))
+        logger.info("removed %d channels from %d tensors", count, len(removed))
+        return ir.passes.PassResult(model, modified=True)
+
+
+# ---------------------------------------------------------------- analysis
+def _analyse(graph: ir.Graph) -> _Analysis:
+    a = _Analysis()
+    for node in graph:
+        if node.domain != "" or not node.outputs:
+            continue
+        handler = _HANDLERS.get(node.op_type)
+        if handler is not None:
+            handler(node, a)
+    return a
+
+
+def _channel_dim(value: ir.Value, axis: int) -> int | None:
+    if value is None or value.shape is None or axis >= len(value.shape):
+        return None
+    dim = value.shape[axis]
+    return dim if isinstance(dim, int) else None
+
+
+def _start(a: _Analysis, value: ir.Value, axis: int, consts: np.ndarray) -> bool:
+    """Register `value` as carrying channels along `axis` (needs a static channel count)."""
+    if value.shape is None:
+        return False
+    axis = axis % len(value.shape)
+    if _channel_dim(value, axis) != len(consts):
+        return False
+    a.axis[value], a.consts[value] = axis, consts.astype(np.float64)
+    return True
+
+
+def _carries(a: _Analysis, value: ir.Value | None, axis: int | None = None) -> bool:
+    return value in a.axis and (axis is None or a.axis[value] == axis)
+
+
+def _link(a: _Analysis, node: ir.Node, index: int, src: ir.Value, dst: ir.Value, mapping=None) -> None:
+    """Channel k of `src` is channel mapping[k] of `dst` (identity by default)."""
+    a.linked.add((node, index))
+    n = len(a.consts[src])
+    for k in range(n):
+        targets = mapping(k) if mapping else (k,)
+        for t in targets:
+            a.union((src, k), (dst, t))
+
+
+def _weighted(node: ir.Node, a: _Analysis) -> None:
+    """Conv (plain or depthwise), Gemm, MatMul: a weight row that is all zero makes a constant channel."""
+    op, out = node.op_type, node.outputs[0]
+    w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None or (op == "MatMul" and w.ndim != 2) or (op == "Gemm" and attr_int(node, "transA", 0)):
+        return
+    bias = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if op == "Conv":
+        groups = attr_int(node, "group", 1)
+        if groups > 1:
+            _depthwise(node, a, w, bias, groups)
+            return
+        rows = w.reshape(w.shape[0], -1)
+        axis = 1
+    elif op == "Gemm":
+        rows, axis = (w if attr_int(node, "transB", 0) else w.T), 1
+    else:  # MatMul: X[..., K] @ W[K, N]
+        rows, axis = w.T, -1
+    n = rows.shape[0]
+    if bias is None:
+        b = np.zeros(n)
+    elif bias.size == 1 or bias.shape in ((n,), (1, n)):
+        b = np.broadcast_to(bias.reshape(-1).astype(np.float64), (n,)) * (_attr_float(node, "beta", 1.0) if op == "Gemm" else 1.0)
+    else:
+        return  # a bias that varies across rows (Gemm C of shape [M, N]) is not per channel
+    consts = np.where(~rows.any(axis=1), b, np.nan)
+    _start(a, out, axis, consts)
+
+
+def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] != groups or len(a.consts[x]) != groups:
+        return  # only the one-filter-per-channel form keeps channel k on channel k
+    c = a.consts[x]
+    b = np.zeros(groups) if bias is None else bias.astype(np.float64)
+    no_pad = not any(attr_ints(node, "pads", [0]) or [0]) and _auto_pad(node) in ("NOTSET", "VALID")
+    through = c * w.reshape(groups, -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
+    if _start(a, out, 1, np.where(c == 0, b, through)):
+        _link(a, node, 0, x, out)
+
+
+def _batchnorm(node: ir.Node, a: _Analysis) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    stats = [const_array(v) for v in node.inputs[1:5]]
+    if not _carries(a, x, 1) or any(s is None for s in stats):
+        return
+    gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
+    scale = gamma / np.sqrt(var + _attr_float(node, "epsilon", 1e-5))
+    if _start(a, out, 1, a.consts[x] * scale + beta - mean * scale):
+        _link(a, node, 0, x, out)
+
+
+def _unary(node: ir.Node, a: _Analysis) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x) or (node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses()):
+        return
+    if node.op_type == "Clip":
+        bounds = [const_array(v) if i < len(node.inputs) and v is not None else None
+                  for i, v in enumerate(node.inputs[1:3], 1)]
+        if any(i + 1 < len(node.inputs) and node.inputs[i + 1] is not None and b is None for i, b in enumerate(bounds)):
+            return
+        lo, hi = (bounds + [None, None])[:2]
+        consts = np.clip(a.consts[x], -np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+    else:
+        with np.errstate(all="ignore"):
+            consts = UNARY[node.op_type](a.consts[x], node)
+    if _start(a, out, a.axis[x], consts):
+        _link(a, node, 0, x, out)
+
+
+def _pool(node: ir.Node, a: _Analysis) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or len(node.outputs) > 1 and node.outputs[1].uses():
+        return
+    c, axis = a.consts[x], 1
+    if node.op_type in ("ReduceMean", "ReduceMax"):
+        axes = attr_ints(node, "axes") if len(node.inputs) < 2 else (
+            None if const_array(node.inputs[1]) is None else const_array(node.inputs[1]).tolist())
+        rank = len(x.shape)
+        if not axes or any(ax % rank in (0, 1) for ax in axes):
+            return  # reducing over all axes, the batch or the channels mixes channels
+    elif node.op_type == "AveragePool" and attr_int(node, "count_include_pad", 0) and (
+            any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")):
+        c = np.where(c == 0, 0.0, np.nan)  # padded zeros enter the average: only 0 stays constant
+    if _start(a, out, axis, c):
+        _link(a, node, 0, x, out)
+
+
+def _flatten(node: ir.Node, a: _Analysis) -> None:
+    """[N, C, H, W] -> [N, C*H*W]: channel k becomes features k*HW .. k*HW + HW - 1."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or x.shape is None or out.shape is None or len(out.shape) != 2:
+        return
+    if node.op_type == "Flatten" and attr_int(node, "axis", 1) != 1:
+        return
+    spatial = list(x.shape)[2:]
+    if not all(isinstance(d, int) for d in spatial):
+        return
+    hw = int(np.prod(spatial)) if spatial else 1
+    if _channel_dim(out, 1) != len(a.consts[x]) * hw:
+        return
+    if node.op_type == "Reshape" and _reshape_feature_slot(node, out) is None:
+        return
+    if _start(a, out, 1, np.repeat(a.consts[x], hw)):
+        _link(a, node, 0, x, out, mapping=lambda k: range(k * hw, (k + 1) * hw))
+
+
+def _binary(node: ir.Node, a: _Analysis) -> None:
+    out = node.outputs[0]
+    carriers = [v for v in node.inputs if _carries(a, v)]
+    if not carriers or out.shape is None:
+        return
+    rank = len(out.shape)
+    axis = a.axis[carriers[0]] + rank - len(carriers[0].shape)
+    n = len(a.consts[carriers[0]])
+    operands = []
+    for i, v in enumerate(node.inputs):
+        if _carries(a, v):
+            if a.axis[v] + rank - len(v.shape) != axis or len(a.consts[v]) != n:
+                return
+            operands.append(a.consts[v])
+            continue
+        per_channel = _per_channel_constant(const_array(v), rank, axis, n)
+        if per_channel is None or (node.op_type == "Div" and i == 0):
+            return
+        operands.append(per_channel)
+    with np.errstate(all="ignore"):
+        consts = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[node.op_type](*operands)
+    if _start(a, out, axis, consts):
+        for i, v in enumerate(node.inputs):
+            if _carries(a, v):
+                _link(a, node, i, v, out)
+
+
+def _concat(node: ir.Node, a: _Analysis) -> None:
+    out = node.outputs[0]
+    if not node.inputs or not all(_carries(a, v) for v in node.inputs) or out.shape is None:
+        return
+    axis = a.axis[node.inputs[0]]
+    if any(a.axis[v] != axis for v in node.inputs):
+        return
+    cat_axis = attr_int(node, "axis", 0) % len(out.shape)
+    if cat_axis == axis:
+        consts = np.concatenate([a.consts[v] for v in node.inputs])
+        if _start(a, out, axis, consts):
+            offset = 0
+            for i, v in enumerate(node.inputs):
+                _link(a, node, i, v, out, mapping=lambda k, o=offset: (k + o,))
+                offset += len(a.consts[v])
+        return
+    stacked = np.stack([a.consts[v] for v in node.inputs]) if len({len(a.consts[v]) for v in node.inputs}) == 1 else None
+    if stacked is None:
+        return
+    consts = np.where((stacked == stacked[0]).all(axis=0), stacked[0], np.nan)
+    if _start(a, out, axis, consts):
+        for i, v in enumerate(node.inputs):
+            _link(a, node, i, v, out)
+
+
+_HANDLERS = {
+    "Conv": _weighted, "Gemm": _weighted, "MatMul": _weighted,
+    "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
+    **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
+}
+
+
+# ---------------------------------------------------------------- decision
+def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str | None:
+    """'any' if `node` can drop channel k of its input `value` whatever the constant, 'zero' if
+    only zero channels, None if it cannot drop channels at all."""
+    if index != 0 or node.graph is not value.graph:
+        return None
+    op = node.op_type
+    w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
+        return None
+    if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
+        padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
+        return "zero" if padded else "any"
+    if op == "Gemm" and not attr_int(node, "transA", 0) and a.axis[value] == 1:
+        return "any"
+    if op == "MatMul" and w.ndim == 2 and a.axis[value] == len(value.shape) - 1:
+        return "any"
+    return None
+
+
+def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
+    """Which channels of each tensor stay."""
+    bad_roots = set()
+    for value, consts in a.consts.items():
+        n = len(consts)
+        limit = np.zeros(n, bool)  # channels that must stay because of this value's uses
+        if value.is_graph_output() or value.graph is not graph:
+            limit[:] = True
+        for use in value.uses():
+            node, index = use.node, use.idx
+            if (node, index) in a.linked:
+                continue
+            mode = _absorbing(node, index, value, a)
+            if mode is None:
+                limit[:] = True
+            elif mode == "zero":
+                limit |= consts != 0
+        limit |= np.isnan(consts)
+        for k in np.flatnonzero(limit):
+            bad_roots.add(a.find((value, k)))
+    keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
+    # Never empty a tensor: keep a channel (and everything it is tied to) where all would go.
+    changed = True
+    while changed:
+        changed = False
+        for v, mask in keep.items():
+            if not mask.any():
+                bad_roots.add(a.find((v, 0)))
+                changed = True
+        if changed:
+            keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
+    return {v: np.flatnonzero(mask) for v, mask in keep.items()}
+
+
+# ---------------------------------------------------------------- rewrite
+def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> None:
+    def removed(v):
+        return v in keep and len(keep[v]) < len(a.consts[v])
+
+    for node in list(graph):
+        op = node.op_type
+        out = node.outputs[0] if node.outputs else None
+        x = node.inputs[0] if node.inputs else None
+        if op in ("Conv", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
+            _shrink_weighted(graph, node, a, keep, x if removed(x) and (node, 0) not in a.linked else None,
+                             out if removed(out) else None)
+        elif op == "BatchNormalization" and removed(out):
+            for i in range(1, 5):
+                set_input_constant(graph, node, i, const_array(node.inputs[i])[keep[out]], f"{node.inputs[i].name}_folded")
+        elif op in BINARY and removed(out):
+            rank, axis = len(out.shape), a.axis[out]
+            for i, v in enumerate(node.inputs):
+                if (node, i) in a.linked:
+                    continue
+                c = const_array(v)
+                slot = axis - (rank - c.ndim)
+                if slot >= 0 and c.shape[slot] > 1:
+                    set_input_constant(graph, node, i, np.take(c, keep[out], axis=slot), f"{v.name}_folded")
+        elif op == "Reshape" and removed(out):
+            shape = const_array(node.inputs[1]).copy()
+            slot = _reshape_feature_slot(node, out)
+            if shape[slot] != -1:
+                shape[slot] = len(keep[out])
+            set_input_constant(graph, node, 1, shape, f"{node.inputs[1].name}_folded")
+    for v, idx in keep.items():
+        if removed(v):
+            dims = list(v.shape)
+            dims[a.axis[v]] = len(idx)
+            v.shape = ir.Shape(dims)
+
+
+def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
+    """Drop removed input columns (moving their constants into the bias) and removed output rows."""
+    op = node.op_type
+    w = const_array(node.inputs[1]).copy()
+    groups = attr_int(node, "group", 1) if op == "Conv" else 1
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = None if bias_value is None else const_array(bias_value).astype(np.float64).reshape(-1)
+    if op == "Gemm":
+        out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
+    elif op == "MatMul":
+        out_axis, in_axis = 1, 0
+    else:
+        out_axis, in_axis = 0, 1
+    n_out = w.shape[out_axis]
+    delta = np.zeros(n_out)
+    if inp is not None and groups == 1:
+        dropped = np.setdiff1d(np.arange(w.shape[in_axis]), keep[inp])
+        c = a.consts[inp][dropped]
+        if np.any(c != 0):
+            cols = np.take(w, dropped, axis=in_axis).astype(np.float64)
+            if op == "Conv":  # bias[m] += sum_k c_k * sum(W[m, k])
+                delta = cols.reshape(n_out, len(dropped), -1).sum(axis=2) @ c
+            else:
+                delta = c @ cols if in_axis == 0 else cols @ c
+            if op == "Gemm":
+                delta = delta * _attr_float(node, "alpha", 1.0)
+        w = np.take(w, keep[inp], axis=in_axis)
+    if out is not None:
+        rows = keep[out]
+        w = np.take(w, rows, axis=out_axis)
+        delta = delta[rows]
+        if bias is not None and bias.size > 1:
+            bias = bias[rows]
+        if groups > 1:
+            node.attributes["group"] = ir.AttrInt64("group", len(rows))
+    set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
+    dtype = w.dtype
+    if op == "MatMul":
+        if np.any(delta != 0):
+            add = ir.node("Add", [node.outputs[0], None], name=f"{node.name}_folded_bias")
+            result = node.outputs[0]
+            graph.insert_after(node, add)
+            result.replace_all_uses_with(add.outputs[0], replace_graph_outputs=False)
+            add.replace_input_with(0, result)
+            set_input_constant(graph, add, 1, delta.astype(dtype), f"{node.name}_folded_bias")
+            add.outputs[0].shape, add.outputs[0].dtype = result.shape, result.dtype
+            a.axis[add.outputs[0]] = a.axis.get(result, -1)
+        return
+    if op == "Gemm" and bias is not None:
+        delta = delta / _attr_float(node, "beta", 1.0)
+    if bias is not None or np.any(delta != 0):
+        base = np.zeros(len(delta)) if bias is None else np.broadcast_to(bias, delta.shape)
+        if op == "Gemm" and bias is None:
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        new_bias = (base + delta).astype(dtype)
+        if bias_value is not None and bias.size == 1 and not np.any(delta != 0):
+            return
+        set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
+
+
+# ---------------------------------------------------------------- small helpers
+def _channels(value: ir.Value, a: _Analysis) -> int:
+    return len(a.consts[value])
+
+
+def _is_linked_output(value: ir.Value, a: _Analysis) -> bool:
+    producer = value.producer()
+    return producer is not None and any((producer, i) in a.linked for i in range(len(producer.inputs)))
+
+
+def _attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.value)
+
+
+def _auto_pad(node: ir.Node) -> str:
+    attr = node.attributes.get("auto_pad")
+    return "NOTSET" if attr is None else attr.value
+
+
+def _per_channel_constant(c: np.ndarray | None, rank: int, axis: int, n: int) -> np.ndarray | None:
+    """A constant operand's value per channel, if it is constant within each channel."""
+    if c is None or c.ndim > rank:
+        return None
+    slot = axis - (rank - c.ndim)
+    if any(d != 1 for i, d in enumerate(c.shape) if i != slot):
+        return None
+    if slot < 0 or c.shape[slot] == 1:
+        return np.full(n, float(c.reshape(-1)[0]))
+    return c.reshape(-1).astype(np.float64) if c.shape[slot] == n else None
+
+
+def _reshape_feature_slot(node: ir.Node, out: ir.Value) -> int | None:
+    """Reshape into [N, F]: where F sits in the shape constant (it must be a constant of rank 1)."""
+    shape = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if shape is None or shape.ndim != 1 or len(shape) != 2 or attr_int(node, "allowzero", 0):
+        return None
+    return 1

@@ -1,0 +1,155 @@
+"""Simplification: onnxsim where it works, and our own no-op removal and constant folding."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack import io
+from edgepack.graph import const_array, static_shape
+from edgepack.passes.rewrite import new_initializer, remove_unused_initializers, take_over_output
+
+logger = logging.getLogger(__name__)
+
+# onnxsim works on one protobuf holding every weight: keep it away from models near 2 GB.
+ONNXSIM_MAX_BYTES = 1 << 30
+_FOLD_MAX_ELEMENTS = 1 << 20
+
+
+class OnnxSimplifyPass(ir.passes.FunctionalPass):
+    """onnxsim: constant folding, shape simplification and its own fusions, checked by onnxsim.
+
+    onnxsim fails on some models (custom ops, unusual shapes) and cannot take models over 2 GB:
+    then this pass warns once and leaves the model as it is, and our own passes carry on.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if io.weights_nbytes(model) > ONNXSIM_MAX_BYTES:
+            logger.warning("onnxsim skipped: weights over %d MiB; using edgepack's own passes",
+                           ONNXSIM_MAX_BYTES >> 20)
+            return ir.passes.PassResult(model, modified=False)
+        import onnxsim
+
+        proto = ir.serde.serialize_model(model)
+        before = proto.SerializeToString()
+        try:
+            simplified, ok = onnxsim.simplify(proto)
+        except Exception as exc:  # onnxsim raises many types; any failure means "not this time"
+            logger.warning("onnxsim failed (%s: %s); using edgepack's own passes",
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return ir.passes.PassResult(model, modified=False)
+        if not ok:
+            logger.warning("onnxsim could not verify its result; using edgepack's own passes")
+            return ir.passes.PassResult(model, modified=False)
+        if simplified.SerializeToString() == before:
+            return ir.passes.PassResult(model, modified=False)
+        result = ir.serde.deserialize_model(simplified)
+        return ir.passes.PassResult(result, modified=True)
+
+
+class RemoveNoOpsPass(ir.passes.InPlacePass):
+    """Removes nodes that pass their input through unchanged.
+
+    Identity; Dropout at inference (mask unused); Cast to the type it already has; Reshape to the
+    shape it already has; Transpose pairs whose permutations compose to the identity.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        io.infer_shapes(model)
+        removed = 0
+        for node in list(model.graph):
+            source = self._passthrough(node)
+            if source is None or (source.is_graph_input() and node.outputs[0].is_graph_output()):
+                continue
+            out = node.outputs[0]
+            if out.is_graph_output() and source.is_graph_output():
+                continue  # two outputs would become one value
+            if out.is_graph_output() and (source.producer() is None or len(source.uses()) > 1):
+                continue  # keep the output's name without renaming a shared or input value
+            take_over_output(out, source)
+            model.graph.remove(node, safe=True)
+            removed += 1
+        removed_transposes = self._remove_transpose_pairs(model.graph)
+        if removed or removed_transposes:
+            ir.passes.common.RemoveUnusedNodesPass()(model)
+            logger.info("removed %d no-op nodes", removed + removed_transposes)
+        return ir.passes.PassResult(model, modified=bool(removed or removed_transposes))
+
+    @staticmethod
+    def _passthrough(node: ir.Node) -> ir.Value | None:
+        if node.domain != "" or not node.inputs or node.inputs[0] is None:
+            return None
+        x, op = node.inputs[0], node.op_type
+        if op == "Identity":
+            return x
+        if op == "Dropout" and (len(node.outputs) == 1 or not node.outputs[1].uses()):
+            training = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+            return x if training is None or not training.any() else None
+        if op == "Cast" and x.dtype is not None and x.dtype.value == node.attributes["to"].value:
+            return x
+        if op == "Reshape":
+            a, b = static_shape(x), static_shape(node.outputs[0])
+            if a is not None and a == b and all(isinstance(d, int) for d in a):
+                return x
+        return None
+
+    @staticmethod
+    def _remove_transpose_pairs(graph: ir.Graph) -> int:
+        removed = 0
+        for node in list(graph):
+            first = node.inputs[0].producer() if node.op_type == "Transpose" and node.inputs else None
+            if first is None or first.op_type != "Transpose" or "perm" not in node.attributes \
+                    or "perm" not in first.attributes:
+                continue
+            p1, p2 = list(first.attributes["perm"].value), list(node.attributes["perm"].value)
+            if [p1[i] for i in p2] != list(range(len(p1))) or node.outputs[0].is_graph_output():
+                continue
+            node.outputs[0].replace_all_uses_with(first.inputs[0])
+            graph.remove(node, safe=True)
+            removed += 1
+        return removed
+
+
+class FoldConstantsPass(ir.passes.InPlacePass):
+    """Evaluates nodes whose inputs are all constant (onnx's reference evaluator) into initializers.
+
+    Our own folding for when onnxsim cannot run. Outputs over 1M elements are left as nodes so
+    folding never inflates the model; random ops and control flow are never folded.
+    """
+
+    SKIP = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+            "Bernoulli", "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnx.reference import ReferenceEvaluator
+
+        folded = 0
+        for node in list(model.graph):
+            if node.domain != "" or node.op_type in self.SKIP or any(o.is_graph_output() for o in node.outputs):
+                continue
+            inputs = [const_array(v) if v is not None else None for v in node.inputs]
+            if any(v is not None and a is None for v, a in zip(node.inputs, inputs)):
+                continue
+            if node.op_type == "Constant" or sum(a.size for a in inputs if a is not None) > _FOLD_MAX_ELEMENTS:
+                continue
+            try:
+                proto = ir.serde.serialize_node(node)
+                evaluator = ReferenceEvaluator(proto)
+                feeds = {name: a for name, a in zip(proto.input, inputs) if name}
+                results = evaluator.run(None, feeds)
+            except Exception:  # an op the reference evaluator lacks: leave it
+                continue
+            if any(np.asarray(r).size > _FOLD_MAX_ELEMENTS for r in results):
+                continue
+            for out, array in zip(node.outputs, results):
+                value = new_initializer(model.graph, np.asarray(array), out.name or "folded")
+                take_over_output(out, value)
+            model.graph.remove(node, safe=True)
+            folded += 1
+        if folded:
+            ir.passes.common.RemoveUnusedNodesPass()(model)
+            remove_unused_initializers(model.graph)
+            logger.info("folded %d constant nodes", folded)
+        return ir.passes.PassResult(model, modified=folded > 0)
+

@@ -1,0 +1,66 @@
+"""check-qdq: does a QDQ model follow the target's rules? TensorRT's explicit quantization is strict."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.graph import const_array, iter_nodes, node_label
+from edgepack.quant.qdq import QuantPolicy
+from edgepack.targets import Target
+
+QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul",
+                 "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QGemm",
+                 "QLinearSigmoid", "QLinearLeakyRelu", "DynamicQuantizeLinear", "MatMulIntegerToFloat"}
+
+
+def check_qdq(model: ir.Model, target: Target) -> list[str]:
+    """Every rule the model breaks, as '<node>: <problem>' (empty list: the model is fine)."""
+    policy = QuantPolicy.for_target(target)
+    problems = []
+    for node in iter_nodes(model):
+        label = node_label(node)
+        if node.op_type in QOPERATOR_OPS:
+            problems.append(f"{label}: {node.op_type} is a QOperator op; use the QDQ form")
+            continue
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        zero = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if scale is None:
+            problems.append(f"{label}: scale is not a constant")
+            continue
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            problems.append(f"{label}: scales must be finite and > 0")
+        _check_axis(node, label, scale, problems)
+        if policy.tensorrt:
+            if zero is not None and (zero.dtype != np.int8 or np.any(zero != 0)):
+                problems.append(f"{label}: TensorRT needs int8 zero points equal to 0 "
+                                f"(got {zero.dtype}, max |z| {int(np.abs(zero.astype(np.int64)).max())})")
+            if zero is None and node.op_type == "QuantizeLinear":
+                problems.append(f"{label}: no zero point: ONNX then means uint8, TensorRT needs int8")
+            src = const_array(node.inputs[0]) if node.op_type == "DequantizeLinear" else None
+            if src is not None and src.dtype != np.int8:
+                problems.append(f"{label}: dequantizes {src.dtype}; TensorRT takes int8 only "
+                                "(keep biases float)")
+        if node.op_type == "QuantizeLinear":
+            users = node.outputs[0].uses()
+            if not users or any(u.node.op_type != "DequantizeLinear" for u in users):
+                problems.append(f"{label}: a QuantizeLinear must feed DequantizeLinear nodes only")
+            if node.outputs[0].is_graph_output():
+                problems.append(f"{label}: a quantized tensor is a graph output")
+    return problems
+
+
+def _check_axis(node: ir.Node, label: str, scale: np.ndarray, problems: list[str]) -> None:
+    if scale.ndim == 0 or scale.size == 1:
+        return
+    x = node.inputs[0]
+    data = const_array(x)
+    shape = data.shape if data is not None else (list(x.shape) if x.shape is not None else None)
+    axis = node.attributes["axis"].value if "axis" in node.attributes else 1
+    if shape is None:
+        return
+    if not -len(shape) <= axis < len(shape):
+        problems.append(f"{label}: axis {axis} out of range for rank {len(shape)}")
+    elif isinstance(shape[axis], int) and shape[axis] != scale.size:
+        problems.append(f"{label}: {scale.size} scales for {shape[axis]} channels on axis {axis}")

@@ -1,0 +1,252 @@
+"""QDQ insertion: QuantizeLinear/DequantizeLinear placed by the target's policy, from calibrated ranges.
+
+Activation x feeding a quantized op, weight W, bias b (ONNX Runtime form):
+
+      x ──► Q(s_x, z_x) ──► DQ ──┐
+    W_int8 ──────────────► DQ ───┼──► Conv ──► ...
+    b_int32 (s = s_x*s_w) ─► DQ ─┘
+
+TensorRT form: the same without the bias DQ (biases stay float), int8 activations with zero point 0,
+and Q/DQ on Conv / ConvTranspose / Gemm / MatMul inputs and on the residual input of an Add that a
+quantized Conv feeds, so TensorRT fuses Conv+Add. ONNX Runtime form: uint8 (or int8) activations,
+also Add / Mul / Concat / pools, so ORT's QDQ fusions turn the graph into its integer kernels
+(QLinearConv, QLinearAdd, ...); Relu before a Q with zero point at the range minimum is dropped by ORT.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.calib.ranges import Ranges
+from edgepack.graph import WEIGHTED_OPS, attr_int, const_array, node_label, weight_output_axis
+from edgepack.passes.rewrite import new_initializer, remove_unused_initializers
+from edgepack.targets import Target
+
+logger = logging.getLogger(__name__)
+
+ORT_EXTRA_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool")
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    """What a target's runtime can fuse, as placement rules."""
+
+    tensorrt: bool
+    activation_dtype: str  # "uint8" or "int8"
+    symmetric_activations: bool
+    per_channel: bool
+    int32_bias: bool
+    ops: tuple[str, ...]
+
+    @classmethod
+    def for_target(cls, target: Target, *, per_tensor: bool = False) -> "QuantPolicy":
+        qdq = target.qdq
+        per_channel = qdq.weight_per_channel and not per_tensor
+        if target.is_tensorrt:
+            return cls(True, "int8", True, per_channel, False, WEIGHTED_OPS)
+        return cls(False, qdq.activation_dtype, qdq.activation_symmetric, per_channel, True,
+                   WEIGHTED_OPS + ORT_EXTRA_OPS)
+
+
+@dataclass
+class QuantizeResult:
+    model: ir.Model
+    quantized: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
+
+
+def activation_qparams(lo: float, hi: float, policy: QuantPolicy) -> tuple[float, int]:
+    """Scale and zero point for a range; the range always includes 0 so that 0 is exact."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if policy.symmetric_activations:
+        scale = max(abs(lo), abs(hi)) / 127.0
+        return (scale if scale > 0 else 1.0), 0
+    qmin, qmax = (0, 255) if policy.activation_dtype == "uint8" else (-128, 127)
+    scale = (hi - lo) / (qmax - qmin)
+    if scale <= 0:
+        return 1.0, 0 if policy.activation_dtype == "int8" else 0
+    zero = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return scale, zero
+
+
+def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127], per channel along `axis` (None: one scale)."""
+    w = w.astype(np.float32)
+    if axis is None:
+        scale = np.array(max(float(np.abs(w).max()), 1e-12) / 127.0, np.float32)
+        return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
+class _Inserter:
+    def __init__(self, model: ir.Model, ranges: Ranges, policy: QuantPolicy):
+        self.model, self.graph, self.ranges, self.policy = model, model.graph, ranges, policy
+        self.dq_of: dict[ir.Value, ir.Value] = {}     # activation -> its DQ output
+        self.scale_of: dict[ir.Value, float] = {}
+        self.override: dict[str, tuple[float, float]] = {}
+
+    def activation(self, value: ir.Value, anchor: ir.Node) -> ir.Value | None:
+        """The DQ(Q(value)) output for `value` (one pair per tensor), or None without a range."""
+        if value in self.dq_of:
+            return self.dq_of[value]
+        if value.name not in self.ranges or value.dtype not in FLOATS:
+            return None
+        lo, hi = self.override.get(value.name, self.ranges[value.name])
+        scale, zero = activation_qparams(lo, hi, self.policy)
+        np_type = np.uint8 if self.policy.activation_dtype == "uint8" else np.int8
+        s = new_initializer(self.graph, np.array(scale, np.float32), f"{value.name}_scale")
+        z = new_initializer(self.graph, np.array(zero, np_type), f"{value.name}_zero_point")
+        q = ir.node("QuantizeLinear", [value, s, z], name=f"{value.name}_QuantizeLinear")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=f"{value.name}_DequantizeLinear")
+        q.outputs[0].name, dq.outputs[0].name = f"{value.name}_quantized", f"{value.name}_dequantized"
+        producer = value.producer()
+        if producer is not None:
+            self.graph.insert_after(producer, [q, dq])
+        else:
+            self.graph.insert_before(self.graph[0], [q, dq])
+        dq.outputs[0].shape, dq.outputs[0].dtype = value.shape, value.dtype
+        self.dq_of[value], self.scale_of[value] = dq.outputs[0], scale
+        return dq.outputs[0]
+
+    def weight(self, node: ir.Node, index: int, axis: int | None) -> tuple[ir.Value, np.ndarray]:
+        w = const_array(node.inputs[index])
+        q, scale = quantize_weight(w, axis)
+        name = node.inputs[index].name
+        qv = new_initializer(self.graph, q, f"{name}_quantized")
+        sv = new_initializer(self.graph, scale, f"{name}_scale")
+        zv = new_initializer(self.graph, np.zeros(scale.shape, np.int8), f"{name}_zero_point")
+        attrs = {"axis": axis} if axis is not None else {}
+        dq = ir.node("DequantizeLinear", [qv, sv, zv], attrs, name=f"{name}_DequantizeLinear")
+        dq.outputs[0].name = f"{name}_dequantized"
+        self.graph.insert_before(node, dq)
+        dq.outputs[0].shape, dq.outputs[0].dtype = node.inputs[index].shape, ir.DataType.FLOAT
+        node.replace_input_with(index, dq.outputs[0])
+        return dq.outputs[0], scale
+
+    def bias(self, node: ir.Node, x_scale: float, w_scale: np.ndarray) -> None:
+        b = const_array(node.inputs[2]).astype(np.float64).reshape(-1)
+        scale = (x_scale * np.broadcast_to(w_scale, b.shape)).astype(np.float32)
+        if np.any(scale <= 0):
+            return
+        q = np.clip(np.round(b / scale), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+        name = node.inputs[2].name
+        qv = new_initializer(self.graph, q, f"{name}_quantized")
+        sv = new_initializer(self.graph, scale, f"{name}_scale")
+        zv = new_initializer(self.graph, np.zeros(scale.shape, np.int32), f"{name}_zero_point")
+        dq = ir.node("DequantizeLinear", [qv, sv, zv], {"axis": 0}, name=f"{name}_DequantizeLinear")
+        dq.outputs[0].name = f"{name}_dequantized"
+        self.graph.insert_before(node, dq)
+        dq.outputs[0].shape, dq.outputs[0].dtype = ir.Shape(b.shape), ir.DataType.FLOAT
+        node.replace_input_with(2, dq.outputs[0])
+
+
+def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude: set[str] = frozenset()) -> QuantizeResult:
+    """Rewrites `model` in place with Q/DQ around the nodes the policy quantizes."""
+    from edgepack import io
+
+    io.infer_shapes(model)
+    result = QuantizeResult(model)
+    ins = _Inserter(model, ranges, policy)
+    nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops]
+    _share_concat_ranges(nodes, ranges, ins)
+    for node in nodes:
+        label = node_label(node)
+        if label in exclude or node.op_type in exclude or (node.name and node.name in exclude):
+            result.skipped.append((label, "excluded"))
+            continue
+        if policy.tensorrt and node.op_type == "Add":
+            continue  # handled with the Conv that feeds it, below
+        why = _quantize_node(node, ins, policy)
+        if why:
+            result.skipped.append((label, why))
+            logger.warning("%s '%s' stays float: %s", node.op_type, label, why)
+        else:
+            result.quantized.append(label)
+    if policy.tensorrt:
+        _residual_adds(model.graph, ins, set(result.quantized))
+    remove_unused_initializers(model.graph)
+    return result
+
+
+def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | None:
+    op = node.op_type
+    if op in WEIGHTED_OPS:
+        if op == "Gemm" and attr_int(node, "transA", 0):
+            return "Gemm with transA"
+        if op == "ConvTranspose" and attr_int(node, "group", 1) > 1:
+            return "grouped ConvTranspose"
+        x = node.inputs[0]
+        w_const = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if x is None or x.dtype not in FLOATS:
+            return "input is not float"
+        if x.name not in ins.ranges:
+            return f"no calibration range for '{x.name}'"
+        if w_const is None:  # activation x activation (attention MatMul): both inputs as activations
+            if op != "MatMul":
+                return "weight is not a constant"
+            if node.inputs[1].name not in ins.ranges:
+                return f"no calibration range for '{node.inputs[1].name}'"
+            node.replace_input_with(0, ins.activation(x, node))
+            node.replace_input_with(1, ins.activation(node.inputs[1], node))
+            return None
+        if w_const.dtype != np.float32:
+            return "weight is not float32"
+        dq = ins.activation(x, node)
+        node.replace_input_with(0, dq)
+        axis = weight_output_axis(node, w_const.ndim) if policy.per_channel and w_const.ndim > 1 else None
+        _, w_scale = ins.weight(node, 1, axis)
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is not None
+        if policy.int32_bias and has_bias and op in ("Conv", "Gemm"):
+            b = const_array(node.inputs[2])
+            n_out = w_const.shape[axis] if axis is not None else b.size
+            if b.size == n_out or axis is None:
+                ins.bias(node, ins.scale_of[x], w_scale)
+        return None
+    # activation-only ops (ONNX Runtime targets): every float input quantized, or none
+    float_inputs = [(i, v) for i, v in enumerate(node.inputs) if v is not None and v.dtype in FLOATS
+                    and const_array(v) is None]
+    if op in ("Add", "Mul") and len(float_inputs) != 2:
+        return "needs two activation inputs"
+    missing = [v.name for _, v in float_inputs if v.name not in ins.ranges]
+    if missing or not float_inputs:
+        return f"no calibration range for '{missing[0]}'" if missing else "no float input"
+    for i, v in float_inputs:
+        node.replace_input_with(i, ins.activation(v, node))
+    return None
+
+
+def _share_concat_ranges(nodes: list[ir.Node], ranges: Ranges, ins: _Inserter) -> None:
+    """All inputs of a Concat (and its output) use one range, hence one scale."""
+    for node in nodes:
+        if node.op_type != "Concat":
+            continue
+        names = [v.name for v in (*node.inputs, node.outputs[0]) if v is not None and v.name in ranges]
+        if names:
+            lo = min(ranges[n][0] for n in names)
+            hi = max(ranges[n][1] for n in names)
+            for n in names:
+                ins.override[n] = (lo, hi)
+
+
+def _residual_adds(graph: ir.Graph, ins: _Inserter, quantized: set[str]) -> None:
+    """TensorRT: Q/DQ on the skip input of Add(Conv(...), skip) so the Add fuses into the Conv."""
+    for node in list(graph):
+        if node.op_type != "Add" or len(node.inputs) != 2:
+            continue
+        producers = [v.producer() if v is not None else None for v in node.inputs]
+        conv_side = [i for i, p in enumerate(producers) if p is not None and p.op_type == "Conv"
+                     and node_label(p) in quantized]
+        if len(conv_side) != 1:
+            continue
+        skip = node.inputs[1 - conv_side[0]]
+        dq = ins.activation(skip, node)
+        if dq is not None:
+            node.replace_input_with(1 - conv_side[0], dq)

@@ -1,0 +1,35 @@
+"""quantize: calibrate (or reuse ranges), insert QDQ per the target, check the result."""
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+
+from edgepack.calib import Ranges, calibrate
+from edgepack.errors import EdgepackError
+from edgepack.quant.check_qdq import check_qdq
+from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq
+from edgepack.targets import load_target
+
+logger = logging.getLogger(__name__)
+
+
+def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | None = None,
+             method: str = "entropy", percentile: float = 99.99, exclude=(), per_tensor: bool = False,
+             limit: int | None = None, progress: bool = False) -> QuantizeResult:
+    """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`."""
+    target = load_target(target)
+    if "int8" not in target.precisions:
+        raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
+    policy = QuantPolicy.for_target(target, per_tensor=per_tensor)
+    if ranges is None:
+        if data is None:
+            raise EdgepackError("quantize needs calibration data or a ranges file",
+                                hint="pass --data D or --ranges ranges.json")
+        ranges = calibrate(model, data, method=method, percentile=percentile, limit=limit,
+                           symmetric=policy.symmetric_activations, progress=progress)
+    result = insert_qdq(model, ranges, policy, exclude=set(exclude))
+    problems = check_qdq(model, target)
+    if problems:
+        raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}")
+    return result

@@ -1,0 +1,71 @@
+"""Running models in ONNX Runtime on the CPU: sessions, generated inputs, output comparison."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.errors import EdgepackError
+
+
+def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: bool = True):
+    """An ORT CPU session for a model in memory or on disk (a path keeps external data mapped)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        where = "" if isinstance(model, ir.Model) else f"{model}: "
+        raise EdgepackError(f"{where}ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+          "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def input_specs(sess) -> list[tuple[str, list, type]]:
+    return [(i.name, list(i.shape), _NUMPY.get(i.type, np.float32)) for i in sess.get_inputs()]
+
+
+def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs drawn from N(0, 1) (ints from 0..9): the first dynamic dim is `batch`, others from
+    `dims` by symbol name."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in input_specs(sess):
+        concrete = []
+        for i, d in enumerate(shape):
+            if isinstance(d, int) and d >= 0:
+                concrete.append(d)
+            elif dims and isinstance(d, str) and d in dims:
+                concrete.append(dims[d])
+            elif i == 0:
+                concrete.append(batch)
+            else:
+                raise EdgepackError(f"input '{name}' has dynamic dim '{d}' at axis {i}",
+                                    hint="give its size with --shapes NAME:D0xD1x...")
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(concrete).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[name] = rng.integers(0, 2, concrete).astype(bool)
+        else:
+            feeds[name] = rng.integers(0, 10, concrete).astype(dtype)
+    return feeds
+
+
+def max_abs_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0)
+               for x, y in zip(a, b))
+
+
+def output_scale(outputs: list[np.ndarray]) -> float:
+    return max((float(np.max(np.abs(o))) if o.size else 0.0) for o in outputs) or 1.0

@@ -1,0 +1,143 @@
+"""FoldPrunedWeightsPass: dead channels go, consumers shrink, outputs stay."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from edgepack.inspection import inspect_model
+from edgepack.passes import optimize
+from edgepack.passes.fold_batchnorm import FoldBatchNormPass
+from edgepack.passes.fold_pruned_weights import FoldPrunedWeightsPass
+from tests.helpers import check, model_from_text, run_ort
+from tests.passes.nets import resnet_style
+
+
+def _outputs(model, x):
+    return run_ort(model, {"x": x})[0]
+
+
+def _relative_error(a, b):
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+def test_pruned_resnet_style_net_shrinks_to_the_small_net_exactly():
+    pruned = resnet_style(prune=True)
+    x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    ref = _outputs(pruned, x)
+    optimized = optimize(pruned)
+    check(optimized)
+    # half of 32 expansion channels, 12 - 4 and 6 - 2 branch channels, half of 32 hidden units
+    small = optimize(resnet_style(expand=16, branch_a=8, branch_b=4, hidden=16))
+    got, want = inspect_model(optimized), inspect_model(small)
+    assert got["params"] == want["params"]
+    assert got["macs"] == want["macs"]
+    assert got["ops"] == want["ops"]
+    assert _relative_error(ref, _outputs(optimized, x)) <= 1e-5
+    dw = next(n for n in optimized.graph if n.op_type == "Conv" and n.attributes.get("group")
+              and n.attributes["group"].value > 1)
+    assert dw.attributes["group"].value == 16 and list(dw.inputs[1].shape)[0] == 16
+    assert optimized.graph.inputs[0].shape[0] == ir.SymbolicDim("N")  # dynamic batch kept
+    assert optimized.opset_imports[""] == 17
+
+
+def test_real_data_like_inputs_and_idempotence():
+    model = optimize(resnet_style(prune=True))
+    params = inspect_model(model)["params"]
+    again = optimize(model)
+    assert inspect_model(again)["params"] == params
+    assert FoldPrunedWeightsPass()(again).modified is False
+    x = np.random.default_rng(2).uniform(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_outputs(model, x), _outputs(again, x))
+
+
+# X -> Conv A (W[1]=0, b[1]=c) -> Relu -> Conv B (1x1, no pad) -> Y : the constant Relu(c)
+# moves into B's bias, channel 1 goes.
+CONST_CHANNEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,6,6] x) => (float[N,4,{size},{size}] y) {{
+    a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, wa, ba)
+    r = Relu(a)
+    y = Conv <kernel_shape = [{k},{k}], pads = [{p},{p},{p},{p}]> (r, wb, bb)
+}}
+"""
+
+
+def _const_channel_model(k: int, pad: int) -> ir.Model:
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model(CONST_CHANNEL.format(size=6 + 2 * pad - k + 1, k=k, p=pad))
+    wa = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    wa[1] = 0
+    ba = np.array([0.1, 1.5, -0.2], np.float32)
+    for name, arr in {"wa": wa, "ba": ba, "wb": rng.standard_normal((4, 3, k, k)).astype(np.float32),
+                      "bb": rng.standard_normal(4).astype(np.float32)}.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("k, pad, removable", [(1, 0, True), (3, 0, True), (3, 1, False)])
+def test_constant_channel_folds_into_bias_only_where_exact(k, pad, removable):
+    model = _const_channel_model(k, pad)
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    result = FoldPrunedWeightsPass()(model)
+    assert result.modified is removable
+    conv_a = next(n for n in model.graph if n.name == "" and n.outputs[0].name == "a" or n.outputs[0].name == "a")
+    assert conv_a.inputs[1].const_value.shape[0] == (2 if removable else 3)
+    check(model)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_used_by_unknown_ops_and_outputs_stay():
+    # X -> MatMul(W, col 0 zero) -> Softmax -> Y : Softmax mixes features: nothing may go.
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3] x) => (float[N,4] y, float[N,4] z) <float[3,4] w = {0,1,2,3, 0,5,6,7, 0,9,1,2}> {
+        z = MatMul(x, w)
+        y = Softmax(z)
+    }""")
+    assert FoldPrunedWeightsPass()(model).modified is False
+
+
+def test_transformer_ffn_hidden_units_fold():
+    # x[N,S,8] -> MatMul W1[8,16] (cols 0..7 zero) -> Add b1 (0 there) -> Relu -> MatMul W2 -> Add -> LayerNorm
+    rng = np.random.default_rng(4)
+    w1 = rng.standard_normal((8, 16)).astype(np.float32)
+    w1[:, :8] = 0
+    b1 = rng.standard_normal(16).astype(np.float32)
+    b1[:8] = 0
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    ffn (float[N,5,8] x) => (float[N,5,8] y) {
+        h = MatMul(x, w1)
+        hb = Add(h, b1)
+        r = Relu(hb)
+        o = MatMul(r, w2)
+        ob = Add(o, b2)
+        s = Add(ob, x)
+        y = LayerNormalization <axis = -1> (s, g, beta)
+    }""")
+    for name, arr in {"w1": w1, "b1": b1, "w2": rng.standard_normal((16, 8)).astype(np.float32),
+                      "b2": rng.standard_normal(8).astype(np.float32), "g": np.ones(8, np.float32),
+                      "beta": np.zeros(8, np.float32)}.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))
+    model = ir.serde.deserialize_model(proto)
+    x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified
+    check(model)
+    shapes = {n.inputs[1].name: list(n.inputs[1].shape) for n in model.graph if n.op_type == "MatMul"}
+    assert sorted(shapes.values()) == [[8, 8], [8, 8]]
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_fold_keeps_outputs():
+    model = resnet_style()
+    x = np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ref = _outputs(model, x)
+    assert FoldBatchNormPass()(model).modified
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph)
+    check(model)
+    np.testing.assert_allclose(_outputs(model, x), ref, rtol=1e-4, atol=1e-5)
+    assert FoldBatchNormPass()(model).modified is False
