@@ -113,7 +113,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
         else:
             for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
                                   ("--workspace-mb", workspace_mb)):
-                if value:
+                if value is not None:
                     raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime")
             from edgepack.backends import ort
 
