@@ -206,7 +206,10 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
         raise EdgepackError(f"{model_path}: TensorRT's ONNX parser refused it: " + "; ".join(errors or ["no detail"]),
                             hint="simplify it with `edgepack optimize`, or replace the named node's op")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT 8.4+
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
+    else:  # TensorRT 8.2 (JetPack 4.6, Jetson Nano)
+        config.max_workspace_size = settings["workspace_bytes"]
     for flag in settings["flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if settings["dla_core"] is not None:
@@ -230,11 +233,12 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
     with staging(output) as tmp:
         staged = tmp / output.name
         staged.write_bytes(memoryview(serialized))
-        if cache_path is not None:
-            staged_cache = tmp / (cache_path.name + ".tmp")
-            staged_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
-            os.replace(staged_cache, cache_path)
         publish(staged, output)
+    if cache_path is not None:
+        with staging(cache_path) as tmp:
+            staged = tmp / cache_path.name
+            staged.write_bytes(memoryview(config.get_timing_cache().serialize()))
+            publish(staged, cache_path)
     io = {"inputs": [{"name": network.get_input(i).name, "shape": list(network.get_input(i).shape)}
                      for i in range(network.num_inputs)],
           "outputs": [{"name": network.get_output(i).name, "shape": list(network.get_output(i).shape)}

@@ -127,3 +127,12 @@ def test_option_errors_come_before_the_tensorrt_check(tmp_path):
     result = edgepack_cli("build", example_model(), "-t", "jetson-orin-nano", "-o", tmp_path / "m.engine",
                           "--shapes", "input:1x1x8")
     assert_one_line_error(result, "--shapes", "rank 4", code=2)
+
+
+def test_device_match_is_validated(tmp_path):
+    text = (load_target("nvidia-gpu").path.read_text()
+            .replace('device_match = "minimum"', 'device_match = "close-enough"'))
+    path = tmp_path / "gpu.toml"
+    path.write_text(text)
+    with pytest.raises(EdgepackError, match="gpu.toml: key 'device_match'"):
+        load_target(path)
