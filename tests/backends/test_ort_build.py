@@ -135,7 +135,27 @@ def test_real_models_on_real_and_random_inputs(tmp_path, target, name, input_nam
     x = real(64)
     random = np.random.default_rng(0).uniform(x.min(), x.max(), x.shape).astype(np.float32)
     for batch in (x, random):
-        _assert_same(out, str(src), {input_name: batch}, atol=1e-4 * max(1.0, np.abs(run_ort(str(src), {input_name: batch})[0]).max()))
+        feeds = {input_name: batch}
+        want = run_ort(str(src), feeds)[0]
+        atol = 1e-4 * max(1.0, np.abs(want).max())
+        _assert_same(out, str(src), feeds, atol=atol)
+        # the .ort twin too: saved at level `all`, with the NCHWc layout where it fits the target
+        np.testing.assert_allclose(run_ort(out.with_suffix(".ort"), feeds)[0], want, rtol=1e-5, atol=atol)
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="NCHWc blocking is an x86 (MLAS) layout")
+def test_nchwc_layout_only_when_this_cpu_is_the_targets():
+    from edgepack.backends.ort import nchwc_block
+    from edgepack.targets import load_target
+
+    avx2, vnni, arm = (load_target(n) for n in ("x86-cpu", "x86-cpu-vnni", "arm64-cpu"))
+    avx512_machine, avx2_machine = {"avx2", "avx512f"}, {"avx2"}
+    assert nchwc_block(vnni, avx512_machine) == 16
+    assert nchwc_block(avx2, avx2_machine) == 8
+    assert nchwc_block(avx2, avx512_machine) is None  # 16-wide blocks would not run on an AVX2 device
+    assert nchwc_block(vnni, avx2_machine) is None
+    assert nchwc_block(arm, avx512_machine) is None
 
 
 def test_ort_output_must_be_onnx_or_ort(tmp_path):
