@@ -107,18 +107,24 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
         output = Path(output) if output is not None else _default_output(model_path, target)
         logger.info("building %s for %s at %s", model_path, target.name, resolved)
         if target.is_tensorrt:
+            if threads is not None:
+                raise EdgepackError(f"--threads applies to ONNX Runtime targets; '{target.name}' uses tensorrt",
+                                    hint="leave it out")
             manifest = _build_tensorrt(model_path, output, target, graph, qdq, resolved, dla=dla,
                                        sparsity=sparsity, shapes=shapes, timing_cache=timing_cache,
                                        workspace_mb=workspace_mb)
         else:
             for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
-                                  ("--workspace-mb", workspace_mb)):
+                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes)):
                 if value is not None:
-                    raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime")
+                    raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime",
+                                        hint="leave it out")
             from edgepack.backends import ort
 
             manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
                                  weights_nbytes=weights_nbytes(graph))
+    if isinstance(model, ir.Model):
+        manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.cli.common import write_text_atomic
 
     write_text_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
@@ -134,6 +140,7 @@ def _build_tensorrt(model_path, output, target, graph, qdq, precision, *, dla, s
     options = dict(precision=precision, dla=dla, sparsity=sparsity, shapes=profiles, model_has_qdq=qdq,
                    timing_cache=timing_cache, workspace_mb=workspace_mb)
     trt_backend.builder_settings(target, **options)  # option errors first, on any machine
+    trt_backend.check_engine_path(output)
     trt, _ = trt_backend.require_tensorrt(target)
     settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
     names = [node.name for node in graph.graph]

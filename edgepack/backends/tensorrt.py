@@ -172,6 +172,12 @@ def check_version(target, version: str) -> None:
                        "only with TensorRT %s", target.name, target.tensorrt_version, version, version)
 
 
+def check_engine_path(output: Path) -> None:
+    if output.suffix not in (".engine", ".plan"):
+        raise EdgepackError(f"-o {output}: a TensorRT engine ends in .engine or .plan",
+                            hint=f"use -o {output.with_suffix('.engine')}")
+
+
 def parser_errors(parser, node_names: list[str]) -> list[str]:
     """Each ONNX parser error as `node 'NAME' (OP): description`."""
     lines = []
@@ -194,9 +200,7 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
     device = device_info(cuda)
     check_device(target, device)
     check_version(target, trt.__version__)
-    if output.suffix not in (".engine", ".plan"):
-        raise EdgepackError(f"-o {output}: a TensorRT engine ends in .engine or .plan",
-                            hint=f"use -o {output.with_suffix('.engine')}")
+    check_engine_path(output)
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(_network_flags(trt, settings))

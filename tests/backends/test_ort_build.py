@@ -50,6 +50,7 @@ def test_every_cpu_target_builds_and_matches(tmp_path, target):
     artifact = edgepack.build(model, target, output=out)
     assert out.is_file() and out.with_suffix(".ort").is_file() and manifest_path(out).is_file()
     assert artifact.backend == "onnxruntime" and artifact.target == target and artifact.precision == "fp32"
+    assert artifact.manifest["model"] is None and len(artifact.manifest["model_sha256"]) == 64  # from memory
     optimized = edgepack.load(out, check=False)  # may hold com.microsoft fused ops
     assert len(list(optimized.graph)) < len(list(model.graph))  # MatMul+Add(+Relu) fused offline
     rng = np.random.default_rng(1)
@@ -166,3 +167,6 @@ def test_ort_output_must_be_onnx_or_ort(tmp_path):
 def test_tensorrt_only_options_refused_for_cpu_targets(tmp_path):
     with pytest.raises(EdgepackError, match="--dla applies to TensorRT"):
         edgepack.build(example_model(), "x86-cpu", output=tmp_path / "m.onnx", dla=0)
+    with pytest.raises(EdgepackError, match="--shapes applies to TensorRT"):
+        edgepack.build(example_model(), "x86-cpu", output=tmp_path / "m.onnx", shapes="1x1x8x8")
+    assert not list(tmp_path.iterdir())

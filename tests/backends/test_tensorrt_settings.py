@@ -127,6 +127,11 @@ def test_option_errors_come_before_the_tensorrt_check(tmp_path):
     result = edgepack_cli("build", example_model(), "-t", "jetson-orin-nano", "-o", tmp_path / "m.engine",
                           "--shapes", "input:1x1x8")
     assert_one_line_error(result, "--shapes", "rank 4", code=2)
+    result = edgepack_cli("build", example_model(), "-t", "jetson-orin-nano", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, "m.onnx", ".engine or .plan")
+    result = edgepack_cli("build", example_model(), "-t", "jetson-orin-nano", "-o", tmp_path / "m.engine",
+                          "--threads", "2")
+    assert_one_line_error(result, "--threads", "ONNX Runtime targets")
 
 
 def test_device_match_is_validated(tmp_path):
