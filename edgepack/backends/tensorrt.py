@@ -224,12 +224,15 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         config.set_timing_cache(config.create_timing_cache(blob), False)
+    monitor = None
+    if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):  # TensorRT 10+
+        monitor = config.progress_monitor = _progress_monitor(trt)
+    logger.info("building the TensorRT engine for %s: this can take minutes", target.name)
     start = time.perf_counter()
-    from tqdm import tqdm
-
-    with tqdm(desc=f"building TensorRT engine for {target.name}", bar_format="{desc} {elapsed}", leave=False):
-        serialized = builder.build_serialized_network(network, config)
+    serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
+    if monitor is not None:
+        monitor.close()
     if serialized is None:
         raise EdgepackError(f"{model_path}: TensorRT could not build an engine for '{target.name}' "
                             "(see the TensorRT messages above)",
@@ -252,6 +255,46 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
         artifact=output, versions={"tensorrt": trt.__version__, "jetpack_target": target.jetpack},
         device=device, flags={k: v for k, v in settings.items() if k != "tensorrt_version"},
         build_seconds=seconds, io=io)
+
+
+def _progress_monitor(trt):
+    """Progress bars for the builder's phases, fed by TensorRT's own IProgressMonitor callbacks
+    (which may come from several builder threads, hence the lock)."""
+    import threading
+
+    from tqdm import tqdm
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()
+            self._bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            with self._lock:
+                self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=False,
+                                              position=len(self._bars))
+
+        def step_complete(self, phase_name, step):
+            with self._lock:
+                bar = self._bars.get(phase_name)
+                if bar is not None:
+                    bar.update(step + 1 - bar.n)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            with self._lock:
+                bar = self._bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+        def close(self):
+            with self._lock:
+                for bar in self._bars.values():
+                    bar.close()
+                self._bars.clear()
+
+    return Monitor()
 
 
 def _network_flags(trt, settings: dict[str, Any]) -> int:
