@@ -58,7 +58,7 @@ def make_manifest(*, backend: str, target, precision: str, model_path: str | os.
         "model_sha256": model_sha256(model_path),
         "artifact": artifact.name,
         "artifact_sha256": sha256_file(artifact),
-        "files": files or [artifact.name],
+        "files": {name: sha256_file(artifact.with_name(name)) for name in files or [artifact.name]},
         "versions": {"edgepack": _edgepack_version(), "python": platform.python_version(), **versions},
         "device": device,
         "flags": flags,
@@ -67,15 +67,25 @@ def make_manifest(*, backend: str, target, precision: str, model_path: str | os.
     }
 
 
+def find_manifest(artifact: Path) -> Path:
+    """`<artifact>.manifest.json`, or for the twin of an ONNX Runtime build (X.ort beside X.onnx,
+    or the reverse) the manifest of the file it was built with."""
+    candidates = [manifest_path(artifact)]
+    if artifact.suffix in (".onnx", ".ort"):
+        candidates.append(manifest_path(artifact.with_suffix(".ort" if artifact.suffix == ".onnx" else ".onnx")))
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise EdgepackError(f"{artifact}: no manifest beside it ({candidates[0].name} is missing)",
+                        hint="artifacts are loaded with the manifest `edgepack build` wrote; rebuild it")
+
+
 def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
-    """The manifest beside `artifact`, checked: right schema, and the artifact is the one it describes."""
+    """The manifest of `artifact`, checked: right schema, and the file is one it describes."""
     artifact = Path(artifact)
     if not artifact.is_file():
         raise EdgepackError(f"artifact not found: {artifact}", hint="check the path, or run `edgepack build`")
-    path = manifest_path(artifact)
-    if not path.is_file():
-        raise EdgepackError(f"{artifact}: no manifest beside it ({path.name} is missing)",
-                            hint="artifacts are loaded with the manifest `edgepack build` wrote; rebuild it")
+    path = find_manifest(artifact)
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -86,7 +96,11 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
     for key in ("backend", "target", "precision", "artifact", "versions"):
         if key not in manifest:
             raise EdgepackError(f"{path}: key '{key}' is missing", hint="rebuild the artifact")
-    expected = manifest.get("artifact_sha256")
+    files = manifest.get("files") or {}
+    expected = files.get(artifact.name) if isinstance(files, dict) else None
+    if artifact.name not in files:
+        raise EdgepackError(f"{artifact}: not a file its manifest {path.name} describes",
+                            hint="load the file `edgepack build` wrote, or rebuild")
     if expected and sha256_file(artifact) != expected:
         raise EdgepackError(f"{artifact}: does not match its manifest (sha256 differs)",
                             hint="the file was changed or replaced after the build; rebuild it")

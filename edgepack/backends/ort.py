@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -143,18 +143,16 @@ def cpu_info(target) -> dict[str, Any]:
             "target_isa": target.cpu_isa, "cpu_count": os.cpu_count()}
 
 
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """Name, shape (None for a dynamic dim) and NumPy dtype of an input or output."""
 
-    def __init__(self, name: str, shape: tuple, dtype: np.dtype):
-        self.name, self.shape, self.dtype = name, tuple(shape), np.dtype(dtype)
+    name: str
+    shape: tuple
+    dtype: np.dtype
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "shape": [d if isinstance(d, int) else None for d in self.shape],
-                "dtype": self.dtype.name}
-
-    def __repr__(self) -> str:
-        return f"TensorInfo({self.name!r}, {self.shape}, {self.dtype.name})"
+                "dtype": np.dtype(self.dtype).name}
 
 
 class OrtRunner:
@@ -172,6 +170,8 @@ class OrtRunner:
         names = [o.name for o in self.outputs]
         return dict(zip(names, self._session.run(names, _checked_feeds(self.inputs, feeds))))
 
+    run = infer
+
     def close(self) -> None:
         self._session = None
 
@@ -186,7 +186,7 @@ def _info(node_arg) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) else None for d in (node_arg.shape or ()))
     from edgepack.runtime import _NUMPY
 
-    return TensorInfo(node_arg.name, shape, _NUMPY.get(node_arg.type, np.float32))
+    return TensorInfo(node_arg.name, shape, np.dtype(_NUMPY.get(node_arg.type, np.float32)))
 
 
 def _checked_feeds(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

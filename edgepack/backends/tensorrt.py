@@ -16,18 +16,17 @@ DLA (`dla=N`) runs layers on DLA core N with GPU fallback; DLA has no FP32 and n
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from edgepack.backends import manifest as mf
-from edgepack.backends.common import publish, staging
 from edgepack.errors import EdgepackError
+from edgepack.io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -237,15 +236,9 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
         raise EdgepackError(f"{model_path}: TensorRT could not build an engine for '{target.name}' "
                             "(see the TensorRT messages above)",
                             hint="try --precision fp16, a larger --workspace-mb, or leave out --dla")
-    with staging(output) as tmp:
-        staged = tmp / output.name
-        staged.write_bytes(memoryview(serialized))
-        publish(staged, output)
+    write_atomic(output, bytes(serialized))
     if cache_path is not None:
-        with staging(cache_path) as tmp:
-            staged = tmp / cache_path.name
-            staged.write_bytes(memoryview(config.get_timing_cache().serialize()))
-            publish(staged, cache_path)
+        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     io = {"inputs": [{"name": network.get_input(i).name, "shape": list(network.get_input(i).shape)}
                      for i in range(network.num_inputs)],
           "outputs": [{"name": network.get_output(i).name, "shape": list(network.get_output(i).shape)}
@@ -322,12 +315,12 @@ def _add_profile(builder, network, config, profiles: dict[str, dict[str, list[in
     config.add_optimization_profile(profile)
 
 
-@dataclasses.dataclass(frozen=True)
-class IOTensor:
+class IOTensor(NamedTuple):
+    """An engine input or output: name, shape (-1 for a dynamic dim), NumPy dtype."""
+
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
-    is_input: bool
 
 
 class TensorRTRunner:
@@ -344,21 +337,16 @@ class TensorRTRunner:
 
     def __init__(self, engine_path: str | os.PathLike, *, device: int = 0, check_manifest: bool = True):
         self.path = Path(engine_path)
-        self._device_index = device
-        self._check_manifest = check_manifest
-        self._context = None
-
-    # --- lifetime -------------------------------------------------------------------------
-    def __enter__(self) -> "TensorRTRunner":
-        manifest = mf.read_manifest(self.path) if self._check_manifest else None
+        self.manifest = mf.read_manifest(self.path) if check_manifest else None
         trt, cuda = _require_runtime(self.path)
         self._trt, self._cuda = trt, cuda
-        self._cuda_context = cuda.Device(self._device_index).retain_primary_context()
+        self._context = None
+        self._cuda_context = cuda.Device(device).retain_primary_context()
         self._cuda_context.push()
         try:
-            if manifest is not None:
-                for warning in mf.check_runtime(manifest, tensorrt_version=trt.__version__,
-                                                device=device_info(cuda, self._device_index)):
+            if self.manifest is not None:
+                for warning in mf.check_runtime(self.manifest, tensorrt_version=trt.__version__,
+                                                device=device_info(cuda, device)):
                     logger.warning("%s", warning)
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
@@ -369,12 +357,15 @@ class TensorRTRunner:
             self._context = self._engine.create_execution_context()
             self._named = hasattr(self._engine, "num_io_tensors") and hasattr(self._context, "execute_async_v3")
             self._stream = cuda.Stream()
-            self._tensors = self._io_tensors()
+            self._tensors = self._io_tensors()  # [(IOTensor, is_input)] in engine order
             self._buffers: dict[str, tuple[np.ndarray, Any]] = {}
             self._shapes: dict[str, tuple[int, ...]] = {}
         except BaseException:
             self._cuda_context.pop()
             raise
+
+    # --- lifetime -------------------------------------------------------------------------
+    def __enter__(self) -> "TensorRTRunner":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -392,11 +383,11 @@ class TensorRTRunner:
     # --- interface ------------------------------------------------------------------------
     @property
     def inputs(self) -> list[IOTensor]:
-        return [t for t in self._tensors if t.is_input]
+        return [t for t, is_input in self._tensors if is_input]
 
     @property
     def outputs(self) -> list[IOTensor]:
-        return [t for t in self._tensors if not t.is_input]
+        return [t for t, is_input in self._tensors if not is_input]
 
     def attach_profiler(self, profiler) -> None:
         """Per-layer times: `profiler` is a tensorrt.IProfiler, called after each inference."""
@@ -409,6 +400,8 @@ class TensorRTRunner:
         self._copy_out()
         self._stream.synchronize()
         return {t.name: self._buffers[t.name][0].copy() for t in self.outputs}
+
+    run = infer
 
     def time_once(self, feeds: dict[str, np.ndarray] | None = None) -> tuple[float, float]:
         """(host latency ms: H2D + compute + D2H, GPU compute ms between CUDA events), as trtexec."""
@@ -426,20 +419,20 @@ class TensorRTRunner:
         return host_ms, end.time_since(start)
 
     # --- internals ------------------------------------------------------------------------
-    def _io_tensors(self) -> list[IOTensor]:
+    def _io_tensors(self) -> list[tuple[IOTensor, bool]]:
         trt, engine = self._trt, self._engine
         tensors = []
         if self._named:
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
-                tensors.append(IOTensor(name, tuple(engine.get_tensor_shape(name)),
-                                        np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                                        engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
+                tensors.append((IOTensor(name, tuple(engine.get_tensor_shape(name)),
+                                         np.dtype(trt.nptype(engine.get_tensor_dtype(name)))),
+                                engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
         else:
             for i in range(engine.num_bindings):
-                tensors.append(IOTensor(engine.get_binding_name(i), tuple(engine.get_binding_shape(i)),
-                                        np.dtype(trt.nptype(engine.get_binding_dtype(i))),
-                                        engine.binding_is_input(i)))
+                tensors.append((IOTensor(engine.get_binding_name(i), tuple(engine.get_binding_shape(i)),
+                                         np.dtype(trt.nptype(engine.get_binding_dtype(i)))),
+                                engine.binding_is_input(i)))
         return tensors
 
     def _random_feeds(self) -> dict[str, np.ndarray]:
@@ -455,8 +448,8 @@ class TensorRTRunner:
         names = {t.name for t in self.inputs}
         if set(feeds) != names:
             raise EdgepackError(f"inputs do not match the engine: got {sorted(feeds)}, it takes {sorted(names)}")
-        for index, tensor in enumerate(self._tensors):
-            if not tensor.is_input:
+        for index, (tensor, is_input) in enumerate(self._tensors):
+            if not is_input:
                 continue
             array = np.ascontiguousarray(feeds[tensor.name], dtype=tensor.dtype)
             if self._named:
@@ -468,8 +461,8 @@ class TensorRTRunner:
                                     "optimization profile", hint="rebuild with --shapes covering it")
             self._ensure_buffer(tensor.name, array.shape, tensor.dtype)
             self._buffers[tensor.name][0][...] = array
-        for index, tensor in enumerate(self._tensors):
-            if not tensor.is_input:
+        for index, (tensor, is_input) in enumerate(self._tensors):
+            if not is_input:
                 shape = tuple(self._context.get_tensor_shape(tensor.name) if self._named
                               else self._context.get_binding_shape(index))
                 self._ensure_buffer(tensor.name, shape, tensor.dtype)
@@ -500,7 +493,7 @@ class TensorRTRunner:
         if self._named:
             ok = self._context.execute_async_v3(self._stream.handle)
         else:
-            bindings = [int(self._buffers[t.name][1]) for t in self._tensors]
+            bindings = [int(self._buffers[t.name][1]) for t, _ in self._tensors]
             ok = self._context.execute_async_v2(bindings, self._stream.handle)
         if not ok:
             raise EdgepackError(f"{self.path}: TensorRT failed to run the engine (see its messages above)")

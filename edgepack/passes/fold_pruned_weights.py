@@ -10,6 +10,7 @@ import onnx_ir as ir
 from edgepack import io
 from edgepack.graph import attr_int, attr_ints, const_array
 from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant
+from edgepack.passes.simplify import dropout_is_identity
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ UNARY = {
     "Abs": lambda c, n: np.abs(c),
     "Identity": lambda c, n: c,
     "Dropout": lambda c, n: c,
-    "Clip": None,  # bounds come from inputs: handled in _clip
+    "Clip": None,  # bounds from attributes or inputs: see _clip_bounds
 }
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -180,20 +181,32 @@ def _batchnorm(node: ir.Node, a: _Analysis) -> None:
 
 def _unary(node: ir.Node, a: _Analysis) -> None:
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x) or (node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses()):
+    if not _carries(a, x) or (node.op_type == "Dropout" and not dropout_is_identity(node)):
         return
     if node.op_type == "Clip":
-        bounds = [const_array(v) if i < len(node.inputs) and v is not None else None
-                  for i, v in enumerate(node.inputs[1:3], 1)]
-        if any(i + 1 < len(node.inputs) and node.inputs[i + 1] is not None and b is None for i, b in enumerate(bounds)):
+        bounds = _clip_bounds(node)
+        if bounds is None:
             return
-        lo, hi = (bounds + [None, None])[:2]
-        consts = np.clip(a.consts[x], -np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+        consts = np.clip(a.consts[x], *bounds)
     else:
         with np.errstate(all="ignore"):
             consts = UNARY[node.op_type](a.consts[x], node)
     if _start(a, out, a.axis[x], consts):
         _link(a, node, 0, x, out)
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """Clip's (min, max): attributes before opset 11, constant inputs after; None if not constant."""
+    if "min" in node.attributes or "max" in node.attributes:
+        return _attr_float(node, "min", -np.inf), _attr_float(node, "max", np.inf)
+    bounds = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        v = node.inputs[i] if i < len(node.inputs) else None
+        c = None if v is None else const_array(v)
+        if v is not None and (c is None or c.size != 1):
+            return None
+        bounds.append(default if c is None else float(c.reshape(-1)[0]))
+    return bounds[0], bounds[1]
 
 
 def _pool(node: ir.Node, a: _Analysis) -> None:
@@ -390,6 +403,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
     groups = attr_int(node, "group", 1) if op == "Conv" else 1
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None if bias_value is None else const_array(bias_value).astype(np.float64).reshape(-1)
+    scalar_bias = bias is not None and bias.size == 1
     if op == "Gemm":
         out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
     elif op == "MatMul":
@@ -438,8 +452,8 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         if op == "Gemm" and bias is None:
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         new_bias = (base + delta).astype(dtype)
-        if bias_value is not None and bias.size == 1 and not np.any(delta != 0):
-            return
+        if scalar_bias and not np.any(delta != 0):
+            return  # a broadcast scalar bias fits any number of rows
         set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
 
 

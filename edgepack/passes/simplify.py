@@ -17,6 +17,16 @@ ONNXSIM_MAX_BYTES = 1 << 30
 _FOLD_MAX_ELEMENTS = 1 << 20
 
 
+def dropout_is_identity(node: ir.Node) -> bool:
+    """Inference Dropout: mask unused and training_mode absent or constant false."""
+    if len(node.outputs) > 1 and node.outputs[1].uses():
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        training = const_array(node.inputs[2])
+        return training is not None and not training.any()
+    return True
+
+
 class OnnxSimplifyPass(ir.passes.FunctionalPass):
     """onnxsim: constant folding, shape simplification and its own fusions, checked by onnxsim.
 
@@ -83,9 +93,8 @@ class RemoveNoOpsPass(ir.passes.InPlacePass):
         x, op = node.inputs[0], node.op_type
         if op == "Identity":
             return x
-        if op == "Dropout" and (len(node.outputs) == 1 or not node.outputs[1].uses()):
-            training = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-            return x if training is None or not training.any() else None
+        if op == "Dropout":
+            return x if dropout_is_identity(node) else None
         if op == "Cast" and x.dtype is not None and x.dtype.value == node.attributes["to"].value:
             return x
         if op == "Reshape":

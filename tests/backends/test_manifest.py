@@ -62,6 +62,13 @@ def test_load_refuses_a_changed_artifact(built):
         load_artifact(built)
 
 
+def test_load_refuses_a_changed_twin(built):
+    assert load_artifact(built.with_suffix(".ort")).manifest["artifact"] == "digits.onnx"
+    built.with_suffix(".ort").write_bytes(b"not a flatbuffer")
+    with pytest.raises(EdgepackError, match="digits.ort: does not match its manifest"):
+        load_artifact(built.with_suffix(".ort"))
+
+
 def test_load_refuses_missing_or_foreign_manifest(built):
     path = manifest_path(built)
     path.write_text(json.dumps({"schema": "something/1"}))

@@ -12,6 +12,7 @@ import edgepack
 from edgepack.backends import load_artifact
 from edgepack.backends.manifest import manifest_path, model_sha256
 from edgepack.errors import EdgepackError
+from edgepack.quant.quantize import quantize
 from edgepack.resources import data_dir, example_model
 from edgepack.targets import list_targets
 from tests.helpers import SHARED_DATA, SHARED_MODELS, model_from_text, requires_shared, run_ort
@@ -56,10 +57,8 @@ def test_every_cpu_target_builds_and_matches(tmp_path, target):
     rng = np.random.default_rng(1)
     feeds = {"x": rng.standard_normal((5, 4)).astype(np.float32)}
     _assert_same(out, model, feeds)
-    # the .ort twin (ORT format, for ORT's mobile/edge runtime) runs the same
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(out.with_suffix(".ort")), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, feeds)[0], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
+    # the .ort twin (ORT format, for ORT's mobile/edge runtime) loads through the same manifest and runs the same
+    _assert_same(out.with_suffix(".ort"), model, feeds)
 
 
 def test_manifest_describes_the_build(tmp_path):
@@ -74,6 +73,7 @@ def test_manifest_describes_the_build(tmp_path):
         assert key in manifest
     assert manifest["model_sha256"] == model_sha256(src)
     assert manifest["artifact"] == "digits.ort" and sorted(manifest["files"]) == ["digits.onnx", "digits.ort"]
+    assert manifest["files"]["digits.ort"] == manifest["artifact_sha256"]
     import onnxruntime as ort
     assert manifest["versions"]["onnxruntime"] == ort.__version__
     assert manifest["flags"]["threads"] == 2
@@ -90,8 +90,6 @@ def test_example_model_on_its_eval_set(tmp_path):
 
 
 def test_quantized_model_builds_int8(tmp_path):
-    from edgepack.quant.quantize import quantize
-
     calib = np.load(data_dir("calibration") / "digits" / "calib.npz")["input"][:64].astype(np.float32)
     model = edgepack.load(example_model())
     quantize(model, [{"input": calib}], target="x86-cpu", method="minmax")
@@ -157,6 +155,21 @@ def test_nchwc_layout_only_when_this_cpu_is_the_targets():
     assert nchwc_block(avx2, avx512_machine) is None  # 16-wide blocks would not run on an AVX2 device
     assert nchwc_block(vnni, avx2_machine) is None
     assert nchwc_block(arm, avx512_machine) is None
+
+
+@requires_shared
+def test_real_int8_model(tmp_path):
+    model = edgepack.load(SHARED_MODELS / "resnet20_cifar10.onnx")
+    x = _cifar(32)
+    quantize(model, [{"input": x[:16]}], target="x86-cpu-vnni", method="minmax")
+    edgepack.save(model, tmp_path / "q.onnx")
+    artifact = edgepack.build(tmp_path / "q.onnx", "x86-cpu-vnni", output=tmp_path / "built.onnx")
+    assert artifact.precision == "int8"
+    want = run_ort(tmp_path / "q.onnx", {"input": x})[0]
+    for path in (tmp_path / "built.onnx", tmp_path / "built.ort"):
+        got = load_artifact(path).run({"input": x})["logits"]
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+        np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
 
 
 def test_ort_output_must_be_onnx_or_ort(tmp_path):
