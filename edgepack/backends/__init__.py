@@ -105,6 +105,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
         qdq = has_qdq(graph)
         resolved = resolve_precision(target, precision, qdq)
         output = Path(output) if output is not None else _default_output(model_path, target)
+        _refuse_overwriting_input(model_path, output)
         logger.info("building %s for %s at %s", model_path, target.name, resolved)
         if target.is_tensorrt:
             if threads is not None:
@@ -145,6 +146,18 @@ def _build_tensorrt(model_path, output, target, graph, qdq, precision, *, dla, s
     settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
     names = [node.name for node in graph.graph]
     return trt_backend.build_engine(model_path, output, target, settings, node_names=names)
+
+
+def _refuse_overwriting_input(model_path: Path, output: Path) -> None:
+    """The input is never modified: no output file (artifact, .ort/.onnx twin, manifest) may be it."""
+    written = [output, mf.manifest_path(output)]
+    if output.suffix in (".onnx", ".ort"):
+        written.append(output.with_suffix(".ort" if output.suffix == ".onnx" else ".onnx"))
+    source = model_path.resolve()
+    for path in written:
+        if path.resolve() == source:
+            raise EdgepackError(f"-o {output}: the build would write over the input model {model_path}",
+                                hint="choose another output name, e.g. -o " + str(model_path.with_suffix(".opt.onnx")))
 
 
 def _default_output(model_path: Path, target) -> Path:

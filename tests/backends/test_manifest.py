@@ -98,3 +98,9 @@ def test_cli_errors(tmp_path):
                           "output folder does not exist")
     assert_one_line_error(edgepack_cli("build", example_model(), "-t", "x86-cpu", "-o", tmp_path / "o.onnx",
                                        "--precision", "fp16"), "does not support --precision fp16")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(example_model().read_bytes())
+    for out in ("m.onnx", "m.ort"):  # -o m.ort would write its .onnx twin over the input
+        assert_one_line_error(edgepack_cli("build", model, "-t", "x86-cpu", "-o", tmp_path / out),
+                              "write over the input model")
+    assert model.read_bytes() == example_model().read_bytes()
