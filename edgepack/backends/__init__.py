@@ -111,7 +111,9 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
             if threads is not None:
                 raise EdgepackError(f"--threads applies to ONNX Runtime targets; '{target.name}' uses tensorrt",
                                     hint="leave it out")
-            manifest = _build_tensorrt(model_path, output, target, graph, qdq, resolved, dla=dla,
+            # `best` stays `best` for TensorRT: weakly typed, INT8 and FP16 allowed, TensorRT picks per layer
+            manifest = _build_tensorrt(model_path, output, target, graph, qdq,
+                                       "best" if precision == "best" else resolved, resolved, dla=dla,
                                        sparsity=sparsity, shapes=shapes, timing_cache=timing_cache,
                                        workspace_mb=workspace_mb)
         else:
@@ -126,13 +128,13 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                  weights_nbytes=weights_nbytes(graph))
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
-    from edgepack.cli.common import write_text_atomic
+    from edgepack.io import write_atomic
 
-    write_text_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
+    write_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
     return Artifact(output, manifest)
 
 
-def _build_tensorrt(model_path, output, target, graph, qdq, precision, *, dla, sparsity, shapes,
+def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,
                     timing_cache, workspace_mb) -> dict[str, Any]:
     from edgepack.backends import tensorrt as trt_backend
 
@@ -145,7 +147,7 @@ def _build_tensorrt(model_path, output, target, graph, qdq, precision, *, dla, s
     trt, _ = trt_backend.require_tensorrt(target)
     settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
     names = [node.name for node in graph.graph]
-    return trt_backend.build_engine(model_path, output, target, settings, node_names=names)
+    return trt_backend.build_engine(model_path, output, target, settings, node_names=names, precision=resolved)
 
 
 def _refuse_overwriting_input(model_path: Path, output: Path) -> None:

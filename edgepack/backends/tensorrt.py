@@ -193,8 +193,9 @@ def parser_errors(parser, node_names: list[str]) -> list[str]:
 
 
 def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any], *,
-                 node_names: list[str]) -> dict[str, Any]:
-    """Build and write the engine and its manifest; returns the manifest."""
+                 node_names: list[str], precision: str | None = None) -> dict[str, Any]:
+    """Build and write the engine; returns its manifest. `precision` is what the manifest reports
+    (for `best`: int8 with a QDQ model, else fp16 or fp32); the default is settings["precision"]."""
     trt, cuda = require_tensorrt(target)
     device = device_info(cuda)
     check_device(target, device)
@@ -244,7 +245,7 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
           "outputs": [{"name": network.get_output(i).name, "shape": list(network.get_output(i).shape)}
                       for i in range(network.num_outputs)]}
     return mf.make_manifest(
-        backend="tensorrt", target=target, precision=settings["precision"], model_path=model_path,
+        backend="tensorrt", target=target, precision=precision or settings["precision"], model_path=model_path,
         artifact=output, versions={"tensorrt": trt.__version__, "jetpack_target": target.jetpack},
         device=device, flags={k: v for k, v in settings.items() if k != "tensorrt_version"},
         build_seconds=seconds, io=io)
