@@ -13,8 +13,9 @@ def register(subparsers):
                     "channels (jointly across residual Adds) and then removes them from the graph.")
     common.add_model(parser)
     common.add_output(parser, "pruned ONNX model")
-    parser.add_argument("--sparsity", type=float, required=True, metavar="S",
-                        help="fraction of weights (element) or channels (channel) to remove; 2:4 ignores it")
+    parser.add_argument("--sparsity", type=float, metavar="S",
+                        help="fraction of weights (element) or channels (channel) to remove; "
+                             "not needed for 2:4 (always half)")
     parser.add_argument("--granularity", choices=["element", "2:4", "channel"], default="element")
     parser.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",
                         help="element: one magnitude threshold for all layers instead of per layer")
@@ -40,6 +41,8 @@ def run(args) -> int:
     from edgepack.errors import UsageError
     from edgepack.passes.prune import prune
 
+    if args.sparsity is None and args.granularity != "2:4":
+        raise UsageError(f"--granularity {args.granularity} needs --sparsity", hint="e.g. --sparsity 0.5")
     if args.bias_correction and not args.data:
         raise UsageError("--bias-correction needs sample data", hint="pass --data D")
     target = None
@@ -51,7 +54,7 @@ def run(args) -> int:
             common.stderr(f"warning: target '{target.name}' does not run 2:4 sparse weights faster "
                           "(sparsity = false): the zeros will only save space after compression")
     model = io.load(args.model)
-    pruned, report = prune(model, sparsity=args.sparsity, granularity=args.granularity,
+    pruned, report = prune(model, sparsity=0.5 if args.sparsity is None else args.sparsity, granularity=args.granularity,
                            scope=args.scope, norm=args.norm, include=args.include,
                            exclude=args.exclude, fold=not args.no_fold, data=args.data,
                            bias_correction=args.bias_correction)
