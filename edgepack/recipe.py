@@ -85,13 +85,14 @@ class StepResult:
     artifact: str | None = None
     report: str | None = None
     argv: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # step ids ("model") or file paths
     note: str = ""
 
     def as_dict(self) -> dict:
         size = Path(self.artifact).stat().st_size if self.artifact and Path(self.artifact).is_file() else None
         return {"id": self.id, "command": self.command, "target": self.target, "status": self.status,
                 "seconds": round(self.seconds, 4), "artifact": self.artifact, "size_bytes": size,
-                "report": self.report, "argv": self.argv, "note": self.note}
+                "report": self.report, "inputs": self.inputs, "argv": self.argv, "note": self.note}
 
 
 # ---------------------------------------------------------------- parsing and validation
@@ -291,7 +292,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
                             "which this installation does not have",
                             hint="update edgepack, or remove the step from the recipe")
     env = versions()
-    outputs: dict[tuple[str, str | None], Path | None] = {("model", None): recipe.model}
+    outputs: dict[tuple[str, str | None], Path | None | bool] = {("model", None): recipe.model}
     results: list[StepResult] = []
     plan = [(s, t) for s in recipe.steps for t in (recipe.targets if s.per_target else (None,))]
     try:
@@ -299,9 +300,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
             label = f"[{number}/{len(plan)}] {step.id}" + (f" ({target})" if target else "")
             result = _run_step(step, target, recipe, out_dir, parsers, outputs, env, force)
             results.append(result)
-            outputs[(step.id, target)] = Path(result.artifact) if result.artifact else None
-            if result.status == "unavailable":
-                outputs[(step.id, target)] = None
+            # the step's artifact; None: unavailable; False: the step writes no artifact
+            outputs[(step.id, target)] = (None if result.status == "unavailable" else
+                                          Path(result.artifact) if result.artifact else False)
             print(f"{label:<40} {result.status:<12} {result.seconds:7.2f}s  {result.note}", file=sys.stderr)
             if result.status == "failed":
                 raise EdgepackError(
@@ -318,20 +319,26 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
     return results
 
 
-def _resolve_inputs(step, target, recipe, outputs) -> list[Path] | str:
+def _input_refs(step, target, outputs, positionals: int) -> list[str]:
+    """Default: the most recent output (of this target or shared); two-input commands
+    (compare) get the recipe's model first."""
+    if step.inputs is not None:
+        return list(step.inputs)
+    latest = [k for k in outputs if k[1] in (None, target) and outputs[k] is not False][-1][0]
+    return ["model", latest] if positionals == 2 else [latest]
+
+
+def _resolve_inputs(refs, step, target, recipe, outputs) -> list[Path] | str:
     """The step's input files, or a string saying which earlier step is unavailable."""
-    if step.inputs is None:
-        # the most recent output: this target's own steps first, then the shared ones
-        candidates = [k for k in outputs if k[1] in (None, target)]
-        refs = [candidates[-1][0]]
-    else:
-        refs = list(step.inputs)
     paths: list[Path] = []
     for ref in refs:
         key = (ref, target) if (ref, target) in outputs else (ref, None)
         if key in outputs:
             if outputs[key] is None:
                 return f"needs '{ref}', which is unavailable"
+            if outputs[key] is False:
+                raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' takes the output of '{ref}', "
+                                    "which writes no artifact", hint="set input = an earlier model-writing step")
             paths.append(outputs[key])
         elif any(k[0] == ref for k in outputs):
             raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' runs once for all targets, "
@@ -348,16 +355,15 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
     if parser is None:
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result
-    inputs = _resolve_inputs(step, target, recipe, outputs)
+    dests = {a.dest for a in parser._actions}
+    positionals = [a for a in parser._actions if not a.option_strings]
+    result.inputs = _input_refs(step, target, outputs, len(positionals))
+    inputs = _resolve_inputs(result.inputs, step, target, recipe, outputs)
     if isinstance(inputs, str):
         result.note = inputs
         return result
     folder = out_dir / target if target else out_dir
     folder.mkdir(parents=True, exist_ok=True)
-    dests = {a.dest for a in parser._actions}
-    positionals = [a for a in parser._actions if not a.option_strings]
-    if step.inputs is None and len(positionals) == 2:
-        inputs = [recipe.model, *inputs]
     if len(inputs) != len(positionals):
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
