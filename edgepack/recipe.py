@@ -305,10 +305,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
                                           Path(result.artifact) if result.artifact else False)
             print(f"{label:<40} {result.status:<12} {result.seconds:7.2f}s  {result.note}", file=sys.stderr)
             if result.status == "failed":
+                what, _, fix = result.note.partition(". hint: ")
                 raise EdgepackError(
-                    f"step '{step.id}'" + (f" for target {target}" if target else "")
-                    + f" failed (`edgepack {' '.join(result.argv)}`): {result.note}",
-                    hint=f"fix it and run the recipe again; earlier steps' artifacts are kept in {out_dir}")
+                    f"step '{step.id}'" + (f" for target {target}" if target else "") + f" failed: {what}",
+                    hint=(f"{fix}; " if fix else "") + f"earlier steps' artifacts are kept in {out_dir}")
     finally:
         _write_json(out_dir / "run.json", {
             "schema": RUN_SCHEMA, "recipe": str(recipe.path), "recipe_sha256": recipe.sha256,
@@ -400,7 +400,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
 
     from edgepack.cli import main
     start = time.perf_counter()
-    stderr_capture = _Tee(sys.stderr)
+    stderr_capture = _Tee(sys.stderr, step.id)
     with contextlib.redirect_stdout(sys.stderr), contextlib.redirect_stderr(stderr_capture):
         code = main(argv)
     result.seconds = time.perf_counter() - start
@@ -424,13 +424,16 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
 
 
 class _Tee:
-    """Writes through to a stream and keeps a copy (to name a failing step's error)."""
+    """Writes through to a stream and keeps a copy (to name a failing step's error); the
+    step's `error:` line is shown as `<step>: ...`, the run prints the one `error:` line."""
 
-    def __init__(self, stream):
-        self.stream, self.parts = stream, []
+    def __init__(self, stream, step_id: str):
+        self.stream, self.parts, self.step_id = stream, [], step_id
 
     def write(self, text):
         self.parts.append(text)
+        if text.startswith("error: "):
+            text = f"{self.step_id}: {text[len('error: '):]}"
         return self.stream.write(text)
 
     def flush(self):
