@@ -394,7 +394,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
     previous = _read_json(manifest_path)
     if not force and previous and previous.get("key") == key and all(
             Path(p).is_file() and sha256_path(p) == h for p, h in previous.get("outputs", {}).items()):
-        result.status, result.seconds, result.note = "skipped", 0.0, "unchanged"
+        result.status, result.note = "skipped", f"unchanged (took {previous.get('seconds', 0):.2f}s)"
         return result
     manifest_path.unlink(missing_ok=True)
 

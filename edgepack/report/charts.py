@@ -80,6 +80,6 @@ def grouped_bars(groups: list[str], series: dict[str, list[float]], *, ylabel: s
     return _svg(plt, fig)
 
 
-def _short(name: str, limit: int = 40) -> str:
+def _short(name: str, limit: int = 48) -> str:
     name = re.sub(r"\s+", " ", str(name))
     return name if len(name) <= limit else "…" + name[-limit + 1:]

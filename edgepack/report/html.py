@@ -113,7 +113,8 @@ def _table(header: list[str], rows: list[list]) -> str:
             return f"{v:,}"
         return html.escape(str(v))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
+                                    for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -239,7 +240,7 @@ h1{font-size:1.5rem;margin:.2rem 0} h2{font-size:1.2rem;border-bottom:2px solid 
 margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right}
-th:first-child,td:first-child{text-align:left} th{background:#f4f4f4}
+th:first-child,td:first-child,td.t{text-align:left} th{background:#f4f4f4}
 figure.chart{margin:.6rem 0 1.2rem} figure.chart svg{max-width:100%;height:auto}
 figcaption{font-size:.8rem;color:#555} .summary td,.summary th{font-size:1rem}
 .muted{color:#666;font-size:.85rem}
