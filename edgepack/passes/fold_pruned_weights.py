@@ -403,6 +403,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
     groups = attr_int(node, "group", 1) if op == "Conv" else 1
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None if bias_value is None else const_array(bias_value).astype(np.float64).reshape(-1)
+    scalar_bias = bias is not None and bias.size == 1
     if op == "Gemm":
         out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
     elif op == "MatMul":
@@ -451,8 +452,8 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         if op == "Gemm" and bias is None:
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         new_bias = (base + delta).astype(dtype)
-        if bias_value is not None and bias.size == 1 and not np.any(delta != 0):
-            return
+        if scalar_bias and not np.any(delta != 0):
+            return  # a broadcast scalar bias fits any number of rows
         set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
 
 
