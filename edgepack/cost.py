@@ -45,44 +45,33 @@ def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict
 
 
 def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:
-    """Sample inputs (and `labels`, when present) from a calibration folder, .npz or .npy file.
+    """Sample inputs from a calibration folder (its evaluation set), .npz or .npy, at most `limit`
+    samples; a `labels` array, when there is one, comes along as feeds["labels"]."""
+    import zipfile
 
-    Uses issue 4's `edgepack.calib.data.open_dataset` when it exists; otherwise reads the arrays
-    itself. At most `limit` samples, in batches of `batch`.
-    """
-    names = [v.name for v in graph_inputs(model)]
-    arrays = _read_arrays(Path(spec), names)
-    count = min(limit, min(len(a) for a in arrays.values()))
-    return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, count, batch)]
+    from edgepack.calib.data import InputSpec, open_dataset
 
+    specs = [InputSpec(v.name, tuple(v.shape or ()), np.dtype(_NP_DTYPES.get(v.dtype, np.float32)))
+             for v in graph_inputs(model)]
+    path = Path(spec)
+    labels = None
+    if path.is_dir() and (path / "manifest.toml").is_file():
+        from edgepack.calib.data import read_manifest
 
-def _read_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise EdgepackError(f"data not found: {path}", hint="pass a calibration folder, .npz or .npy")
-    if path.is_dir():
-        files = sorted(path.glob("*.npz"), key=lambda p: (p.stem not in ("eval", "test"), p.name))
-        if not files:
-            raise EdgepackError(f"{path}: no .npz file in this folder", hint="pass a .npz file")
-        path = files[0]
-    try:
-        if path.suffix == ".npy":
-            loaded = {names[0]: np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as npz:
-                loaded = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # numpy raises several types for bad files
-        raise EdgepackError(f"{path}: not a readable NumPy file ({exc})",
-                            hint="pass a .npz with one array per model input") from None
-    if len(names) == 1 and names[0] not in loaded:
-        candidates = [k for k in loaded if k != "labels"]
-        if len(candidates) == 1:
-            loaded[names[0]] = loaded.pop(candidates[0])
-    missing = [n for n in names if n not in loaded]
-    if missing:
-        raise EdgepackError(f"{path}: no array for model input(s) {missing}; it has {sorted(loaded)}",
-                            hint="name the arrays after the model's inputs")
-    keep = set(names) | {"labels"}
-    return {k: v for k, v in loaded.items() if k in keep}
+        files = read_manifest(path).get("files", {})
+        labels = "labels" if "evaluation" in files and "labels" in files else None
+    elif path.suffix == ".npz" and path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            labels = "labels" if "labels.npy" in archive.namelist() else None
+    dataset = open_dataset(path, specs, batch_size=batch, limit=limit, labels=labels)
+    feeds = []
+    for item in dataset.batches(with_labels=labels is not None):
+        if "__labels__" in item:
+            item["labels"] = item.pop("__labels__")
+        feeds.append(item)
+    if not feeds:
+        raise EdgepackError(f"{path}: holds no samples", hint="pass data with at least one sample")
+    return feeds
 
 
 def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
@@ -97,8 +86,12 @@ def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.nda
     options.log_severity_level = 3
     data = ir.serde.serialize_model(model).SerializeToString()
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    return [session.run(None, {k: v for k, v in f.items() if k in names}) for f in feeds]
+    types = {i.name: i.type for i in session.get_inputs()}
+
+    def cast(name, array):  # a float16 model (compress fp16) takes the same float samples
+        return array.astype(np.float16) if types[name] == "tensor(float16)" else array
+
+    return [session.run(None, {k: cast(k, v) for k, v in f.items() if k in types}) for f in feeds]
 
 
 def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
@@ -143,3 +136,28 @@ def model_stats(model: ir.Model) -> dict:
     return {"nodes": report["nodes"], "params": report["params"], "nonzeros": nonzeros,
             "macs": report["macs"],
             "size_bytes": len(ir.serde.serialize_model(clone).SerializeToString())}
+
+
+def cost_report(original: ir.Model, compressed: ir.Model, data=None) -> dict:
+    """{"before": stats, "after": stats, "error": output error} for a compression step."""
+    return {"before": model_stats(original), "after": model_stats(compressed),
+            "error": compare(original, compressed, data)}
+
+
+def format_cost(report: dict) -> str:
+    """Two lines: what it saved, what it cost."""
+    b, a, e = report["before"], report["after"], report["error"]
+
+    def ratio(key):
+        return f"{b[key]:,} -> {a[key]:,} ({a[key] / b[key]:.0%})" if b[key] else f"{b[key]} -> {a[key]}"
+
+    lines = [f"params {ratio('params')}, nonzeros {ratio('nonzeros')}, MACs {ratio('macs')}, "
+             f"size {ratio('size_bytes')} bytes"]
+    sqnr = "inf" if e["sqnr_db"] is None else f"{e['sqnr_db']:.1f}"
+    text = (f"output error on {e['samples']} samples ({e['data']}): max |diff| {e['max_abs_error']:.4g}, "
+            f"SQNR {sqnr} dB")
+    if "top1_agreement" in e:
+        text += f", top-1 agreement {e['top1_agreement']:.1%}"
+    if "accuracy" in e:
+        text += f", accuracy {e['accuracy']['before']:.1%} -> {e['accuracy']['after']:.1%}"
+    return "\n".join(lines + [text])

@@ -299,3 +299,73 @@ def _channel_groups(model: ir.Model, producers: list[ir.Node]):
             groups[find(key)][0] = _Chain(first.node, first.batchnorms + tuple(bns))
     frozen = {find(k) for k in freeze}
     return groups, frozen
+
+
+def correct_biases(original: ir.Model, pruned: ir.Model, feeds: list[dict]) -> int:
+    """Empirical bias correction: bias[c] -= mean over the data of (pruned - original) output of
+    channel c, for every Conv/Gemm whose weight changed and has a constant bias. Channels whose
+    weights are all zero keep a zero bias. Both models must have the same nodes in the same order.
+    Returns the number of corrected layers."""
+    from edgepack import cost
+
+    pairs = []
+    for a, b in zip(iter_nodes(original), iter_nodes(pruned)):
+        if b.op_type not in ("Conv", "Gemm") or len(b.inputs) < 3 or const_array(b.inputs[2]) is None:
+            continue
+        wa, wb = const_array(weight_input(a)), const_array(weight_input(b))
+        if wa is not None and wb is not None and not np.array_equal(wa, wb):
+            pairs.append((a, b))
+    if not pairs:
+        return 0
+    taps = []
+    for model, index in ((original, 0), (pruned, 1)):
+        clone = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        nodes = list(iter_nodes(clone))
+        wanted = {id(p[index]) for p in pairs}
+        positions = [i for i, n in enumerate(iter_nodes(model)) if id(n) in wanted]
+        clone.graph.outputs.extend(nodes[i].outputs[0] for i in positions
+                                   if nodes[i].outputs[0] not in clone.graph.outputs)
+        names = [nodes[i].outputs[0].name for i in positions]
+        outputs = cost.run(clone, feeds)
+        all_names = [v.name for v in clone.graph.outputs]
+        taps.append({n: [batch[all_names.index(n)] for batch in outputs] for n in names})
+    for a, b in pairs:
+        ref = np.concatenate(taps[0][a.outputs[0].name])
+        out = np.concatenate(taps[1][b.outputs[0].name])
+        axes = tuple(i for i in range(ref.ndim) if i != 1)
+        shift = (out - ref).mean(axis=axes)
+        w = const_array(weight_input(b))
+        live = np.moveaxis(w, weight_output_axis(b, w.ndim), 0).reshape(shift.size, -1).any(axis=1)
+        bias = const_array(b.inputs[2])
+        _set_const(b.inputs[2], np.where(live, bias - shift, bias).astype(bias.dtype))
+    logger.info("bias correction on %d layers", len(pairs))
+    return len(pairs)
+
+
+def prune(model: ir.Model, *, sparsity: float, granularity: str = "element", scope: str = "layer",
+          norm: str = "l1", include=(), exclude=(), fold: bool = True, data=None,
+          bias_correction: bool = False) -> tuple[ir.Model, dict]:
+    """Prune a copy of `model`; returns (pruned model, report with per-layer sparsity, cost and saving).
+
+    channel granularity then removes the zeroed channels with FoldPrunedWeightsPass (unless
+    `fold=False`); `bias_correction` needs `data`.
+    """
+    from edgepack import cost
+
+    original = model
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    prune_pass = PruneWeightsPass(sparsity=sparsity, granularity=granularity, scope=scope, norm=norm,
+                                  include=include, exclude=exclude)
+    prune_pass(model)
+    corrected = 0
+    if bias_correction:
+        corrected = correct_biases(original, model, cost.sample_feeds(original, data))
+    folded = False
+    if granularity == "channel" and fold:
+        from edgepack.passes.fold_pruned_weights import FoldPrunedWeightsPass
+
+        folded = FoldPrunedWeightsPass()(model).modified
+    report = {"granularity": granularity, "sparsity": sparsity, "scope": scope,
+              "layers": prune_pass.layers, "bias_corrected_layers": corrected, "folded": folded,
+              **cost.cost_report(original, model, data)}
+    return model, report
