@@ -24,6 +24,11 @@ UNARY = {
     "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
     "Neg": lambda c, n: -c,
     "Abs": lambda c, n: np.abs(c),
+    "Erf": lambda c, n: _erf(c),
+    "Gelu": lambda c, n: (0.5 * c * (1 + np.tanh(np.sqrt(2 / np.pi) * (c + 0.044715 * c**3)))
+                          if _attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
+    "Softplus": lambda c, n: np.logaddexp(0, c),
+    "Exp": lambda c, n: np.exp(c),
     "Identity": lambda c, n: c,
     "Dropout": lambda c, n: c,
     "Clip": None,  # bounds from attributes or inputs: see _clip_bounds
@@ -478,6 +483,17 @@ def _is_linked_output(value: ir.Value, a: _Analysis) -> bool:
 def _attr_float(node: ir.Node, name: str, default: float) -> float:
     attr = node.attributes.get(name)
     return default if attr is None else float(attr.value)
+
+
+def _attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _erf(c: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.array([erf(v) if np.isfinite(v) else np.nan for v in c.reshape(-1)]).reshape(c.shape)
 
 
 def _auto_pad(node: ir.Node) -> str:

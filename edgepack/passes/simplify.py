@@ -31,31 +31,71 @@ class OnnxSimplifyPass(ir.passes.FunctionalPass):
     """onnxsim: constant folding, shape simplification and its own fusions, checked by onnxsim.
 
     onnxsim fails on some models (custom ops, unusual shapes) and cannot take models over 2 GB:
-    then this pass warns once and leaves the model as it is, and our own passes carry on.
+    then this pass warns and leaves the model as it is, and our own passes carry on. Its result is
+    also refused when it is no longer portable ONNX: onnxsim fuses some patterns into ONNX Runtime
+    contrib ops (com.microsoft::Attention, which TensorRT cannot run) and rewrites 3-D
+    MatMul+Add into Reshape-Gemm-Reshape; it then runs again with constant folding only.
     """
+
+    # MatMul+Add on 3-D inputs -> Shape/Slice/Concat/Reshape around a Gemm: more nodes, and the
+    # hidden units of a transformer FFN can no longer be followed by FoldPrunedWeightsPass.
+    SKIPPED = ("fuse_matmul_add_bias_into_gemm_batched",)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if io.weights_nbytes(model) > ONNXSIM_MAX_BYTES:
             logger.warning("onnxsim skipped: weights over %d MiB; using edgepack's own passes",
                            ONNXSIM_MAX_BYTES >> 20)
             return ir.passes.PassResult(model, modified=False)
-        import onnxsim
-
         proto = ir.serde.serialize_model(model)
         before = proto.SerializeToString()
+        simplified = self._simplify(proto, skipped_optimizers=list(self.SKIPPED))
+        problem = simplified is not None and _not_portable(proto, simplified)
+        if problem:
+            logger.info("onnxsim result refused (%s); retrying with constant folding only", problem)
+            simplified = self._simplify(proto, perform_optimization=False)
+            problem = simplified is not None and _not_portable(proto, simplified)
+            if problem:
+                logger.warning("onnxsim result refused (%s); using edgepack's own passes", problem)
+                simplified = None
+        if simplified is None or simplified.SerializeToString() == before:
+            return ir.passes.PassResult(model, modified=False)
+        return ir.passes.PassResult(ir.serde.deserialize_model(simplified), modified=True)
+
+    @staticmethod
+    def _simplify(proto, **options):
+        import onnxsim
+
         try:
-            simplified, ok = onnxsim.simplify(proto)
+            simplified, ok = onnxsim.simplify(proto, **options)
         except Exception as exc:  # onnxsim raises many types; any failure means "not this time"
             logger.warning("onnxsim failed (%s: %s); using edgepack's own passes",
                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            return ir.passes.PassResult(model, modified=False)
+            return None
         if not ok:
             logger.warning("onnxsim could not verify its result; using edgepack's own passes")
-            return ir.passes.PassResult(model, modified=False)
-        if simplified.SerializeToString() == before:
-            return ir.passes.PassResult(model, modified=False)
-        result = ir.serde.deserialize_model(simplified)
-        return ir.passes.PassResult(result, modified=True)
+            return None
+        return simplified
+
+
+def _not_portable(before, after) -> str:
+    """Why onnxsim's `after` may not replace `before` ('' if it may): new op domains, another
+    opset, or a changed model interface (names, types, dynamic dims)."""
+    def domains(proto):
+        return {n.domain for n in proto.graph.node} - {"", "ai.onnx"}
+
+    new = domains(after) - domains(before)
+    if new:
+        return "it adds ops from " + ", ".join(sorted(new))
+    opset = {o.domain or "ai.onnx": o.version for o in before.opset_import}
+    if any(opset.get(o.domain or "ai.onnx", o.version) != o.version for o in after.opset_import):
+        return "it changes the opset"
+    for kind in ("input", "output"):
+        old = [(v.name, v.type.SerializeToString()) for v in getattr(before.graph, kind)
+               if v.name not in {i.name for i in before.graph.initializer}]
+        if old != [(v.name, v.type.SerializeToString()) for v in getattr(after.graph, kind)][:len(old)] \
+                or len(getattr(after.graph, kind)) != len(old):
+            return f"it changes the graph {kind}s"
+    return ""
 
 
 class RemoveNoOpsPass(ir.passes.InPlacePass):
