@@ -66,6 +66,9 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             set_input_constant(graph, add, 1, new_b.astype(w.dtype), f"{bn.name or x.name}_bias")
             out = add.outputs[0]
         else:
+            if gemm_beta == 0:  # Gemm ignores C: make it count
+                producer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+                gemm_beta = 1.0
             set_input_constant(graph, producer, 2, (new_b / gemm_beta).astype(w.dtype), f"{producer.name or x.name}_bias")
             out = x
         take_over_output(bn.outputs[0], out)

@@ -201,3 +201,22 @@ def test_clip_bounds_from_attributes_opset_10():
     check(model)
     assert model.opset_imports[""] == 10
     assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("beta_attr", [1.0, 0.0, 0.5])
+def test_batchnorm_folds_into_gemm_whatever_its_beta(beta_attr):
+    # x -> Gemm <alpha=0.7, beta, transB=1> (W, C) -> BN -> y : C' = (s (beta C - mean) + bn_beta) / beta
+    rng = np.random.default_rng(9)
+    model = _with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,5] x) => (float[N,4] y) {{
+        h = Gemm <alpha = 0.7, beta = {beta_attr}, transB = 1> (x, w, c)
+        y = BatchNormalization(h, gamma, bnb, mean, var)
+    }}""", {"w": rng.standard_normal((4, 5)), "c": rng.standard_normal(4), "gamma": rng.uniform(0.5, 2, 4),
+           "bnb": rng.standard_normal(4), "mean": rng.standard_normal(4), "var": rng.uniform(0.5, 2, 4)})
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldBatchNormPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Gemm"]
+    check(model)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
