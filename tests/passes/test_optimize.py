@@ -203,3 +203,23 @@ def test_transformer_encoder_keeps_outputs_and_drops_pruned_ffn_units():
     small = optimize(_encoder_layer(hidden=16))
     assert inspect_model(optimized)["params"] == inspect_model(small)["params"]
     assert [str(d) for d in optimized.graph.inputs[0].shape] == ["N", "S", "16"]
+
+
+def test_fold_constants_folds_static_shapes():
+    # x[N,3,4] -> Shape <start=1> -> [3,4] (static) -> Concat([-1]) -> Reshape(x) -> y
+    # Shape(x) over the dynamic N stays; Shape <start=1> becomes a constant and the chain folds.
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float[N,3,4] y, int64[3] s) <int64[1] minus_one = {-1}> {
+        tail = Shape <start = 1> (x)
+        shape = Concat <axis = 0> (minus_one, tail)
+        y = Reshape(x, shape)
+        s = Shape(x)
+    }""")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    ref = run_ort(model, {"x": x})
+    assert FoldConstantsPass()(model).modified
+    assert sorted(n.op_type for n in model.graph) == ["Reshape", "Shape"]
+    check(model)
+    for got, want in zip(run_ort(model, {"x": x}), ref):
+        np.testing.assert_array_equal(got, want)
