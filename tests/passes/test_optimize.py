@@ -223,3 +223,36 @@ def test_fold_constants_folds_static_shapes():
     check(model)
     for got, want in zip(run_ort(model, {"x": x}), ref):
         np.testing.assert_array_equal(got, want)
+
+
+def test_external_data_model_optimizes_without_onnxsim_and_input_untouched(tmp_path):
+    import hashlib
+
+    import onnx
+
+    from edgepack.passes import verify
+    from edgepack.passes.simplify import OnnxSimplifyPass
+    from tests.passes.nets import resnet_style
+
+    src = io.save(resnet_style(prune=True), tmp_path / "ext.onnx", external_data=True)
+    inputs = [src, tmp_path / "ext.onnx.data"]
+    digest = lambda: [hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs]  # noqa: E731
+    before = digest()
+    model = io.load(src)
+    assert OnnxSimplifyPass()(model).modified is False  # weights stay mapped: no protobuf copy
+    optimized = optimize(model)
+    out = io.save(optimized, tmp_path / "out.onnx")
+    onnx.checker.check_model(str(out), full_check=True)  # by path: some weights are still external
+    assert verify.max_abs_error(src, out, relative=True) <= 1e-5
+    assert digest() == before
+
+
+def test_onnxsim_pass_twice_is_stable():
+    from edgepack.passes.simplify import OnnxSimplifyPass
+    from tests.passes.nets import resnet_style
+
+    model = resnet_style()
+    OnnxSimplifyPass()(model)
+    nodes = len(list(model.graph))
+    result = OnnxSimplifyPass()(model)  # nothing left to do: must not fail, must not change
+    assert result.model is model and len(list(model.graph)) == nodes
