@@ -24,6 +24,11 @@ UNARY = {
     "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
     "Neg": lambda c, n: -c,
     "Abs": lambda c, n: np.abs(c),
+    "Erf": lambda c, n: _erf(c),
+    "Gelu": lambda c, n: (0.5 * c * (1 + np.tanh(np.sqrt(2 / np.pi) * (c + 0.044715 * c**3)))
+                          if _attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
+    "Softplus": lambda c, n: np.logaddexp(0, c),
+    "Exp": lambda c, n: np.exp(c),
     "Identity": lambda c, n: c,
     "Dropout": lambda c, n: c,
     "Clip": None,  # bounds from attributes or inputs: see _clip_bounds
@@ -128,7 +133,8 @@ def _link(a: _Analysis, node: ir.Node, index: int, src: ir.Value, dst: ir.Value,
 
 
 def _weighted(node: ir.Node, a: _Analysis) -> None:
-    """Conv (plain or depthwise), Gemm, MatMul: a weight row that is all zero makes a constant channel."""
+    """Conv (plain or depthwise), ConvTranspose, Gemm, MatMul: a weight row that is all zero makes
+    a constant channel."""
     op, out = node.op_type, node.outputs[0]
     w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or (op == "MatMul" and w.ndim != 2) or (op == "Gemm" and attr_int(node, "transA", 0)):
@@ -141,6 +147,10 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
             return
         rows = w.reshape(w.shape[0], -1)
         axis = 1
+    elif op == "ConvTranspose":  # W[C, M, k...]: output channel m is W[:, m]
+        if attr_int(node, "group", 1) != 1:
+            return
+        rows, axis = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), 1
     elif op == "Gemm":
         rows, axis = (w if attr_int(node, "transB", 0) else w.T), 1
     else:  # MatMul: X[..., K] @ W[K, N]
@@ -299,7 +309,7 @@ def _concat(node: ir.Node, a: _Analysis) -> None:
 
 
 _HANDLERS = {
-    "Conv": _weighted, "Gemm": _weighted, "MatMul": _weighted,
+    "Conv": _weighted, "ConvTranspose": _weighted, "Gemm": _weighted, "MatMul": _weighted,
     "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
     **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
 }
@@ -318,6 +328,9 @@ def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str 
     if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
         padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
         return "zero" if padded else "any"
+    if op == "ConvTranspose" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 \
+            and w.shape[0] == len(a.consts[value]):
+        return "zero"  # a constant input reaches border outputs through fewer taps: only 0 is exact
     if op == "Gemm" and not attr_int(node, "transA", 0) and a.axis[value] == 1:
         return "any"
     if op == "MatMul" and w.ndim == 2 and a.axis[value] == len(value.shape) - 1:
@@ -368,7 +381,7 @@ def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> N
         op = node.op_type
         out = node.outputs[0] if node.outputs else None
         x = node.inputs[0] if node.inputs else None
-        if op in ("Conv", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
             _shrink_weighted(graph, node, a, keep, x if removed(x) and (node, 0) not in a.linked else None,
                              out if removed(out) else None)
         elif op == "BatchNormalization" and removed(out):
@@ -406,7 +419,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
     scalar_bias = bias is not None and bias.size == 1
     if op == "Gemm":
         out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
-    elif op == "MatMul":
+    elif op in ("MatMul", "ConvTranspose"):
         out_axis, in_axis = 1, 0
     else:
         out_axis, in_axis = 0, 1
@@ -470,6 +483,17 @@ def _is_linked_output(value: ir.Value, a: _Analysis) -> bool:
 def _attr_float(node: ir.Node, name: str, default: float) -> float:
     attr = node.attributes.get(name)
     return default if attr is None else float(attr.value)
+
+
+def _attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _erf(c: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.array([erf(v) if np.isfinite(v) else np.nan for v in c.reshape(-1)]).reshape(c.shape)
 
 
 def _auto_pad(node: ir.Node) -> str:

@@ -142,8 +142,12 @@ def random_pruned_net(seed: int) -> ir.Model:
         elif kind == "convt":
             w = rng.standard_normal((c, cout, 3, 3))
             w[:, pruned] = 0
-            y, c = b.node("Relu", [b.node("ConvTranspose", [y, b.const(w)], kernel_shape=[3, 3],
-                                          pads=[1, 1, 1, 1])]), cout
+            y = b.node("ConvTranspose", [y, b.const(w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            gamma, beta = rng.uniform(0.5, 1.5, cout), rng.standard_normal(cout) * 0.1
+            gamma[pruned] = beta[pruned] = 0
+            y = b.node("BatchNormalization", [y, b.const(gamma), b.const(beta), b.const(np.zeros(cout)),
+                                              b.const(rng.uniform(0.5, 2, cout))])
+            y, c = b.node("Relu", [y]), cout
         elif kind == "grouped" and c % 2 == 0 and cout % 2 == 0:
             y, c = b.conv_bn(y, c, cout, 3, group=2, pruned=pruned), cout
         elif kind == "pool" and hw >= 4:

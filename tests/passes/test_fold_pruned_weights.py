@@ -141,3 +141,82 @@ def test_batchnorm_fold_keeps_outputs():
     check(model)
     np.testing.assert_allclose(_outputs(model, x), ref, rtol=1e-4, atol=1e-5)
     assert FoldBatchNormPass()(model).modified is False
+
+
+def _with_weights(text: str, weights: dict) -> ir.Model:
+    proto = onnx.parser.parse_model(text)
+    for name, arr in weights.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(arr, np.float32), name))
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.8])
+def test_conv_transpose_channels_fold(beta1):
+    # x -> ConvTranspose (W[:, 1] = W[:, 4] = 0) -> BN (gamma 0 there, beta[1] = beta1) -> Relu
+    #   -> ConvTranspose 1x1 -> y
+    # Channel 4 is 0 and goes from both ConvTransposes. Channel 1 carries Relu(beta1): a constant
+    # that a ConvTranspose consumer cannot absorb exactly (border outputs), so it stays unless 0.
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((3, 6, 3, 3))
+    w1[:, [1, 4]] = 0
+    gamma, beta = rng.uniform(0.5, 1.5, 6), rng.standard_normal(6) * 0.1
+    gamma[[1, 4]], beta[[1, 4]] = 0, [beta1, 0]
+    model = _with_weights("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,5,5] x) => (float[N,4,9,9] y) {
+        t = ConvTranspose <kernel_shape = [3,3], strides = [2,2], pads = [1,1,1,1]> (x, w1, b1)
+        n = BatchNormalization(t, gamma, beta, mean, var)
+        r = Relu(n)
+        y = ConvTranspose <kernel_shape = [1,1]> (r, w2)
+    }""", {"w1": w1, "b1": np.zeros(6), "gamma": gamma, "beta": beta, "mean": rng.standard_normal(6) * 0.1,
+           "var": rng.uniform(0.5, 2, 6), "w2": rng.standard_normal((6, 4, 1, 1))})
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    optimized = optimize(model)
+    check(optimized)
+    convs = [n for n in optimized.graph if n.op_type == "ConvTranspose"]
+    kept = 4 if beta1 == 0 else 5
+    assert list(convs[0].inputs[1].const_value.shape) == [3, kept, 3, 3]
+    assert list(convs[1].inputs[1].const_value.shape) == [kept, 4, 1, 1]
+    assert _relative_error(ref, run_ort(optimized, {"x": x})[0]) <= 1e-5
+
+
+def test_clip_bounds_from_attributes_opset_10():
+    # x -> Conv (W[1] = 0, b[1] = 8) -> Clip<min=0, max=6> (opset 10: attributes) -> Conv 1x1 -> y
+    # Channel 1 carries Clip(8) = 6, not 8: the consumer's bias must take 6 * sum(W2[:, 1]).
+    rng = np.random.default_rng(8)
+    w1 = rng.standard_normal((3, 3, 3, 3))
+    w1[1] = 0
+    model = _with_weights("""
+    <ir_version: 7, opset_import: ["" : 10]>
+    g (float[N,3,6,6] x) => (float[N,4,6,6] y) {
+        a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w1, b1)
+        r = Clip <min = 0.0, max = 6.0> (a)
+        y = Conv <kernel_shape = [1,1]> (r, w2, b2)
+    }""", {"w1": w1, "b1": [0.1, 8.0, -0.2], "w2": rng.standard_normal((4, 3, 1, 1)), "b2": np.zeros(4)})
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified
+    check(model)
+    assert model.opset_imports[""] == 10
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("beta_attr", [1.0, 0.0, 0.5])
+def test_batchnorm_folds_into_gemm_whatever_its_beta(beta_attr):
+    # x -> Gemm <alpha=0.7, beta, transB=1> (W, C) -> BN -> y : C' = (s (beta C - mean) + bn_beta) / beta
+    rng = np.random.default_rng(9)
+    model = _with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,5] x) => (float[N,4] y) {{
+        h = Gemm <alpha = 0.7, beta = {beta_attr}, transB = 1> (x, w, c)
+        y = BatchNormalization(h, gamma, bnb, mean, var)
+    }}""", {"w": rng.standard_normal((4, 5)), "c": rng.standard_normal(4), "gamma": rng.uniform(0.5, 2, 4),
+           "bnb": rng.standard_normal(4), "mean": rng.standard_normal(4), "var": rng.uniform(0.5, 2, 4)})
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldBatchNormPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Gemm"]
+    check(model)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
