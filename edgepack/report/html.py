@@ -93,7 +93,7 @@ def summary(data: RunData) -> list[tuple[str, float | None, float | None]]:
 
 def format_summary(rows) -> str:
     def cell(value):
-        return f"{value:>10.3f}" if value is not None else f"{'n/a':>10}"
+        return f"{value:>10.4g}" if value is not None else f"{'n/a':>10}"
     lines = [f"{'':<18} {'FP32':>10} {'INT8':>10} {'INT8/FP32':>10}"]
     for name, fp32, int8 in rows:
         ratio = cell(int8 / fp32) if fp32 and int8 is not None else cell(None)
