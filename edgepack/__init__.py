@@ -28,6 +28,10 @@ _API = {
     "build": "edgepack.backends",
     "load_artifact": "edgepack.backends",
     "Artifact": "edgepack.backends",
+    "load_recipe": "edgepack.recipe",
+    "run_recipe": "edgepack.recipe",
+    "write_report": "edgepack.report.html",
+    "run_demo": "edgepack.demo",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]
