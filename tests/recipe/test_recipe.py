@@ -174,3 +174,26 @@ def test_demo_recipe_is_valid_and_uses_the_bundled_data():
     assert recipe.model == example_model() and Path(recipe.data) == CALIB
     assert [s.command for s in recipe.steps][:3] == ["optimize", "quantize", "compare"]
     assert {"build", "profile"} <= {s.command for s in recipe.steps}
+
+
+@pytest.mark.slow
+def test_demo_prints_the_summary_and_writes_the_report_then_skips_everything(tmp_path):
+    out = tmp_path / "demo"
+    result = edgepack_cli("demo", "-o", out)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[-3:] for line in result.stdout.splitlines()
+            if line.startswith(("size", "top-1", "latency"))}
+    assert set(rows) == {"size", "top-1", "latency"}
+    assert all("n/a" not in values for values in rows.values()), result.stdout
+    fp32, int8, ratio = map(float, rows["size"])
+    assert int8 < fp32 and ratio == pytest.approx(int8 / fp32, rel=1e-2)
+    compare = json.loads((out / "compare.json").read_text())
+    assert float(rows["top-1"][1]) == pytest.approx(100 * compare["accuracy"]["b"], abs=1e-3)
+    assert f"report: {out / 'report.html'}" in result.stdout
+    assert (out / "report.html").read_text().count("<svg") >= 6
+    run = json.loads((out / "run.json").read_text())
+    assert {(s["id"], s["status"]) for s in run["steps"]} >= {("build-int8", "done"), ("profile-int8", "done")}
+
+    again = edgepack_cli("demo", "-o", out, "--json", tmp_path / "demo.json")
+    assert again.returncode == 0, again.stderr
+    assert {s["status"] for s in json.loads((tmp_path / "demo.json").read_text())["steps"]} == {"skipped"}
