@@ -230,16 +230,20 @@ def _argv_options(options: dict[str, Any], parser: argparse.ArgumentParser) -> l
 # ---------------------------------------------------------------- hashing and manifests
 
 def sha256_path(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, sorted)."""
+    """sha256 of a file (an .onnx model with its external data files), or of a folder's files."""
+    from edgepack.backends.manifest import model_sha256, sha256_file
+
     path = Path(path)
+    if path.is_file():
+        if path.suffix == ".onnx":
+            try:
+                return model_sha256(path)
+            except Exception:  # not a readable model (yet): its bytes are what changed
+                return sha256_file(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
 
 
