@@ -207,8 +207,9 @@ def _check_options(step_id, command, options, parser, base, where) -> dict[str, 
         if action.choices and not isinstance(value, list) and str(value) not in map(str, action.choices):
             raise EdgepackError(f"{where} ('{step_id}'): option '{key}' = {value!r} is not one of "
                                 f"{', '.join(map(str, action.choices))}")
-        if isinstance(value, str) and _is_path_option(action):
-            value = str(_expand(value, base))
+        if isinstance(value, str) and _is_path_option(action) and (
+                _expand(value, base).exists() or "/" in value or Path(value).suffix):
+            value = str(_expand(value, base))  # not a keyword such as `--baseline history`
         checked[action.dest] = value
     return checked
 
@@ -297,16 +298,19 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
                             hint="update edgepack, or remove the step from the recipe")
     env = versions()
     outputs: dict[tuple[str, str | None], Path | None | bool] = {("model", None): recipe.model}
+    reports: dict[tuple[str, str | None], Path] = {}  # JSON reports: the input of e.g. `check`
     results: list[StepResult] = []
     plan = [(s, t) for s in recipe.steps for t in (recipe.targets if s.per_target else (None,))]
     try:
         for number, (step, target) in enumerate(plan, 1):
             label = f"[{number}/{len(plan)}] {step.id}" + (f" ({target})" if target else "")
-            result = _run_step(step, target, recipe, out_dir, parsers, outputs, env, force)
+            result = _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force)
             results.append(result)
             # the step's artifact; None: unavailable; False: the step writes no artifact
             outputs[(step.id, target)] = (None if result.status == "unavailable" else
                                           Path(result.artifact) if result.artifact else False)
+            if result.report:
+                reports[(step.id, target)] = Path(result.report)
             print(f"{label:<40} {result.status:<12} {result.seconds:7.2f}s  {result.note}", file=sys.stderr)
             if result.status == "failed":
                 what, _, fix = result.note.partition(". hint: ")
@@ -332,14 +336,18 @@ def _input_refs(step, target, outputs, positionals: int) -> list[str]:
     return ["model", latest] if positionals == 2 else [latest]
 
 
-def _resolve_inputs(refs, step, target, recipe, outputs) -> list[Path] | str:
-    """The step's input files, or a string saying which earlier step is unavailable."""
+def _resolve_inputs(refs, step, target, recipe, outputs, reports) -> list[Path] | str:
+    """The step's input files (a step's artifact, else its JSON report), or a string saying
+    which earlier step is unavailable."""
     paths: list[Path] = []
     for ref in refs:
         key = (ref, target) if (ref, target) in outputs else (ref, None)
         if key in outputs:
             if outputs[key] is None:
                 return f"needs '{ref}', which is unavailable"
+            if outputs[key] is False and key in reports:
+                paths.append(reports[key])
+                continue
             if outputs[key] is False:
                 raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' takes the output of '{ref}', "
                                     "which writes no artifact", hint="set input = an earlier model-writing step")
@@ -353,7 +361,7 @@ def _resolve_inputs(refs, step, target, recipe, outputs) -> list[Path] | str:
     return paths
 
 
-def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> StepResult:
+def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force) -> StepResult:
     result = StepResult(step.id, step.command, target, "unavailable")
     parser = parsers.get(step.command.replace("-", "_"))
     if parser is None:
@@ -362,7 +370,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
     dests = {a.dest for a in parser._actions}
     positionals = [a for a in parser._actions if not a.option_strings]
     result.inputs = _input_refs(step, target, outputs, len(positionals))
-    inputs = _resolve_inputs(result.inputs, step, target, recipe, outputs)
+    inputs = _resolve_inputs(result.inputs, step, target, recipe, outputs, reports)
     if isinstance(inputs, str):
         result.note = inputs
         return result
@@ -392,6 +400,10 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, env, force) -> St
     hashed = {str(p): sha256_path(p) for p in inputs}
     hashed.update({str(v): sha256_path(v) for k, v in options.items()
                    if isinstance(v, str) and k != "target" and Path(v).exists()})
+    if "target" in options:  # a changed target file changes the step
+        from edgepack.targets import load_target
+        target_file = load_target(options["target"]).path
+        hashed[str(target_file)] = sha256_path(target_file)
     key = hashlib.sha256(json.dumps({"argv": argv, "inputs": hashed, "versions": env},
                                     sort_keys=True).encode()).hexdigest()
     manifest_path = folder / f"{step.id}.step.json"

@@ -264,5 +264,11 @@ def render(data: RunData) -> str:
 
 
 def write_report(folder: str | Path, output: str | Path) -> Path:
+    import os
+
     from edgepack.cli.common import write_text_atomic
-    return write_text_atomic(output, render(load_run(folder)))
+    path = write_text_atomic(output, render(load_run(folder)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a page to share: readable like any new file, not 0600
+    return path

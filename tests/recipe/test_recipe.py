@@ -197,3 +197,19 @@ def test_demo_prints_the_summary_and_writes_the_report_then_skips_everything(tmp
     again = edgepack_cli("demo", "-o", out, "--json", tmp_path / "demo.json")
     assert again.returncode == 0, again.stderr
     assert {s["status"] for s in json.loads((tmp_path / "demo.json").read_text())["steps"]} == {"skipped"}
+
+
+def test_check_step_takes_a_profile_report_and_gates_the_run(tmp_path):
+    # model ─► build ─► profile (JSON report) ─► check --baseline <an earlier profile>
+    steps = (f'model = "{example_model()}"\ntargets = ["x86-cpu"]\n'
+             '[[step]]\nrun = "build"\n[[step]]\nrun = "profile"\nruns = 300\nno-history = true\n')
+    first = run_recipe(load_recipe(write_recipe(tmp_path, steps)), tmp_path / "a")
+    assert [r.status for r in first] == ["done", "done"]
+    baseline = tmp_path / "baseline.json"
+    baseline.write_bytes((tmp_path / "a" / "x86-cpu" / "profile.json").read_bytes())
+    gated = steps + '[[step]]\nrun = "check"\ninput = "profile"\nbaseline = "baseline.json"\nthreshold = \"300%\"\n'
+    results = run_recipe(load_recipe(write_recipe(tmp_path, gated, "gated.toml")), tmp_path / "b")
+    assert [r.status for r in results] == ["done", "done", "done"]
+    check = json.loads((tmp_path / "b" / "x86-cpu" / "check.step.json").read_text())
+    assert str(tmp_path / "b" / "x86-cpu" / "profile.json") in check["inputs"]
+    assert check["options"]["baseline"] == str(baseline)
