@@ -156,6 +156,11 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe
         if command not in STEPS:
             raise EdgepackError(f"{where}: unknown step '{command}'", hint=f"steps are: {', '.join(STEPS)}")
         step_id = str(table.get("id", command))
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", step_id):
+            raise EdgepackError(f"{where}: id '{step_id}' is not a plain name",
+                                hint="use letters, digits, '.', '_' and '-' (it names the step's files)")
+        if not isinstance(table.get("per_target", False), bool):
+            raise EdgepackError(f"{where} ('{step_id}'): per_target must be true or false")
         if step_id in seen or step_id == "model":
             raise EdgepackError(f"{where}: duplicate step id '{step_id}'", hint="give each step a distinct id = ...")
         seen.add(step_id)

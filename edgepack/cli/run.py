@@ -14,7 +14,7 @@ def register(subparsers):
                     "options, versions, seconds) into the output folder; a step whose inputs and options\n"
                     "did not change is skipped. build/profile/check run once per target (sub-folders).")
     parser.add_argument("recipe", metavar="RECIPE", help="recipe file (.toml)")
-    common.add_output(parser, "output folder (default: <recipe name>-out beside the recipe)", required=False)
+    common.add_output(parser, "output folder (default: ./<recipe name>-out)", required=False)
     parser.add_argument("--targets", metavar="A,B,C",
                         help="targets for the per-target steps, replacing the recipe's `targets`")
     parser.add_argument("--force", action="store_true", help="run every step, even unchanged ones")
@@ -28,7 +28,8 @@ def run(args) -> int:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
     recipe = load_recipe(args.recipe, targets=targets)
-    out_dir = Path(args.output) if args.output else recipe.path.with_name(f"{recipe.path.stem}-out")
+    name = recipe.path.name.removesuffix(".toml").removesuffix(".recipe")
+    out_dir = Path(args.output) if args.output else Path(f"{name}-out")
     results = run_recipe(recipe, out_dir, force=args.force)
     if args.report:
         from edgepack.report.html import write_report

@@ -128,6 +128,20 @@ def test_bad_option_values_are_refused(tmp_path, line, needle):
     assert_one_line_error(edgepack_cli("run", write_recipe(tmp_path, text)), needle)
 
 
+@pytest.mark.parametrize("text, needle", [
+    ('model = "{model}"\nstep = []\nsteps = 3\n', "unknown key 'steps'"),
+    ('model = "{model}"\n[[step]]\nid = "../x"\nrun = "optimize"\n', "id '../x' is not a plain name"),
+    ('model = "{model}"\n[[step]]\nrun = "optimize"\n[[step]]\nrun = "optimize"\n', "duplicate step id"),
+    ('model = "{model}"\n[[step]]\nrun = "quantize"\ninput = "later"\n', "input 'later'"),
+    ('model = "{model}"\n[[step]]\nrun = "build"\n', "need a target"),
+    ('model = "{model}"\n[[step]]\nmethod = "minmax"\n', "step 1: no 'run'"),
+])
+def test_malformed_recipes_are_refused_naming_the_problem(tmp_path, text, needle):
+    recipe = write_recipe(tmp_path, text.replace("{model}", str(example_model())))
+    assert_one_line_error(edgepack_cli("run", recipe, "-o", tmp_path / "out"), needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_target_and_missing_model_are_refused(tmp_path):
     text = RECIPE.replace("{method}", "minmax")
     assert_one_line_error(edgepack_cli("run", write_recipe(tmp_path, text), "--targets", "x86-cpu,toaster"),
@@ -163,7 +177,9 @@ def test_targets_option_runs_per_target_steps_in_sub_folders(tmp_path):
     for target in ("x86-cpu", "arm64-cpu"):
         step = json.loads((out / target / "retarget.step.json").read_text())
         assert step["options"]["target"] == target
-        assert step["inputs"] == {str(out / "optimize.onnx"): sha256_path(out / "optimize.onnx")}
+        target_file = data_dir("targets") / f"{target}.toml"
+        assert step["inputs"] == {str(out / "optimize.onnx"): sha256_path(out / "optimize.onnx"),
+                                  str(target_file): sha256_path(target_file)}
         assert (out / target / "retarget.onnx").is_file()
 
 
