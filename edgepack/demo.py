@@ -28,7 +28,7 @@ def run_demo(out_dir: Path, *, force: bool = False) -> dict:
         "schema": "edgepack.demo/1",
         "recipe": str(DEMO_RECIPE),
         "output_dir": str(out_dir),
-        "report": str(report),
+        "report": str(report.resolve()),
         "steps": [r.as_dict() for r in results],
         "summary": [{"metric": name, "fp32": fp32, "int8": int8,
                      "ratio": int8 / fp32 if fp32 and int8 is not None else None}
