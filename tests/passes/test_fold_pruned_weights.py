@@ -220,3 +220,38 @@ def test_batchnorm_folds_into_gemm_whatever_its_beta(beta_attr):
     assert [n.op_type for n in model.graph] == ["Gemm"]
     check(model)
     np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+# x -> Conv (W[1] = W[3] = 0) -> Relu = r -> Reshape(r, Concat(Unsqueeze(Gather(Shape(r), 0)), [-1]))
+#   -> Gemm -> y          (PyTorch's x.view(x.size(0), -1) with a dynamic batch)
+VIEW_FLATTEN = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,4,4] x) => (float[N,5] y) <int64 zero = {0}, int64[1] m1 = {-1}, int64[1] ax = {0}> {
+    c = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w)
+    r = Relu(c)
+    s = Shape(r)
+    n = Gather(s, zero)
+    nu = Unsqueeze(n, ax)
+    shape = Concat <axis = 0> (nu, m1)
+    f = Reshape(r, shape)
+    y = Gemm <transB = 1> (f, w2)
+}"""
+
+
+@pytest.mark.parametrize("shape_reads", ["batch", "all"])
+def test_view_flatten_with_dynamic_batch(shape_reads):
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((6, 3, 3, 3))
+    w[[1, 3]] = 0
+    text = VIEW_FLATTEN if shape_reads == "batch" else VIEW_FLATTEN.replace(
+        "y = Gemm <transB = 1> (f, w2)", "y = Gemm <transB = 1> (f, w2)\n    t = Cast <to = 1> (s)").replace(
+        "=> (float[N,5] y)", "=> (float[N,5] y, float[4] t)")
+    model = _with_weights(text, {"w": w, "w2": rng.standard_normal((5, 96))})
+    x = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    ref = run_ort(model, {"x": x})
+    assert FoldPrunedWeightsPass()(model).modified is (shape_reads == "batch")
+    check(model)
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert list(gemm.inputs[1].const_value.shape) == [5, 64 if shape_reads == "batch" else 96]
+    for got, want in zip(run_ort(model, {"x": x}), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
