@@ -33,6 +33,11 @@ def run(args) -> int:
     from edgepack.passes.pipeline import build_pipeline, compare_outputs, run_timed
     from edgepack.targets import load_target
 
+    from pathlib import Path
+
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise EdgepackError(f"-o {args.output} is the input model; edgepack never overwrites an input",
+                            hint="write the optimized model to another file")
     target = load_target(args.target) if args.target else None
     before = summary(inspect_model(io.load(args.model), args.model))
     feeds = runtime.random_feeds(runtime.session(args.model), batch=2)

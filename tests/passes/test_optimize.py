@@ -130,6 +130,9 @@ def test_cli_optimize_reports_and_writes(tmp_path):
     assert report["max_abs_error"] <= 1e-5
     assert "params" in result.stdout and out.is_file()
     assert_one_line_error(edgepack_cli("optimize", tmp_path / "none.onnx", "-o", out), "none.onnx")
+    before = src.read_bytes()
+    assert_one_line_error(edgepack_cli("optimize", src, "-o", src), "pruned.onnx", "input")
+    assert src.read_bytes() == before
 
 
 def _encoder_layer(d=16, heads=2, hidden=32, pruned=(), seed=0):
