@@ -167,15 +167,18 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
 
 
 def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+    """Depthwise Conv (group = C, W[C*m, 1, k...]): output channels k*m .. k*m+m-1 read only input
+    channel k, so they go together with it (the group count shrinks, m stays)."""
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] != groups or len(a.consts[x]) != groups:
-        return  # only the one-filter-per-channel form keeps channel k on channel k
-    c = a.consts[x]
-    b = np.zeros(groups) if bias is None else bias.astype(np.float64)
+    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] % groups or len(a.consts[x]) != groups:
+        return  # general grouped Conv mixes channels within a group: not followed
+    mult = w.shape[0] // groups
+    c = np.repeat(a.consts[x], mult)
+    b = np.zeros(len(c)) if bias is None else bias.astype(np.float64)
     no_pad = not any(attr_ints(node, "pads", [0]) or [0]) and _auto_pad(node) in ("NOTSET", "VALID")
-    through = c * w.reshape(groups, -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
+    through = c * w.reshape(len(c), -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
     if _start(a, out, 1, np.where(c == 0, b, through)):
-        _link(a, node, 0, x, out)
+        _link(a, node, 0, x, out, mapping=lambda k: range(k * mult, (k + 1) * mult))
 
 
 def _batchnorm(node: ir.Node, a: _Analysis) -> None:
@@ -448,8 +451,8 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         delta = delta[rows]
         if bias is not None and bias.size > 1:
             bias = bias[rows]
-        if groups > 1:
-            node.attributes["group"] = ir.AttrInt64("group", len(rows))
+        if groups > 1:  # depthwise: whole groups go (see _depthwise)
+            node.attributes["group"] = ir.AttrInt64("group", groups * len(rows) // n_out)
     set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
     dtype = w.dtype
     if op == "MatMul":

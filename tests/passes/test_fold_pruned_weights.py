@@ -255,3 +255,30 @@ def test_view_flatten_with_dynamic_batch(shape_reads):
     assert list(gemm.inputs[1].const_value.shape) == [5, 64 if shape_reads == "batch" else 96]
     for got, want in zip(run_ort(model, {"x": x}), ref):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_with_channel_multiplier_drops_whole_groups():
+    # x -> Conv 1x1 (W[1] = 0) -> Relu -> depthwise Conv <group=4> W[8,1,3,3] (multiplier 2)
+    #   -> Relu -> Conv 1x1 (8 -> 5) -> y
+    # Input channel 1 is 0, so depthwise outputs 2 and 3 carry their bias only (Relu of it):
+    # constant, absorbed by the last 1x1 Conv. Channel 1 and outputs 2, 3 go; group becomes 3.
+    rng = np.random.default_rng(11)
+    w1 = rng.standard_normal((4, 3, 1, 1))
+    w1[1] = 0
+    model = _with_weights("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,6,6] x) => (float[N,5,6,6] y) {
+        a = Conv <kernel_shape = [1,1]> (x, w1)
+        r = Relu(a)
+        d = Conv <kernel_shape = [3,3], pads = [1,1,1,1], group = 4> (r, wd, bd)
+        e = Relu(d)
+        y = Conv <kernel_shape = [1,1]> (e, w3, b3)
+    }""", {"w1": w1, "wd": rng.standard_normal((8, 1, 3, 3)), "bd": rng.standard_normal(8),
+           "w3": rng.standard_normal((5, 8, 1, 1)), "b3": rng.standard_normal(5)})
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified
+    check(model)
+    dw = next(n for n in model.graph if n.attributes.get("group") is not None)
+    assert dw.attributes["group"].value == 3 and list(dw.inputs[1].const_value.shape) == [6, 1, 3, 3]
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
