@@ -259,3 +259,34 @@ def test_onnxsim_pass_twice_is_stable():
     nodes = len(list(model.graph))
     result = OnnxSimplifyPass()(model)  # nothing left to do: must not fail, must not change
     assert result.model is model and len(list(model.graph)) == nodes
+
+
+def test_cli_custom_op_model_is_optimized_around_the_op_and_reported_unverified(tmp_path):
+    # x -> Conv (W[1] = 0) -> Relu -> custom.Plugin -> Conv 1x1 -> y
+    # The custom op may mix channels: channel 1 must stay. ONNX Runtime cannot run the model, so
+    # the report says the outputs were not verified (max_abs_error null) instead of failing.
+    import onnx
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17, "custom" : 1]>
+    g (float[N,3,6,6] x) => (float[N,4,6,6] y) {
+        a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w1)
+        r = Relu(a)
+        p = custom.Plugin(r)
+        y = Conv <kernel_shape = [1,1]> (p, w2)
+    }""")
+    rng = np.random.default_rng(12)
+    w1 = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    w1[1] = 0
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(
+        rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w2")])
+    src, out = tmp_path / "custom.onnx", tmp_path / "out.onnx"
+    onnx.save(proto, src)
+    result = edgepack_cli("optimize", src, "-o", out, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "not verified" in result.stderr + result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["max_abs_error"] is None
+    optimized = onnx.load(out)
+    assert [n.op_type for n in optimized.graph.node] == ["Conv", "Relu", "Plugin", "Conv"]
+    assert list(next(i for i in optimized.graph.initializer if i.name.startswith("w1")).dims)[0] == 3
