@@ -282,3 +282,37 @@ def test_depthwise_with_channel_multiplier_drops_whole_groups():
     dw = next(n for n in model.graph if n.attributes.get("group") is not None)
     assert dw.attributes["group"].value == 3 and list(dw.inputs[1].const_value.shape) == [6, 1, 3, 3]
     assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+
+
+def test_channels_read_inside_a_subgraph_stay():
+    # x -> Conv (W[1] = 0) -> Relu = r -> If(c) { then: Conv 1x1 (r) } { else: Neg(Conv 1x1 (r)) } -> y
+    # r is read from inside the branches (outer scope): its channels are not followed there.
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(13)
+    w1 = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    w1[1] = 0
+    w2 = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4, 6, 6])
+
+    then = helper.make_graph([helper.make_node("Conv", ["r", "w2"], ["t"], kernel_shape=[1, 1])], "then", [], [vi("t")])
+    other = helper.make_graph([helper.make_node("Conv", ["r", "w2"], ["e0"], kernel_shape=[1, 1]),
+                               helper.make_node("Neg", ["e0"], ["e"])], "else", [], [vi("e")])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [vi("y")], [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = ir.serde.deserialize_model(proto)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    refs = [run_ort(model, {"x": x, "c": np.array(c)})[0] for c in (True, False)]
+    optimized = optimize(model)
+    check(optimized)
+    assert list(next(n for n in optimized.graph if n.op_type == "Conv").inputs[1].shape)[0] == 3
+    for c, ref in zip((True, False), refs):
+        np.testing.assert_array_equal(run_ort(optimized, {"x": x, "c": np.array(c)})[0], ref)
