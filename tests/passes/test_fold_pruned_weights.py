@@ -316,3 +316,30 @@ def test_channels_read_inside_a_subgraph_stay():
     assert list(next(n for n in optimized.graph if n.op_type == "Conv").inputs[1].shape)[0] == 3
     for c, ref in zip((True, False), refs):
         np.testing.assert_array_equal(run_ort(optimized, {"x": x, "c": np.array(c)})[0], ref)
+
+
+@pytest.mark.parametrize("producer", [
+    "a = Conv <kernel_shape = [1,1]> (x, wc)",
+    "a = Conv <kernel_shape = [1,1]> (x, wc, bias)",
+    "a = ConvTranspose <kernel_shape = [1,1]> (x, wt, bias)",
+])
+def test_batchnorm_chain_folds_into_conv(producer):
+    # x -> Conv | Conv+bias | ConvTranspose -> BN1 -> BN2 -> y : BN2 follows a folded op and folds too
+    rng = np.random.default_rng(14)
+    stats = {f"{k}{i}": rng.uniform(0.5, 2, 4) if k in ("g", "v") else rng.standard_normal(4)
+             for i in (1, 2) for k in ("g", "b", "m", "v")}
+    model = _with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,5,5] x) => (float[N,4,5,5] y) {{
+        {producer}
+        n = BatchNormalization <epsilon = 0.001> (a, g1, b1, m1, v1)
+        y = BatchNormalization(n, g2, b2, m2, v2)
+    }}""", {"wc": rng.standard_normal((4, 3, 1, 1)), "wt": rng.standard_normal((3, 4, 1, 1)),
+           "bias": rng.standard_normal(4), **stats})
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldBatchNormPass()(model).modified
+    assert [n.op_type for n in model.graph] == [producer.split()[2]]
+    assert model.graph.outputs[0].name == "y"
+    check(model)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-4, atol=1e-5)
