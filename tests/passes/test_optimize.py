@@ -290,3 +290,22 @@ def test_cli_custom_op_model_is_optimized_around_the_op_and_reported_unverified(
     optimized = onnx.load(out)
     assert [n.op_type for n in optimized.graph.node] == ["Conv", "Relu", "Plugin", "Conv"]
     assert list(next(i for i in optimized.graph.initializer if i.name.startswith("w1")).dims)[0] == 3
+
+
+def test_bundled_digits_example_halves_and_keeps_its_accuracy():
+    # digits_cnn: Conv+BN+Relu x2, half of conv2's filters and half of fc1's units pruned to zero
+    from edgepack.inspection import inspect_model
+    from tests.helpers import REPO
+
+    path = REPO / "edgepack" / "examples" / "digits_cnn.onnx"
+    with np.load(REPO / "calibration" / "digits" / "eval.npz") as data:
+        x, labels = data["input"], data["labels"]
+    ref = run_ort(path, {"input": x})[0]
+    model = io.load(path)
+    params = inspect_model(model)["params"]
+    optimized = optimize(model)
+    check(optimized)
+    got = run_ort(optimized, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert (got.argmax(1) == labels).mean() == (ref.argmax(1) == labels).mean()
+    assert inspect_model(optimized)["params"] < 0.55 * params
