@@ -297,13 +297,12 @@ def test_bundled_digits_example_halves_and_keeps_its_accuracy():
     from edgepack.inspection import inspect_model
     from tests.helpers import REPO
 
-    path = REPO / "edgepack" / "examples" / "digits_cnn.onnx"
+    path = REPO / "edgepack" / "examples" / "digits_cnn.onnx"  # optimize takes a path too
     with np.load(REPO / "calibration" / "digits" / "eval.npz") as data:
         x, labels = data["input"], data["labels"]
     ref = run_ort(path, {"input": x})[0]
-    model = io.load(path)
-    params = inspect_model(model)["params"]
-    optimized = optimize(model)
+    params = inspect_model(io.load(path))["params"]
+    optimized = optimize(path)
     check(optimized)
     got = run_ort(optimized, {"input": x})[0]
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
