@@ -46,11 +46,11 @@ class OnnxSimplifyPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if io.weights_nbytes(model) > ONNXSIM_MAX_BYTES:
-            logger.warning("onnxsim skipped: weights over %d MiB; using edgepack's own passes",
+            logger.info("onnxsim skipped: weights over %d MiB; using edgepack's own passes",
                            ONNXSIM_MAX_BYTES >> 20)
             return ir.passes.PassResult(model, modified=False)
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
-            logger.warning("onnxsim skipped: the model keeps its weights in external data; "
+            logger.info("onnxsim skipped: the model keeps its weights in external data; "
                            "using edgepack's own passes")
             return ir.passes.PassResult(model, modified=False)
         proto = ir.serde.serialize_model(model)
@@ -62,7 +62,7 @@ class OnnxSimplifyPass(ir.passes.InPlacePass):
             simplified = self._simplify(proto, perform_optimization=False)
             problem = simplified is not None and _not_portable(proto, simplified)
             if problem:
-                logger.warning("onnxsim result refused (%s); using edgepack's own passes", problem)
+                _warn_once("onnxsim result refused (%s); using edgepack's own passes", problem)
                 simplified = None
         if simplified is None or simplified.SerializeToString() == before:
             return ir.passes.PassResult(model, modified=False)
@@ -79,13 +79,26 @@ class OnnxSimplifyPass(ir.passes.InPlacePass):
         try:
             simplified, ok = onnxsim.simplify(proto, **options)
         except Exception as exc:  # onnxsim raises many types; any failure means "not this time"
-            logger.warning("onnxsim failed (%s: %s); using edgepack's own passes",
+            _warn_once("onnxsim failed (%s: %s); using edgepack's own passes",
                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return None
         if not ok:
-            logger.warning("onnxsim could not verify its result; using edgepack's own passes")
+            _warn_once("onnxsim could not verify its result; using edgepack's own passes")
             return None
         return simplified
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args) -> None:
+    """onnxsim's failures are warned about once per process (then logged at INFO): a loop that
+    optimizes many models, as pruning does, would otherwise repeat the same line."""
+    if message in _warned:
+        logger.info(message, *args)
+    else:
+        _warned.add(message)
+        logger.warning(message, *args)
 
 
 def _not_portable(before, after) -> str:

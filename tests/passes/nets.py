@@ -116,8 +116,10 @@ def random_pruned_net(seed: int) -> ir.Model:
             if rng.random() < 0.3:
                 y = b.node(str(rng.choice(["Sigmoid", "LeakyRelu", "Tanh", "HardSwish"])), [y])
             c = cout
-        elif kind == "dw":
-            y = b.conv_bn(y, c, c, 3, group=c, pruned=some(c, 0.3), act=act)
+        elif kind == "dw":  # depthwise, channel multiplier 1 or 2
+            mult = int(rng.integers(1, 3))
+            y = b.conv_bn(y, c, c * mult, 3, group=c, pruned=some(c * mult, 0.3), act=act)
+            c *= mult
         elif kind == "res":
             t = b.conv_bn(y, c, cout, 1, pruned=pruned)
             t = b.conv_bn(t, cout, c, 3, pruned=some(c, 0.3), act=None)

@@ -130,6 +130,9 @@ def test_cli_optimize_reports_and_writes(tmp_path):
     assert report["max_abs_error"] <= 1e-5
     assert "params" in result.stdout and out.is_file()
     assert_one_line_error(edgepack_cli("optimize", tmp_path / "none.onnx", "-o", out), "none.onnx")
+    before = src.read_bytes()
+    assert_one_line_error(edgepack_cli("optimize", src, "-o", src), "pruned.onnx", "input")
+    assert src.read_bytes() == before
 
 
 def _encoder_layer(d=16, heads=2, hidden=32, pruned=(), seed=0):
@@ -256,3 +259,52 @@ def test_onnxsim_pass_twice_is_stable():
     nodes = len(list(model.graph))
     result = OnnxSimplifyPass()(model)  # nothing left to do: must not fail, must not change
     assert result.model is model and len(list(model.graph)) == nodes
+
+
+def test_cli_custom_op_model_is_optimized_around_the_op_and_reported_unverified(tmp_path):
+    # x -> Conv (W[1] = 0) -> Relu -> custom.Plugin -> Conv 1x1 -> y
+    # The custom op may mix channels: channel 1 must stay. ONNX Runtime cannot run the model, so
+    # the report says the outputs were not verified (max_abs_error null) instead of failing.
+    import onnx
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17, "custom" : 1]>
+    g (float[N,3,6,6] x) => (float[N,4,6,6] y) {
+        a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w1)
+        r = Relu(a)
+        p = custom.Plugin(r)
+        y = Conv <kernel_shape = [1,1]> (p, w2)
+    }""")
+    rng = np.random.default_rng(12)
+    w1 = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    w1[1] = 0
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(
+        rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w2")])
+    src, out = tmp_path / "custom.onnx", tmp_path / "out.onnx"
+    onnx.save(proto, src)
+    result = edgepack_cli("optimize", src, "-o", out, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "not verified" in result.stderr + result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["max_abs_error"] is None
+    optimized = onnx.load(out)
+    assert [n.op_type for n in optimized.graph.node] == ["Conv", "Relu", "Plugin", "Conv"]
+    assert list(next(i for i in optimized.graph.initializer if i.name.startswith("w1")).dims)[0] == 3
+
+
+def test_bundled_digits_example_halves_and_keeps_its_accuracy():
+    # digits_cnn: Conv+BN+Relu x2, half of conv2's filters and half of fc1's units pruned to zero
+    from edgepack.inspection import inspect_model
+    from tests.helpers import REPO
+
+    path = REPO / "edgepack" / "examples" / "digits_cnn.onnx"  # optimize takes a path too
+    with np.load(REPO / "calibration" / "digits" / "eval.npz") as data:
+        x, labels = data["input"], data["labels"]
+    ref = run_ort(path, {"input": x})[0]
+    params = inspect_model(io.load(path))["params"]
+    optimized = optimize(path)
+    check(optimized)
+    got = run_ort(optimized, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert (got.argmax(1) == labels).mean() == (ref.argmax(1) == labels).mean()
+    assert inspect_model(optimized)["params"] < 0.55 * params
