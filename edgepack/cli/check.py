@@ -7,6 +7,7 @@ from pathlib import Path
 from edgepack.cli import common
 from edgepack.errors import UsageError
 
+METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 EPILOG = """\
 exit codes: 1 only when CURRENT is slower than the baseline both significantly (the bootstrap
 interval of the ratio lies above 1) and by more than --threshold; 0 otherwise; 2 on bad input,
@@ -26,7 +27,9 @@ def register(subparsers):
                         help="a baseline profile result, or `history` for the recent runs of the same model and target")
     parser.add_argument("--threshold", default="5%", metavar="PCT", help="slowdown tolerated: 5%% (default) or 0.05")
     parser.add_argument("--confidence", type=float, default=0.99, metavar="C", help="confidence level (default 0.99)")
-    parser.add_argument("--metric", default="p50", choices=("p50", "p90", "p95", "p99"), help="latency percentile")
+    parser.add_argument("--metric", default="p1", choices=METRICS,
+                        help="latency percentile compared (default p1: the least disturbed by other load; "
+                        "p50/p90/p99 for typical and tail latency on a quiet machine)")
     parser.add_argument("--history-db", metavar="FILE", help="profile history database (for --baseline history)")
     parser.add_argument("--history-runs", type=int, default=5, metavar="N", help="recent runs used as the baseline")
     parser.add_argument("--force", action="store_true", help="compare even if model, target or batch differ")

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-PERCENTILES = (50, 90, 95, 99)
+PERCENTILES = (1, 50, 90, 95, 99)
 
 
 def summarize(samples_ms) -> dict:
