@@ -69,26 +69,14 @@ def time_runs(run: Callable[[], object], budget: Budget, *, progress: bool = Tru
     samples: list[float] = []
     append = samples.append
     clock = time.perf_counter
-    bar = _bar(budget, progress, label)
-    start = last_update = clock()
-    limit_runs = budget.runs if budget.runs is not None else None
-    limit_end = start + budget.seconds if budget.seconds is not None else None
+    meter = _Meter(budget, progress, label)
     while True:
         t0 = clock()
         run()
         t1 = clock()
         append(t1 - t0)
-        if limit_runs is not None:
-            if len(samples) >= limit_runs:
-                break
-        elif t1 >= limit_end and len(samples) >= MIN_RUNS:
+        if meter.done(len(samples), t1):
             break
-        if bar is not None and t1 - last_update > 0.25:
-            _advance(bar, budget, len(samples), t1 - start)
-            last_update = t1
-    if bar is not None:
-        _advance(bar, budget, len(samples), clock() - start)
-        bar.close()
     return [s * 1000.0 for s in samples]
 
 
@@ -99,8 +87,7 @@ def time_interleaved(run_a: Callable[[], object], run_b: Callable[[], object], b
     a: list[float] = []
     b: list[float] = []
     clock = time.perf_counter
-    bar = _bar(budget, progress, "A/B")
-    start = last_update = clock()
+    meter = _Meter(budget, progress, "A/B")
     turn = 0
     while True:
         order = ((run_a, a), (run_b, b)) if turn % 2 == 0 else ((run_b, b), (run_a, a))
@@ -110,19 +97,27 @@ def time_interleaved(run_a: Callable[[], object], run_b: Callable[[], object], b
                 run()
                 samples.append(clock() - t0)
         turn += 1
-        now = clock()
-        if budget.runs is not None:
-            if len(a) >= budget.runs:
-                break
-        elif now - start >= budget.seconds and len(a) >= MIN_RUNS:
+        if meter.done(len(a), clock()):
             break
-        if bar is not None and now - last_update > 0.25:
-            _advance(bar, budget, len(a), now - start)
-            last_update = now
-    if bar is not None:
-        _advance(bar, budget, len(a), clock() - start)
-        bar.close()
     return [s * 1000.0 for s in a], [s * 1000.0 for s in b]
+
+
+class _Meter:
+    """Decides when the budget is spent and refreshes the progress bar at most 4 times a second."""
+
+    def __init__(self, budget: Budget, progress: bool, label: str):
+        self.budget, self.bar = budget, _bar(budget, progress, label)
+        self.start = self.last = time.perf_counter()
+        self.end = self.start + budget.seconds if budget.seconds is not None else None
+
+    def done(self, count: int, now: float) -> bool:
+        finished = count >= self.budget.runs if self.end is None else (now >= self.end and count >= MIN_RUNS)
+        if self.bar is not None and (finished or now - self.last > 0.25):
+            _advance(self.bar, self.budget, count, now - self.start)
+            self.last = now
+            if finished:
+                self.bar.close()
+        return finished
 
 
 def _bar(budget: Budget, progress: bool, label: str):

@@ -57,7 +57,11 @@ def test_check_verdicts(drift, verdict):
     assert report["verdict"] == verdict
     assert report["regression"] is (verdict == "slower")
     assert report["ci"][0] <= report["ratio"] <= report["ci"][1]
-    assert report["ratio"] == pytest.approx(np.median(cur["samples_ms"]) / np.median(base["samples_ms"]))
+    assert report["metric"] == "p1"
+    assert report["ratio"] == pytest.approx(np.percentile(cur["samples_ms"], 1) / np.percentile(base["samples_ms"], 1))
+    p50 = check_regression(cur, base, metric="p50", n_resamples=500)
+    assert p50["ratio"] == pytest.approx(np.median(cur["samples_ms"]) / np.median(base["samples_ms"]))
+    assert p50["verdict"] == verdict
 
 
 def test_significant_but_small_slowdown_passes():
