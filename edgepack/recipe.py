@@ -87,6 +87,7 @@ class StepResult:
     argv: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)  # step ids ("model") or file paths
     note: str = ""
+    log: str = ""  # the end of a failed step's output, shown after its status line
 
     def as_dict(self) -> dict:
         size = Path(self.artifact).stat().st_size if self.artifact and Path(self.artifact).is_file() else None
@@ -309,6 +310,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
     try:
         for number, (step, target) in enumerate(plan, 1):
             label = f"[{number}/{len(plan)}] {step.id}" + (f" ({target})" if target else "")
+            print(f"{label:<40}", end=" ", file=sys.stderr, flush=True)
             result = _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force)
             results.append(result)
             # the step's artifact; None: unavailable; False: the step writes no artifact
@@ -316,7 +318,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
                                           Path(result.artifact) if result.artifact else False)
             if result.report:
                 reports[(step.id, target)] = Path(result.report)
-            print(f"{label:<40} {result.status:<12} {result.seconds:7.2f}s  {result.note}", file=sys.stderr)
+            print(f"{result.status:<12} {result.seconds:7.2f}s  {result.note}", file=sys.stderr)
+            if result.log:
+                sys.stderr.write(result.log if result.log.endswith("\n") else result.log + "\n")
             if result.status == "failed":
                 what, _, fix = result.note.partition(". hint: ")
                 raise EdgepackError(
@@ -421,12 +425,17 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
 
     from edgepack.cli import main
     start = time.perf_counter()
-    stderr_capture = _Tee(sys.stderr, step.id)
-    with contextlib.redirect_stdout(sys.stderr), contextlib.redirect_stderr(stderr_capture):
+    # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
+    capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
+    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture):
         code = main(argv)
     result.seconds = time.perf_counter() - start
+    from edgepack.cli.common import write_text_atomic
+    write_text_atomic(folder / f"{step.id}.log", capture.text)
     if code != 0:
-        errors = [line for line in stderr_capture.text.splitlines() if line.startswith("error:")]
+        if capture.stream is None:
+            result.log = capture.renamed(capture.text[-4000:])
+        errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
         result.status = "failed"
         result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
         return result
@@ -445,20 +454,25 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
 
 
 class _Tee:
-    """Writes through to a stream and keeps a copy (to name a failing step's error); the
-    step's `error:` line is shown as `<step>: ...`, the run prints the one `error:` line."""
+    """Keeps a step's output (its log, and its error to name) and writes it through to
+    `stream` if one is given, the step's `error:` lines shown as `<step>: ...`, so that the
+    run prints the one `error:` line."""
 
     def __init__(self, stream, step_id: str):
         self.stream, self.parts, self.step_id = stream, [], step_id
 
     def write(self, text):
         self.parts.append(text)
-        if text.startswith("error: "):
-            text = f"{self.step_id}: {text[len('error: '):]}"
-        return self.stream.write(text)
+        if self.stream is not None:
+            self.stream.write(self.renamed(text))
+        return len(text)
+
+    def renamed(self, text: str) -> str:
+        return re.sub(r"(^|\n)error: ", lambda m: f"{m.group(1)}{self.step_id}: ", text)
 
     def flush(self):
-        self.stream.flush()
+        if self.stream is not None:
+            self.stream.flush()
 
     def isatty(self):
         return False
