@@ -169,8 +169,10 @@ def test_targets_option_runs_per_target_steps_in_sub_folders(tmp_path):
             '[[step]]\nid = "retarget"\nrun = "optimize"\nper_target = true\nno-simplify = true\n')
     out = tmp_path / "out"
     result = edgepack_cli("run", write_recipe(tmp_path, text), "-o", out, "--targets", "x86-cpu,arm64-cpu",
-                          "--json", tmp_path / "run.json")
+                          "--json", tmp_path / "run.json", "--report", tmp_path / "report.html")
     assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and page.count("retarget") >= 2  # both targets' steps in the pipeline table
     report = json.loads((tmp_path / "run.json").read_text())
     assert [(s["id"], s["target"], s["status"]) for s in report["steps"]] == [
         ("optimize", None, "done"), ("retarget", "x86-cpu", "done"), ("retarget", "arm64-cpu", "done")]
