@@ -24,6 +24,12 @@ _API = {
     "to_fp16": "edgepack.passes.fp16",
     "pack": "edgepack.pack.format",
     "unpack": "edgepack.pack.format",
+    "profile_model": "edgepack.profile.profiler",
+    "profile_pair": "edgepack.profile.profiler",
+    "ProfileOptions": "edgepack.profile.profiler",
+    "check_regression": "edgepack.profile.regression",
+    "History": "edgepack.profile.history",
+    "Budget": "edgepack.profile.timing",
     "optimize": "edgepack.passes.pipeline",
     "build_pipeline": "edgepack.passes.pipeline",
     "calibrate": "edgepack.calib.calibrate",
@@ -34,6 +40,10 @@ _API = {
     "build": "edgepack.backends",
     "load_artifact": "edgepack.backends",
     "Artifact": "edgepack.backends",
+    "load_recipe": "edgepack.recipe",
+    "run_recipe": "edgepack.recipe",
+    "write_report": "edgepack.report.html",
+    "run_demo": "edgepack.demo",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]

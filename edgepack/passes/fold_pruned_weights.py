@@ -24,6 +24,11 @@ UNARY = {
     "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
     "Neg": lambda c, n: -c,
     "Abs": lambda c, n: np.abs(c),
+    "Erf": lambda c, n: _erf(c),
+    "Gelu": lambda c, n: (0.5 * c * (1 + np.tanh(np.sqrt(2 / np.pi) * (c + 0.044715 * c**3)))
+                          if _attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
+    "Softplus": lambda c, n: np.logaddexp(0, c),
+    "Exp": lambda c, n: np.exp(c),
     "Identity": lambda c, n: c,
     "Dropout": lambda c, n: c,
     "Clip": None,  # bounds from attributes or inputs: see _clip_bounds
@@ -128,7 +133,8 @@ def _link(a: _Analysis, node: ir.Node, index: int, src: ir.Value, dst: ir.Value,
 
 
 def _weighted(node: ir.Node, a: _Analysis) -> None:
-    """Conv (plain or depthwise), Gemm, MatMul: a weight row that is all zero makes a constant channel."""
+    """Conv (plain or depthwise), ConvTranspose, Gemm, MatMul: a weight row that is all zero makes
+    a constant channel."""
     op, out = node.op_type, node.outputs[0]
     w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or (op == "MatMul" and w.ndim != 2) or (op == "Gemm" and attr_int(node, "transA", 0)):
@@ -141,6 +147,10 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
             return
         rows = w.reshape(w.shape[0], -1)
         axis = 1
+    elif op == "ConvTranspose":  # W[C, M, k...]: output channel m is W[:, m]
+        if attr_int(node, "group", 1) != 1:
+            return
+        rows, axis = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), 1
     elif op == "Gemm":
         rows, axis = (w if attr_int(node, "transB", 0) else w.T), 1
     else:  # MatMul: X[..., K] @ W[K, N]
@@ -157,15 +167,18 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
 
 
 def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+    """Depthwise Conv (group = C, W[C*m, 1, k...]): output channels k*m .. k*m+m-1 read only input
+    channel k, so they go together with it (the group count shrinks, m stays)."""
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] != groups or len(a.consts[x]) != groups:
-        return  # only the one-filter-per-channel form keeps channel k on channel k
-    c = a.consts[x]
-    b = np.zeros(groups) if bias is None else bias.astype(np.float64)
+    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] % groups or len(a.consts[x]) != groups:
+        return  # general grouped Conv mixes channels within a group: not followed
+    mult = w.shape[0] // groups
+    c = np.repeat(a.consts[x], mult)
+    b = np.zeros(len(c)) if bias is None else bias.astype(np.float64)
     no_pad = not any(attr_ints(node, "pads", [0]) or [0]) and _auto_pad(node) in ("NOTSET", "VALID")
-    through = c * w.reshape(groups, -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
+    through = c * w.reshape(len(c), -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
     if _start(a, out, 1, np.where(c == 0, b, through)):
-        _link(a, node, 0, x, out)
+        _link(a, node, 0, x, out, mapping=lambda k: range(k * mult, (k + 1) * mult))
 
 
 def _batchnorm(node: ir.Node, a: _Analysis) -> None:
@@ -238,9 +251,12 @@ def _flatten(node: ir.Node, a: _Analysis) -> None:
     if not all(isinstance(d, int) for d in spatial):
         return
     hw = int(np.prod(spatial)) if spatial else 1
-    if _channel_dim(out, 1) != len(a.consts[x]) * hw:
-        return
+    features = len(a.consts[x]) * hw
     if node.op_type == "Reshape" and _reshape_feature_slot(node, out) is None:
+        if not _is_batch_flatten_shape(node.inputs[1], x):
+            return
+        out.shape = ir.Shape([out.shape[0], features])  # [N, -1] of a [N, C, H, W] tensor
+    if _channel_dim(out, 1) != features:
         return
     if _start(a, out, 1, np.repeat(a.consts[x], hw)):
         _link(a, node, 0, x, out, mapping=lambda k: range(k * hw, (k + 1) * hw))
@@ -299,7 +315,7 @@ def _concat(node: ir.Node, a: _Analysis) -> None:
 
 
 _HANDLERS = {
-    "Conv": _weighted, "Gemm": _weighted, "MatMul": _weighted,
+    "Conv": _weighted, "ConvTranspose": _weighted, "Gemm": _weighted, "MatMul": _weighted,
     "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
     **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
 }
@@ -313,11 +329,16 @@ def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str 
         return None
     op = node.op_type
     w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if op == "Shape" and a.axis[value] != 0 and _reads_only_batch_dim(node):
+        return "any"
     if w is None:
         return None
     if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
         padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
         return "zero" if padded else "any"
+    if op == "ConvTranspose" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 \
+            and w.shape[0] == len(a.consts[value]):
+        return "zero"  # a constant input reaches border outputs through fewer taps: only 0 is exact
     if op == "Gemm" and not attr_int(node, "transA", 0) and a.axis[value] == 1:
         return "any"
     if op == "MatMul" and w.ndim == 2 and a.axis[value] == len(value.shape) - 1:
@@ -368,7 +389,7 @@ def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> N
         op = node.op_type
         out = node.outputs[0] if node.outputs else None
         x = node.inputs[0] if node.inputs else None
-        if op in ("Conv", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
             _shrink_weighted(graph, node, a, keep, x if removed(x) and (node, 0) not in a.linked else None,
                              out if removed(out) else None)
         elif op == "BatchNormalization" and removed(out):
@@ -383,7 +404,7 @@ def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> N
                 slot = axis - (rank - c.ndim)
                 if slot >= 0 and c.shape[slot] > 1:
                     set_input_constant(graph, node, i, np.take(c, keep[out], axis=slot), f"{v.name}_folded")
-        elif op == "Reshape" and removed(out):
+        elif op == "Reshape" and removed(out) and const_array(node.inputs[1]) is not None:
             shape = const_array(node.inputs[1]).copy()
             slot = _reshape_feature_slot(node, out)
             if shape[slot] != -1:
@@ -406,7 +427,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
     scalar_bias = bias is not None and bias.size == 1
     if op == "Gemm":
         out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
-    elif op == "MatMul":
+    elif op in ("MatMul", "ConvTranspose"):
         out_axis, in_axis = 1, 0
     else:
         out_axis, in_axis = 0, 1
@@ -430,8 +451,8 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         delta = delta[rows]
         if bias is not None and bias.size > 1:
             bias = bias[rows]
-        if groups > 1:
-            node.attributes["group"] = ir.AttrInt64("group", len(rows))
+        if groups > 1:  # depthwise: whole groups go (see _depthwise)
+            node.attributes["group"] = ir.AttrInt64("group", groups * len(rows) // n_out)
     set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
     dtype = w.dtype
     if op == "MatMul":
@@ -472,6 +493,17 @@ def _attr_float(node: ir.Node, name: str, default: float) -> float:
     return default if attr is None else float(attr.value)
 
 
+def _attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _erf(c: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.array([erf(v) if np.isfinite(v) else np.nan for v in c.reshape(-1)]).reshape(c.shape)
+
+
 def _auto_pad(node: ir.Node) -> str:
     attr = node.attributes.get("auto_pad")
     return "NOTSET" if attr is None else attr.value
@@ -495,3 +527,55 @@ def _reshape_feature_slot(node: ir.Node, out: ir.Value) -> int | None:
     if shape is None or shape.ndim != 1 or len(shape) != 2 or attr_int(node, "allowzero", 0):
         return None
     return 1
+
+
+def _batch_dim_gather(value: ir.Value | None) -> ir.Value | None:
+    """If `value` is Gather(Shape(v), 0) (optionally Unsqueezed to [1]), the `v` whose dim 0 it reads."""
+    node = value.producer() if value is not None else None
+    if node is not None and node.op_type == "Unsqueeze" and node.domain == "":
+        axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else np.array(attr_ints(node, "axes", []))
+        if axes is None or axes.reshape(-1).tolist() != [0]:
+            return None
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "Gather" or node.domain != "" or attr_int(node, "axis", 0) != 0:
+        return None
+    index = const_array(node.inputs[1])
+    shape_node = node.inputs[0].producer()
+    if index is None or index.size != 1 or int(index.reshape(-1)[0]) != 0 or shape_node is None \
+            or shape_node.op_type != "Shape" or attr_int(shape_node, "start", 0) != 0:
+        return None
+    return shape_node.inputs[0]
+
+
+def _is_batch_flatten_shape(shape: ir.Value, x: ir.Value) -> bool:
+    """The shape input of `x.view(x.size(0), -1)` as PyTorch exports it:
+    Concat(Unsqueeze(Gather(Shape(v), 0)), [-1]) where v has x's batch dim."""
+    node = shape.producer() if shape is not None else None
+    if node is None or node.op_type != "Concat" or node.domain != "" or len(node.inputs) != 2:
+        return False
+    tail = const_array(node.inputs[1])
+    source = _batch_dim_gather(node.inputs[0])
+    if tail is None or tail.reshape(-1).tolist() != [-1] or source is None or source.shape is None:
+        return False
+    return source is x or (x.shape is not None and _same_dim(source.shape[0], x.shape[0]))
+
+
+def _same_dim(a, b) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a.value is not None and a.value == b.value
+
+
+def _reads_only_batch_dim(shape_node: ir.Node) -> bool:
+    """Shape(x) whose every use is Gather(., 0): removing channels of x does not change it."""
+    out = shape_node.outputs[0]
+    if out.is_graph_output() or attr_int(shape_node, "start", 0) != 0:
+        return False
+    return all(use.node.op_type == "Gather" and use.idx == 0 and _batch_dim_gather_node_ok(use.node)
+               for use in out.uses())
+
+
+def _batch_dim_gather_node_ok(gather: ir.Node) -> bool:
+    index = const_array(gather.inputs[1]) if len(gather.inputs) > 1 else None
+    return attr_int(gather, "axis", 0) == 0 and index is not None and index.size == 1 \
+        and int(index.reshape(-1)[0]) == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from edgepack.passes.fold_batchnorm import FoldBatchNormPass
 from edgepack.passes.fold_pruned_weights import FoldPrunedWeightsPass
+from edgepack import io
 from edgepack.passes import verify
 from edgepack.passes.simplify import FoldConstantsPass, OnnxSimplifyPass, RemoveNoOpsPass
 from edgepack.targets import Target
@@ -54,9 +56,12 @@ def run_timed(manager: ir.passes.PassManager, model: ir.Model) -> OptimizeResult
     return OptimizeResult(model, records)
 
 
-def optimize(model: ir.Model, *, target: Target | None = None, simplify: bool = True) -> ir.Model:
-    """Simplify, fold BatchNorm, fold pruned channels. Returns the optimized model (the input
-    model object may be changed in place)."""
+def optimize(model: ir.Model | str | os.PathLike, *, target: Target | None = None,
+             simplify: bool = True) -> ir.Model:
+    """Simplify, fold BatchNorm, fold pruned channels. Returns the optimized model (an `ir.Model`
+    given is changed in place; a path is loaded, never written)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = io.load(model)
     return run_timed(build_pipeline(target, simplify=simplify), model).model
 
 

@@ -116,8 +116,10 @@ def random_pruned_net(seed: int) -> ir.Model:
             if rng.random() < 0.3:
                 y = b.node(str(rng.choice(["Sigmoid", "LeakyRelu", "Tanh", "HardSwish"])), [y])
             c = cout
-        elif kind == "dw":
-            y = b.conv_bn(y, c, c, 3, group=c, pruned=some(c, 0.3), act=act)
+        elif kind == "dw":  # depthwise, channel multiplier 1 or 2
+            mult = int(rng.integers(1, 3))
+            y = b.conv_bn(y, c, c * mult, 3, group=c, pruned=some(c * mult, 0.3), act=act)
+            c *= mult
         elif kind == "res":
             t = b.conv_bn(y, c, cout, 1, pruned=pruned)
             t = b.conv_bn(t, cout, c, 3, pruned=some(c, 0.3), act=None)
@@ -142,8 +144,12 @@ def random_pruned_net(seed: int) -> ir.Model:
         elif kind == "convt":
             w = rng.standard_normal((c, cout, 3, 3))
             w[:, pruned] = 0
-            y, c = b.node("Relu", [b.node("ConvTranspose", [y, b.const(w)], kernel_shape=[3, 3],
-                                          pads=[1, 1, 1, 1])]), cout
+            y = b.node("ConvTranspose", [y, b.const(w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            gamma, beta = rng.uniform(0.5, 1.5, cout), rng.standard_normal(cout) * 0.1
+            gamma[pruned] = beta[pruned] = 0
+            y = b.node("BatchNormalization", [y, b.const(gamma), b.const(beta), b.const(np.zeros(cout)),
+                                              b.const(rng.uniform(0.5, 2, cout))])
+            y, c = b.node("Relu", [y]), cout
         elif kind == "grouped" and c % 2 == 0 and cout % 2 == 0:
             y, c = b.conv_bn(y, c, cout, 3, group=2, pruned=pruned), cout
         elif kind == "pool" and hw >= 4:
