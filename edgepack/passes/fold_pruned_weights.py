@@ -72,20 +72,31 @@ class FoldPrunedWeightsPass(ir.passes.InPlacePass):
     shares it and every consumer can drop it. Graph outputs, unknown ops and subgraphs keep theirs.
     """
 
+    MAX_ROUNDS = 10
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # Removing channels can expose more (a shrunk consumer's own rows become provably
+        # constant): repeat until nothing changes, so that a second run has nothing to do.
+        rounds = 0
+        while rounds < self.MAX_ROUNDS and self._round(model):
+            rounds += 1
+        return ir.passes.PassResult(model, modified=rounds > 0)
+
+    @staticmethod
+    def _round(model: ir.Model) -> bool:
         graph = model.graph
         io.infer_shapes(model)
         analysis = _analyse(graph)
         keep = _decide(graph, analysis)
         removed = {v: idx for v, idx in keep.items() if len(idx) < _channels(v, analysis)}
         if not removed:
-            return ir.passes.PassResult(model, modified=False)
+            return False
         _apply(graph, analysis, keep)
         remove_unused_initializers(graph)
         count = sum(_channels(v, analysis) - len(idx) for v, idx in removed.items()
                     if not _is_linked_output(v, analysis))
         logger.info("removed %d channels from %d tensors", count, len(removed))
-        return ir.passes.PassResult(model, modified=True)
+        return True
 
 
 # ---------------------------------------------------------------- analysis
@@ -240,6 +251,49 @@ def _pool(node: ir.Node, a: _Analysis) -> None:
         _link(a, node, 0, x, out)
 
 
+def _resize(node: ir.Node, a: _Analysis) -> None:
+    """Resize over space only (N and C unchanged): every output is a weighted mean of one
+    channel's inputs (weights summing to 1), so a constant channel stays that constant."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+        return
+    if "axes" in node.attributes or _channel_dim(out, 1) != len(a.consts[x]):
+        return
+    scales = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    if scales is not None and scales.size:
+        if scales.size < 2 or scales[0] != 1 or scales[1] != 1:
+            return
+    elif sizes is None or sizes.size < 2 or sizes[1] != len(a.consts[x]) or sizes[0] != x.shape[0]:
+        return  # sizes[0] must be the static batch (a dynamic batch has no constant sizes)
+    c = a.consts[x]
+    if _attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
+        c = np.where(c == 0, 0.0, np.nan)  # cubic weights sum to 1 only up to rounding
+    if _start(a, out, 1, c):
+        _link(a, node, 0, x, out)
+
+
+def _pad(node: ir.Node, a: _Analysis) -> None:
+    """Pad over space (no padding of N or C): a zero channel padded with zeros stays zero."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or x.shape is None or _attr_str(node, "mode", "constant") != "constant":
+        return
+    if "pads" in node.attributes:  # before opset 11
+        pads, value = np.array(attr_ints(node, "pads")), np.array([_attr_float(node, "value", 0.0)])
+    else:
+        pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        value = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
+    axes = node.inputs[3] if len(node.inputs) > 3 else None
+    if pads is None or value is None or axes is not None or len(pads) != 2 * len(x.shape):
+        return
+    rank = len(x.shape)
+    if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return
+    c = a.consts[x]
+    if _start(a, out, 1, np.where(c == float(value.reshape(-1)[0]), c, np.nan)):
+        _link(a, node, 0, x, out)
+
+
 def _flatten(node: ir.Node, a: _Analysis) -> None:
     """[N, C, H, W] -> [N, C*H*W]: channel k becomes features k*HW .. k*HW + HW - 1."""
     x, out = node.inputs[0], node.outputs[0]
@@ -316,7 +370,8 @@ def _concat(node: ir.Node, a: _Analysis) -> None:
 
 _HANDLERS = {
     "Conv": _weighted, "ConvTranspose": _weighted, "Gemm": _weighted, "MatMul": _weighted,
-    "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
+    "BatchNormalization": _batchnorm, "Resize": _resize, "Pad": _pad,
+    "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
     **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
 }
 

@@ -343,3 +343,27 @@ def test_batchnorm_chain_folds_into_conv(producer):
     assert model.graph.outputs[0].name == "y"
     check(model)
     np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, pad_value, kept", [("nearest", 0.0, 3), ("linear", 0.0, 3), ("linear", 0.5, 4)])
+def test_channels_follow_through_resize_and_pad(mode, pad_value, kept):
+    # x -> Conv (W[1] = 0) -> Relu -> Resize x2 (FPN-style upsampling) -> Pad 1 (value v) -> Conv 1x1 -> y
+    # Channel 1 is 0 after Resize; after Pad it stays 0 only when v = 0 (else border pixels are v).
+    rng = np.random.default_rng(15)
+    w = rng.standard_normal((4, 3, 3, 3))
+    w[1] = 0
+    model = _with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4,4] x) => (float[N,5,10,10] y) <float[4] scales = {{1,1,2,2}}, int64[8] pads = {{0,0,1,1,0,0,1,1}}> {{
+        a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w)
+        r = Relu(a)
+        u = Resize <mode = "{mode}"> (r, , scales)
+        p = Pad(u, pads, v)
+        y = Conv <kernel_shape = [1,1]> (p, w2)
+    }}""", {"w": w, "w2": rng.standard_normal((5, 4, 1, 1)), "v": np.array(pad_value)})
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified is (kept < 4)
+    check(model)
+    assert list(next(n for n in model.graph if n.op_type == "Conv").inputs[1].shape)[0] == kept
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
