@@ -20,6 +20,14 @@ _API = {
     "list_targets": "edgepack.targets",
     "optimize": "edgepack.passes.pipeline",
     "build_pipeline": "edgepack.passes.pipeline",
+    "calibrate": "edgepack.calib.calibrate",
+    "Ranges": "edgepack.calib.ranges",
+    "quantize": "edgepack.quant.quantize",
+    "check_qdq": "edgepack.quant.check_qdq",
+    "compare_models": "edgepack.quant.compare",
+    "build": "edgepack.backends",
+    "load_artifact": "edgepack.backends",
+    "Artifact": "edgepack.backends",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]

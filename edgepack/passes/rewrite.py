@@ -10,7 +10,7 @@ def new_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     unique, i = name, 1
     while unique in graph.initializers:
         unique, i = f"{name}_{i}", i + 1
-    value = ir.Value(name=unique, const_value=ir.tensor(np.ascontiguousarray(array), name=unique))
+    value = ir.Value(name=unique, const_value=ir.tensor(np.asarray(array, order="C"), name=unique))
     value.shape = ir.Shape(array.shape)
     value.dtype = value.const_value.dtype
     graph.register_initializer(value)

@@ -52,9 +52,13 @@ class _Stats:
 def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, layers: bool = True,
                    labels: bool = True, batch_size: int = 64) -> dict:
     """Run A and B on the same data; statistics per output and per shared intermediate tensor."""
+    from edgepack import io
+
     outputs = [o.name for o in a.graph.outputs]
     shared = []
     if layers:
+        io.infer_shapes(a)
+        io.infer_shapes(b)
         names_b = {v.name for v in observable_tensors(b)}
         shared = [v for v in observable_tensors(a) if v.name in names_b and v.name not in outputs
                   and not v.is_graph_input()]
