@@ -153,10 +153,9 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     bias = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if op == "Conv":
         groups = attr_int(node, "group", 1)
-        if groups > 1:
-            _depthwise(node, a, w, bias, groups)
+        if groups > 1 and _depthwise(node, a, w, bias, groups):
             return
-        rows = w.reshape(w.shape[0], -1)
+        rows = w.reshape(w.shape[0], -1)  # grouped Conv: row m is still output channel m
         axis = 1
     elif op == "ConvTranspose":  # W[C, M, k...]: output channel m is W[:, m]
         if attr_int(node, "group", 1) != 1:
@@ -177,12 +176,12 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     _start(a, out, axis, consts)
 
 
-def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> bool:
     """Depthwise Conv (group = C, W[C*m, 1, k...]): output channels k*m .. k*m+m-1 read only input
     channel k, so they go together with it (the group count shrinks, m stays)."""
     x, out = node.inputs[0], node.outputs[0]
     if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] % groups or len(a.consts[x]) != groups:
-        return  # general grouped Conv mixes channels within a group: not followed
+        return False  # a grouped Conv mixes channels within a group: see _grouped
     mult = w.shape[0] // groups
     c = np.repeat(a.consts[x], mult)
     b = np.zeros(len(c)) if bias is None else bias.astype(np.float64)
@@ -190,6 +189,7 @@ def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | No
     through = c * w.reshape(len(c), -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
     if _start(a, out, 1, np.where(c == 0, b, through)):
         _link(a, node, 0, x, out, mapping=lambda k: range(k * mult, (k + 1) * mult))
+    return True
 
 
 def _batchnorm(node: ir.Node, a: _Analysis) -> None:
@@ -388,7 +388,8 @@ def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str 
         return "any"
     if w is None:
         return None
-    if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
+    groups = attr_int(node, "group", 1) if op == "Conv" else 1
+    if op == "Conv" and a.axis[value] == 1 and w.shape[1] * groups == len(a.consts[value]):
         padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
         return "zero" if padded else "any"
     if op == "ConvTranspose" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 \
@@ -423,6 +424,11 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             bad_roots.add(a.find((value, k)))
     keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     # Never empty a tensor: keep a channel (and everything it is tied to) where all would go.
+    # A grouped Conv keeps as many input (and output) channels in every group: keep more where
+    # one group would lose more than another.
+    grouped = [(n, v, attr_int(n, "group", 1)) for n in graph if n.op_type == "Conv" and n.domain == ""
+               and attr_int(n, "group", 1) > 1 for v in (n.inputs[0], n.outputs[0])
+               if v in a.consts and (n, 0) not in a.linked]
     changed = True
     while changed:
         changed = False
@@ -430,6 +436,13 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             if not mask.any():
                 bad_roots.add(a.find((v, 0)))
                 changed = True
+        for _node, v, groups in grouped:
+            per_group = keep[v].reshape(groups, -1)
+            need = max(1, int(per_group.sum(axis=1).max()))
+            for j, row in enumerate(per_group):
+                for k in np.flatnonzero(~row)[: need - int(row.sum())]:
+                    bad_roots.add(a.find((v, j * per_group.shape[1] + k)))
+                    changed = True
         if changed:
             keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     return {v: np.flatnonzero(mask) for v, mask in keep.items()}
@@ -500,13 +513,15 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
             if op == "Gemm":
                 delta = delta * _attr_float(node, "alpha", 1.0)
         w = np.take(w, keep[inp], axis=in_axis)
+    elif inp is not None:  # grouped Conv: group j's rows read only group j's channels
+        w, delta = _shrink_grouped_input(w, a.consts[inp], keep[inp], groups)
     if out is not None:
         rows = keep[out]
         w = np.take(w, rows, axis=out_axis)
         delta = delta[rows]
         if bias is not None and bias.size > 1:
             bias = bias[rows]
-        if groups > 1:  # depthwise: whole groups go (see _depthwise)
+        if groups > 1 and (node, 0) in a.linked:  # depthwise: whole groups go (see _depthwise)
             node.attributes["group"] = ir.AttrInt64("group", groups * len(rows) // n_out)
     set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
     dtype = w.dtype
@@ -531,6 +546,26 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         if scalar_bias and not np.any(delta != 0):
             return  # a broadcast scalar bias fits any number of rows
         set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
+
+
+def _shrink_grouped_input(w: np.ndarray, consts: np.ndarray, kept: np.ndarray, groups: int):
+    """W[M, C/g, k...] of a grouped Conv without the dropped input channels (the same number in
+    every group, see _decide), and the bias change from dropped constant channels."""
+    n_out, per_in = w.shape[0], w.shape[1]
+    per_out = n_out // groups
+    mask = np.zeros(groups * per_in, bool)
+    mask[kept] = True
+    mask = mask.reshape(groups, per_in)
+    delta = np.zeros(n_out)
+    blocks = []
+    for j in range(groups):
+        rows = w[j * per_out:(j + 1) * per_out]
+        c = consts[j * per_in:(j + 1) * per_in][~mask[j]]
+        if np.any(c != 0):
+            delta[j * per_out:(j + 1) * per_out] = (
+                rows[:, ~mask[j]].astype(np.float64).reshape(per_out, len(c), -1).sum(axis=2) @ c)
+        blocks.append(rows[:, mask[j]])
+    return np.concatenate(blocks), delta
 
 
 # ---------------------------------------------------------------- small helpers
