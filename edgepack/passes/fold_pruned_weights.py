@@ -65,11 +65,12 @@ class FoldPrunedWeightsPass(ir.passes.InPlacePass):
     Conv(W[k]=0, b[k]) -> Relu -> Conv(:, k): channel k carries the constant Relu(b[k]) everywhere,
     so row k of the producer and column k of every consumer can go; a constant c != 0 moves into
     the consumer's bias (bias[m] += c * sum(W[m, k])), which is exact for Gemm, MatMul and Conv
-    without padding. Channels are followed through Relu-like ops (f applied to the constant),
-    BatchNormalization, pools, depthwise Conv, Flatten/Reshape into a Gemm (channel k becomes
-    features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div: tensors joined by
-    such ops share each channel, and a channel goes only when it is constant in every tensor that
-    shares it and every consumer can drop it. Graph outputs, unknown ops and subgraphs keep theirs.
+    without padding. Channels are followed through elementwise ops (f applied to the constant),
+    BatchNormalization, pools, Resize/Pad over space, depthwise Conv, Flatten/Reshape into a Gemm
+    (channel k becomes features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div:
+    tensors joined by such ops share each channel, and a channel goes only when it is constant in
+    every tensor that shares it and every consumer can drop it. A grouped Conv drops the same
+    number of channels in every group. Graph outputs, unknown ops and subgraphs keep theirs.
     """
 
     MAX_ROUNDS = 10
