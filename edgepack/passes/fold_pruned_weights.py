@@ -65,27 +65,39 @@ class FoldPrunedWeightsPass(ir.passes.InPlacePass):
     Conv(W[k]=0, b[k]) -> Relu -> Conv(:, k): channel k carries the constant Relu(b[k]) everywhere,
     so row k of the producer and column k of every consumer can go; a constant c != 0 moves into
     the consumer's bias (bias[m] += c * sum(W[m, k])), which is exact for Gemm, MatMul and Conv
-    without padding. Channels are followed through Relu-like ops (f applied to the constant),
-    BatchNormalization, pools, depthwise Conv, Flatten/Reshape into a Gemm (channel k becomes
-    features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div: tensors joined by
-    such ops share each channel, and a channel goes only when it is constant in every tensor that
-    shares it and every consumer can drop it. Graph outputs, unknown ops and subgraphs keep theirs.
+    without padding. Channels are followed through elementwise ops (f applied to the constant),
+    BatchNormalization, pools, Resize/Pad over space, depthwise Conv, Flatten/Reshape into a Gemm
+    (channel k becomes features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div:
+    tensors joined by such ops share each channel, and a channel goes only when it is constant in
+    every tensor that shares it and every consumer can drop it. A grouped Conv drops the same
+    number of channels in every group. Graph outputs, unknown ops and subgraphs keep theirs.
     """
 
+    MAX_ROUNDS = 10
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # Removing channels can expose more (a shrunk consumer's own rows become provably
+        # constant): repeat until nothing changes, so that a second run has nothing to do.
+        rounds = 0
+        while rounds < self.MAX_ROUNDS and self._round(model):
+            rounds += 1
+        return ir.passes.PassResult(model, modified=rounds > 0)
+
+    @staticmethod
+    def _round(model: ir.Model) -> bool:
         graph = model.graph
         io.infer_shapes(model)
         analysis = _analyse(graph)
         keep = _decide(graph, analysis)
         removed = {v: idx for v, idx in keep.items() if len(idx) < _channels(v, analysis)}
         if not removed:
-            return ir.passes.PassResult(model, modified=False)
+            return False
         _apply(graph, analysis, keep)
         remove_unused_initializers(graph)
         count = sum(_channels(v, analysis) - len(idx) for v, idx in removed.items()
                     if not _is_linked_output(v, analysis))
         logger.info("removed %d channels from %d tensors", count, len(removed))
-        return ir.passes.PassResult(model, modified=True)
+        return True
 
 
 # ---------------------------------------------------------------- analysis
@@ -142,10 +154,9 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     bias = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if op == "Conv":
         groups = attr_int(node, "group", 1)
-        if groups > 1:
-            _depthwise(node, a, w, bias, groups)
+        if groups > 1 and _depthwise(node, a, w, bias, groups):
             return
-        rows = w.reshape(w.shape[0], -1)
+        rows = w.reshape(w.shape[0], -1)  # grouped Conv: row m is still output channel m
         axis = 1
     elif op == "ConvTranspose":  # W[C, M, k...]: output channel m is W[:, m]
         if attr_int(node, "group", 1) != 1:
@@ -166,12 +177,12 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     _start(a, out, axis, consts)
 
 
-def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> bool:
     """Depthwise Conv (group = C, W[C*m, 1, k...]): output channels k*m .. k*m+m-1 read only input
     channel k, so they go together with it (the group count shrinks, m stays)."""
     x, out = node.inputs[0], node.outputs[0]
     if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] % groups or len(a.consts[x]) != groups:
-        return  # general grouped Conv mixes channels within a group: not followed
+        return False  # a grouped Conv mixes channels within a group: see _grouped
     mult = w.shape[0] // groups
     c = np.repeat(a.consts[x], mult)
     b = np.zeros(len(c)) if bias is None else bias.astype(np.float64)
@@ -179,6 +190,7 @@ def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | No
     through = c * w.reshape(len(c), -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
     if _start(a, out, 1, np.where(c == 0, b, through)):
         _link(a, node, 0, x, out, mapping=lambda k: range(k * mult, (k + 1) * mult))
+    return True
 
 
 def _batchnorm(node: ir.Node, a: _Analysis) -> None:
@@ -237,6 +249,49 @@ def _pool(node: ir.Node, a: _Analysis) -> None:
             any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")):
         c = np.where(c == 0, 0.0, np.nan)  # padded zeros enter the average: only 0 stays constant
     if _start(a, out, axis, c):
+        _link(a, node, 0, x, out)
+
+
+def _resize(node: ir.Node, a: _Analysis) -> None:
+    """Resize over space only (N and C unchanged): every output is a weighted mean of one
+    channel's inputs (weights summing to 1), so a constant channel stays that constant."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+        return
+    if "axes" in node.attributes or _channel_dim(out, 1) != len(a.consts[x]):
+        return
+    scales = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    if scales is not None and scales.size:
+        if scales.size < 2 or scales[0] != 1 or scales[1] != 1:
+            return
+    elif sizes is None or sizes.size < 2 or sizes[1] != len(a.consts[x]) or sizes[0] != x.shape[0]:
+        return  # sizes[0] must be the static batch (a dynamic batch has no constant sizes)
+    c = a.consts[x]
+    if _attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
+        c = np.where(c == 0, 0.0, np.nan)  # cubic weights sum to 1 only up to rounding
+    if _start(a, out, 1, c):
+        _link(a, node, 0, x, out)
+
+
+def _pad(node: ir.Node, a: _Analysis) -> None:
+    """Pad over space (no padding of N or C): a zero channel padded with zeros stays zero."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or x.shape is None or _attr_str(node, "mode", "constant") != "constant":
+        return
+    if "pads" in node.attributes:  # before opset 11
+        pads, value = np.array(attr_ints(node, "pads")), np.array([_attr_float(node, "value", 0.0)])
+    else:
+        pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        value = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
+    axes = node.inputs[3] if len(node.inputs) > 3 else None
+    if pads is None or value is None or axes is not None or len(pads) != 2 * len(x.shape):
+        return
+    rank = len(x.shape)
+    if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return
+    c = a.consts[x]
+    if _start(a, out, 1, np.where(c == float(value.reshape(-1)[0]), c, np.nan)):
         _link(a, node, 0, x, out)
 
 
@@ -316,7 +371,8 @@ def _concat(node: ir.Node, a: _Analysis) -> None:
 
 _HANDLERS = {
     "Conv": _weighted, "ConvTranspose": _weighted, "Gemm": _weighted, "MatMul": _weighted,
-    "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
+    "BatchNormalization": _batchnorm, "Resize": _resize, "Pad": _pad,
+    "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
     **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
 }
 
@@ -333,7 +389,8 @@ def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str 
         return "any"
     if w is None:
         return None
-    if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
+    groups = attr_int(node, "group", 1) if op == "Conv" else 1
+    if op == "Conv" and a.axis[value] == 1 and w.shape[1] * groups == len(a.consts[value]):
         padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
         return "zero" if padded else "any"
     if op == "ConvTranspose" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 \
@@ -368,6 +425,11 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             bad_roots.add(a.find((value, k)))
     keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     # Never empty a tensor: keep a channel (and everything it is tied to) where all would go.
+    # A grouped Conv keeps as many input (and output) channels in every group: keep more where
+    # one group would lose more than another.
+    grouped = [(n, v, attr_int(n, "group", 1)) for n in graph if n.op_type == "Conv" and n.domain == ""
+               and attr_int(n, "group", 1) > 1 for v in (n.inputs[0], n.outputs[0])
+               if v in a.consts and (n, 0) not in a.linked]
     changed = True
     while changed:
         changed = False
@@ -375,6 +437,13 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             if not mask.any():
                 bad_roots.add(a.find((v, 0)))
                 changed = True
+        for _node, v, groups in grouped:
+            per_group = keep[v].reshape(groups, -1)
+            need = max(1, int(per_group.sum(axis=1).max()))
+            for j, row in enumerate(per_group):
+                for k in np.flatnonzero(~row)[: need - int(row.sum())]:
+                    bad_roots.add(a.find((v, j * per_group.shape[1] + k)))
+                    changed = True
         if changed:
             keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     return {v: np.flatnonzero(mask) for v, mask in keep.items()}
@@ -445,13 +514,15 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
             if op == "Gemm":
                 delta = delta * _attr_float(node, "alpha", 1.0)
         w = np.take(w, keep[inp], axis=in_axis)
+    elif inp is not None:  # grouped Conv: group j's rows read only group j's channels
+        w, delta = _shrink_grouped_input(w, a.consts[inp], keep[inp], groups)
     if out is not None:
         rows = keep[out]
         w = np.take(w, rows, axis=out_axis)
         delta = delta[rows]
         if bias is not None and bias.size > 1:
             bias = bias[rows]
-        if groups > 1:  # depthwise: whole groups go (see _depthwise)
+        if groups > 1 and (node, 0) in a.linked:  # depthwise: whole groups go (see _depthwise)
             node.attributes["group"] = ir.AttrInt64("group", groups * len(rows) // n_out)
     set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
     dtype = w.dtype
@@ -476,6 +547,26 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         if scalar_bias and not np.any(delta != 0):
             return  # a broadcast scalar bias fits any number of rows
         set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
+
+
+def _shrink_grouped_input(w: np.ndarray, consts: np.ndarray, kept: np.ndarray, groups: int):
+    """W[M, C/g, k...] of a grouped Conv without the dropped input channels (the same number in
+    every group, see _decide), and the bias change from dropped constant channels."""
+    n_out, per_in = w.shape[0], w.shape[1]
+    per_out = n_out // groups
+    mask = np.zeros(groups * per_in, bool)
+    mask[kept] = True
+    mask = mask.reshape(groups, per_in)
+    delta = np.zeros(n_out)
+    blocks = []
+    for j in range(groups):
+        rows = w[j * per_out:(j + 1) * per_out]
+        c = consts[j * per_in:(j + 1) * per_in][~mask[j]]
+        if np.any(c != 0):
+            delta[j * per_out:(j + 1) * per_out] = (
+                rows[:, ~mask[j]].astype(np.float64).reshape(per_out, len(c), -1).sum(axis=2) @ c)
+        blocks.append(rows[:, mask[j]])
+    return np.concatenate(blocks), delta
 
 
 # ---------------------------------------------------------------- small helpers

@@ -92,7 +92,7 @@ def random_pruned_net(seed: int) -> ir.Model:
     """A random small CNN from the patterns FoldPrunedWeightsPass follows (and some it must not):
     conv_bn with pruned filters (some with a non-zero BN beta: constant channels), depthwise and
     grouped convs, residual Add/Sub, Concat, squeeze-excite Mul, per-channel Mul/Div, padded pools,
-    ConvTranspose, then a GAP/Flatten/Reshape/ReduceMean/GlobalMaxPool head into a pruned MLP."""
+    ConvTranspose, Resize, Pad, then a GAP/Flatten/Reshape/ReduceMean/GlobalMaxPool head into a pruned MLP."""
     rng = np.random.default_rng(seed)
     b = NetBuilder(seed)
     y, c, hw = "x", 3, 8
@@ -101,7 +101,8 @@ def random_pruned_net(seed: int) -> ir.Model:
         return [k for k in range(n) if rng.random() < p]
 
     for _ in range(rng.integers(2, 5)):
-        kind = rng.choice(["conv", "dw", "res", "cat", "pool", "mul", "se", "convt", "grouped", "div"])
+        kind = rng.choice(["conv", "dw", "res", "cat", "pool", "mul", "se", "convt", "grouped", "div",
+                           "resize", "pad"])
         cout, k = int(rng.integers(3, 8)), int(rng.choice([1, 3]))
         pruned = some(cout, 0.4)
         act = rng.choice(["Relu", "Relu6", None])
@@ -152,6 +153,15 @@ def random_pruned_net(seed: int) -> ir.Model:
             y, c = b.node("Relu", [y]), cout
         elif kind == "grouped" and c % 2 == 0 and cout % 2 == 0:
             y, c = b.conv_bn(y, c, cout, 3, group=2, pruned=pruned), cout
+        elif kind == "resize" and hw <= 8:
+            mode = str(rng.choice(["nearest", "linear", "cubic"]))
+            y = b.node("Resize", [y, "", b.const(np.array([1, 1, 2, 2]), "scales")], mode=mode)
+            hw *= 2
+        elif kind == "pad":
+            pads = b.name("pads")
+            b.inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), pads))
+            y = b.node("Pad", [y, pads, b.const(np.array(rng.choice([0.0, 0.5])), "pad_value")])
+            hw += 2
         elif kind == "pool" and hw >= 4:
             op = str(rng.choice(["MaxPool", "AveragePool"]))
             attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])

@@ -343,3 +343,79 @@ def test_batchnorm_chain_folds_into_conv(producer):
     assert model.graph.outputs[0].name == "y"
     check(model)
     np.testing.assert_allclose(run_ort(model, {"x": x})[0], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, pad_value, kept", [("nearest", 0.0, 3), ("linear", 0.0, 3), ("linear", 0.5, 4)])
+def test_channels_follow_through_resize_and_pad(mode, pad_value, kept):
+    # x -> Conv (W[1] = 0) -> Relu -> Resize x2 (FPN-style upsampling) -> Pad 1 (value v) -> Conv 1x1 -> y
+    # Channel 1 is 0 after Resize; after Pad it stays 0 only when v = 0 (else border pixels are v).
+    rng = np.random.default_rng(15)
+    w = rng.standard_normal((4, 3, 3, 3))
+    w[1] = 0
+    model = _with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4,4] x) => (float[N,5,10,10] y) <float[4] scales = {{1,1,2,2}}, int64[8] pads = {{0,0,1,1,0,0,1,1}}> {{
+        a = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w)
+        r = Relu(a)
+        u = Resize <mode = "{mode}"> (r, , scales)
+        p = Pad(u, pads, v)
+        y = Conv <kernel_shape = [1,1]> (p, w2)
+    }}""", {"w": w, "w2": rng.standard_normal((5, 4, 1, 1)), "v": np.array(pad_value)})
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified is (kept < 4)
+    check(model)
+    assert list(next(n for n in model.graph if n.op_type == "Conv").inputs[1].shape)[0] == kept
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+
+
+GROUPED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,6,6] x) => (float[N,5,6,6] y) {{
+    a = Conv <kernel_shape = [1,1]> (x, w1, b1)
+    r = Relu(a)
+    c = Conv <kernel_shape = [{k},{k}], pads = [{p},{p},{p},{p}], group = {g}> (r, wg, bg)
+    s = Relu(c)
+    y = Conv <kernel_shape = [1,1]> (s, w3)
+}}"""
+
+
+def _grouped_model(rng, groups, k, dead_in, dead_out, const_in=()):
+    w1, b1 = rng.standard_normal((8, 3, 1, 1)), rng.standard_normal(8)
+    w1[list(dead_in) + list(const_in)] = 0
+    b1[list(dead_in)] = 0
+    wg, bg = rng.standard_normal((8, 8 // groups, k, k)), rng.standard_normal(8)
+    wg[list(dead_out)], bg[list(dead_out)] = 0, 0
+    return _with_weights(GROUPED.format(k=k, p=k // 2, g=groups), {
+        "w1": w1, "b1": b1, "wg": wg, "bg": bg, "w3": rng.standard_normal((5, 8, 1, 1))})
+
+
+def test_grouped_conv_drops_the_same_number_of_channels_in_every_group():
+    # x -> Conv 1x1 (8) -> Relu -> Conv 1x1 <group=2> (8 -> 8) -> Relu -> Conv 1x1 (8 -> 5) -> y
+    # Dead inputs: 1, 2 (group 0) and 5 (group 1): one per group can go (2 stays, 5 goes with 1).
+    # Dead outputs: 0 (group 0), 4 and 5 (group 1): one per group goes.
+    rng = np.random.default_rng(16)
+    model = _grouped_model(rng, 2, 1, dead_in=(1, 2, 5), dead_out=(0, 4, 5))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert FoldPrunedWeightsPass()(model).modified
+    check(model)
+    grouped = next(n for n in model.graph if n.attributes.get("group") is not None)
+    assert grouped.attributes["group"].value == 2
+    assert list(grouped.inputs[1].const_value.shape) == [6, 3, 1, 1]
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_grouped_conv_random_pruning_keeps_outputs(seed):
+    rng = np.random.default_rng(100 + seed)
+    groups, k = int(rng.choice([2, 4])), int(rng.choice([1, 3]))
+    pick = lambda n, p: [i for i in range(n) if rng.random() < p]  # noqa: E731
+    model = _grouped_model(rng, groups, k, dead_in=pick(8, 0.4), dead_out=pick(8, 0.4),
+                           const_in=pick(8, 0.2))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    FoldPrunedWeightsPass()(model)
+    check(model)
+    assert _relative_error(ref, run_ort(model, {"x": x})[0]) <= 1e-5
+    assert FoldPrunedWeightsPass()(model).modified is False
