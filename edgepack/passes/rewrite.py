@@ -10,7 +10,7 @@ def new_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     unique, i = name, 1
     while unique in graph.initializers:
         unique, i = f"{name}_{i}", i + 1
-    value = ir.Value(name=unique, const_value=ir.tensor(np.ascontiguousarray(array), name=unique))
+    value = ir.Value(name=unique, const_value=ir.tensor(np.asarray(array, order="C"), name=unique))
     value.shape = ir.Shape(array.shape)
     value.dtype = value.const_value.dtype
     graph.register_initializer(value)
@@ -30,6 +30,10 @@ def take_over_output(old: ir.Value, new: ir.Value) -> None:
     """Route every use of `old` to `new`. If `old` is a graph output, `new` takes its name too,
     so the model's interface does not change."""
     was_output = old.is_graph_output()
+    if new.type is None and old.type is not None:  # a graph output must keep its type
+        new.type = old.type
+    if new.shape is None and old.shape is not None:
+        new.shape = old.shape
     old.replace_all_uses_with(new, replace_graph_outputs=True)
     if was_output:
         name = old.name
