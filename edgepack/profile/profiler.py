@@ -259,11 +259,11 @@ def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threa
     with runner:
         inputs = [_io_triplet(i) for i in runner.inputs]
         feeds, batch = make_feeds(inputs, options)
-        runner.infer(feeds)
+        runner.infer(feeds)  # loads the feeds into the host buffers that time_once reuses
         gpu: list[float] = []
 
         def run():
-            host, compute = runner.time_once(feeds)
+            host, compute = runner.time_once()
             gpu.append(compute)
             return host
 
