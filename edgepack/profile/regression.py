@@ -10,8 +10,8 @@ Decision, for a latency percentile m (p1 by default) and threshold t (5%):
 Only "slower" fails a CI job. Requiring both conditions is what keeps the false-alarm rate low
 on a noisy machine: run-to-run shifts of a few percent are common and often "significant" within
 one run's samples, but they stay under the threshold; a real 10% slowdown clears both. When the
-baseline is several runs (`--baseline history`), each run contributes its own blocks to the
-bootstrap, so run-to-run noise widens the interval as it should.
+baseline is several runs (`--baseline history`), the bootstrap resamples runs, then blocks within
+them, so run-to-run noise widens the interval as it should.
 
 Why p1 by default: on a shared machine the median moves with other processes' load (measured on
 a 2-core machine at load 5-7: A/A median ratio sd ~10%, p1 ~2-4%), because it includes the time

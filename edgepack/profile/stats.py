@@ -2,8 +2,8 @@
 
 Timings taken in one run are autocorrelated (a burst of load from another process slows many
 consecutive runs), so resampling single timings would make confidence intervals too narrow. The
-bootstrap here resamples contiguous blocks instead (moving-block bootstrap), and when a baseline
-is made of several separate runs, each run contributes its own blocks: the interval then carries
+bootstrap here resamples contiguous blocks instead (block bootstrap), and when a baseline is made
+of several separate runs, the runs themselves are resampled first: the interval then carries
 run-to-run noise as well.
 """
 from __future__ import annotations
@@ -48,21 +48,22 @@ def _blocks(samples: np.ndarray, n_blocks: int) -> list[np.ndarray]:
 
 
 def _resample(runs: list[np.ndarray], blocks_per_run: int, rng: np.random.Generator,
-              n_resamples: int) -> np.ndarray:
-    """(n_resamples, n) matrix: each row a moving-block bootstrap of the concatenated runs.
+                n_resamples: int) -> np.ndarray:
+    """(n_resamples, n) matrix: each row a two-level bootstrap of the runs.
 
-    Each run is cut into `blocks_per_run` contiguous blocks; rows pick, run by run, that many
-    blocks with replacement. Picking within runs keeps every run's weight, so a baseline made of
-    five runs is five runs in every resample.
+    Each run is cut into `blocks_per_run` contiguous blocks (of equal size, the tail of longer runs
+    dropped). A row picks runs with replacement (when there are several: run-to-run noise), then
+    within each picked run that many blocks with replacement (within-run noise, autocorrelation
+    kept inside blocks).
     """
-    rows = []
-    for run in runs:
-        blocks = _blocks(np.asarray(run, dtype=np.float64), blocks_per_run)
-        size = min(b.size for b in blocks)
-        stacked = np.stack([b[:size] for b in blocks])          # (n_blocks, size)
-        pick = rng.integers(0, len(stacked), size=(n_resamples, len(stacked)))
-        rows.append(stacked[pick].reshape(n_resamples, -1))
-    return np.concatenate(rows, axis=1)
+    size = min(r.size for r in runs) // blocks_per_run
+    cube = np.stack([np.asarray(r[: size * blocks_per_run], dtype=np.float64).reshape(blocks_per_run, size)
+                     for r in runs])                                   # (runs, blocks, size)
+    n_runs = len(runs)
+    pick_runs = (rng.integers(0, n_runs, size=(n_resamples, n_runs)) if n_runs > 1
+                 else np.zeros((n_resamples, 1), dtype=np.int64))
+    pick_blocks = rng.integers(0, blocks_per_run, size=(n_resamples, n_runs, blocks_per_run))
+    return cube[pick_runs[:, :, None], pick_blocks].reshape(n_resamples, -1)
 
 
 def ratio_interval(current: list, baseline: list, *, percentile: float = 50.0,
@@ -80,8 +81,8 @@ def ratio_interval(current: list, baseline: list, *, percentile: float = 50.0,
     cur = [np.asarray(r, dtype=np.float64) for r in current if len(r)]
     base = [np.asarray(r, dtype=np.float64) for r in baseline if len(r)]
     ratio = float(np.percentile(np.concatenate(cur), percentile) / np.percentile(np.concatenate(base), percentile))
-    blocks_cur = max(2, min(blocks_per_run, min(r.size for r in cur) // 2))
-    blocks_base = max(2, min(blocks_per_run, min(r.size for r in base) // 2))
+    blocks_cur = max(1, min(blocks_per_run, min(r.size for r in cur) // 2))
+    blocks_base = max(1, min(blocks_per_run, min(r.size for r in base) // 2))
     # resample in chunks to bound memory for long runs
     ratios = []
     chunk = max(1, int(4e6 // max(1, sum(r.size for r in cur) + sum(r.size for r in base))))

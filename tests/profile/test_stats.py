@@ -116,3 +116,13 @@ def test_interleaved_runs_alternate_in_blocks():
                             block=10, progress=False)
     assert len(a) == len(b) == 40
     assert "".join(order[::10]) == "abbaabbaab"[: len(order) // 10]
+
+
+def test_several_runs_carry_run_to_run_noise():
+    # five baseline runs whose levels differ by ~5%: the interval must be wider than for one run
+    rng = np.random.default_rng(7)
+    runs = [rng.normal(level, 0.01, 500) for level in (0.95, 1.0, 1.05, 0.97, 1.03)]
+    cur = [rng.normal(1.0, 0.01, 500)]
+    _, lo1, hi1 = ratio_interval(cur, runs[1:2], n_resamples=500)
+    _, lo5, hi5 = ratio_interval(cur, runs, n_resamples=500)
+    assert (hi5 - lo5) > 3 * (hi1 - lo1)
