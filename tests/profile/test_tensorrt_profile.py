@@ -1,24 +1,11 @@
 """Profiling a real TensorRT engine: needs TensorRT, pycuda and an NVIDIA GPU (skipped elsewhere)."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from edgepack.profile.profiler import ProfileOptions, profile_model
 from edgepack.profile.timing import Budget
-
-
-def _gpu_ready() -> bool:
-    if not all(importlib.util.find_spec(m) for m in ("tensorrt", "pycuda")):
-        return False
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        return cuda.Device.count() > 0
-    except Exception:
-        return False
+from tests.backends.test_tensorrt_gpu import _gpu_ready
 
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_ready(), reason="needs TensorRT and an NVIDIA GPU")]
