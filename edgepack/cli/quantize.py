@@ -38,7 +38,7 @@ def run(args) -> int:
     from edgepack.calib import Ranges, calibrate
     from edgepack.errors import EdgepackError, UsageError
     from edgepack.quant.check_qdq import check_qdq
-    from edgepack.quant.qdq import QuantPolicy, insert_qdq
+    from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
     from edgepack.quant.sensitivity import copy_model, keep_sensitive_float, layer_sensitivity
     from edgepack.targets import load_target
 
@@ -55,7 +55,8 @@ def run(args) -> int:
     model = io.load(args.model)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
-        symmetric=policy.symmetric_activations, progress=not args.quiet)
+        symmetric=policy.symmetric_activations, progress=not args.quiet,
+        only=tensors_to_calibrate(model, policy))
     sensitivity, sqnr = None, None
     if mixed:
         sensitivity = layer_sensitivity(model, ranges, policy, args.data, progress=not args.quiet)

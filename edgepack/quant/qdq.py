@@ -52,6 +52,19 @@ class QuantPolicy:
                    WEIGHTED_OPS + ORT_EXTRA_OPS)
 
 
+def tensors_to_calibrate(model: ir.Model, policy: QuantPolicy) -> set[str]:
+    """Names of the tensors whose ranges `insert_qdq` can use under `policy`: inputs of the ops it
+    quantizes (and of Add, for TensorRT's residual inputs), and Concat outputs (shared scales)."""
+    ops = set(policy.ops) | {"Add"}
+    names = set()
+    for node in model.graph:
+        if node.domain == "" and node.op_type in ops:
+            names.update(v.name for v in node.inputs if v is not None and const_array(v) is None)
+        if node.op_type == "Concat":
+            names.add(node.outputs[0].name)
+    return names
+
+
 @dataclass
 class QuantizeResult:
     model: ir.Model

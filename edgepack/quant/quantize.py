@@ -8,7 +8,7 @@ import onnx_ir as ir
 from edgepack.calib import Ranges, calibrate
 from edgepack.errors import EdgepackError
 from edgepack.quant.check_qdq import check_qdq
-from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq
+from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | N
             raise EdgepackError("quantize needs calibration data or a ranges file",
                                 hint="pass --data D or --ranges ranges.json")
         ranges = calibrate(model, data, method=method, percentile=percentile, limit=limit,
-                           symmetric=policy.symmetric_activations, progress=progress)
+                           symmetric=policy.symmetric_activations, progress=progress,
+                           only=tensors_to_calibrate(model, policy))
     result = insert_qdq(model, ranges, policy, exclude=set(exclude))
     problems = check_qdq(model, target)
     if problems:
