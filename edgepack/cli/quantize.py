@@ -38,6 +38,7 @@ def run(args) -> int:
     from edgepack.calib import Ranges, calibrate
     from edgepack.errors import EdgepackError, UsageError
     from edgepack.quant.check_qdq import check_qdq
+    from edgepack.quant.prepare import prepare
     from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
     from edgepack.quant.sensitivity import copy_model, keep_sensitive_float, layer_sensitivity
     from edgepack.targets import load_target
@@ -53,6 +54,7 @@ def run(args) -> int:
         raise UsageError("--sensitivity/--max-error/--min-agreement need --data to measure the error")
     policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor)
     model = io.load(args.model)
+    prepare(model)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
         symmetric=policy.symmetric_activations, progress=not args.quiet,

@@ -8,6 +8,7 @@ import onnx_ir as ir
 from edgepack.calib import Ranges, calibrate
 from edgepack.errors import EdgepackError
 from edgepack.quant.check_qdq import check_qdq
+from edgepack.quant.prepare import prepare
 from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
 
@@ -22,6 +23,7 @@ def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | N
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor)
+    prepare(model)
     if ranges is None:
         if data is None:
             raise EdgepackError("quantize needs calibration data or a ranges file",
