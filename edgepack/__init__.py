@@ -20,6 +20,11 @@ _API = {
     "list_targets": "edgepack.targets",
     "optimize": "edgepack.passes.pipeline",
     "build_pipeline": "edgepack.passes.pipeline",
+    "calibrate": "edgepack.calib.calibrate",
+    "Ranges": "edgepack.calib.ranges",
+    "quantize": "edgepack.quant.quantize",
+    "compare": "edgepack.quant.compare",
+    "check_qdq": "edgepack.quant.check_qdq",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]
