@@ -110,7 +110,7 @@ class _Inserter:
         """The DQ(Q(value)) output for `value` (one pair per tensor), or None without a range."""
         if value in self.dq_of:
             return self.dq_of[value]
-        if value.name not in self.ranges or value.dtype not in FLOATS:
+        if (value.name not in self.ranges and value.name not in self.override) or value.dtype not in FLOATS:
             return None
         lo, hi = self.override.get(value.name, self.ranges[value.name])
         scale, zero = activation_qparams(lo, hi, self.policy)
@@ -170,6 +170,7 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
     ins = _Inserter(model, ranges, policy)
     nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops]
     _share_concat_ranges(nodes, ranges, ins)
+    _pass_ranges_through(model.graph, ranges, ins)
     for node in nodes:
         label = node_label(node)
         if label in exclude or node.op_type in exclude or (node.name and node.name in exclude):
@@ -234,6 +235,21 @@ def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | 
     for i, v in float_inputs:
         node.replace_input_with(i, ins.activation(v, node))
     return None
+
+
+# ops whose output values are a subset of their input's: the output keeps the input's scale
+PASSTHROUGH_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _pass_ranges_through(graph: ir.Graph, ranges: Ranges, ins: _Inserter) -> None:
+    """x -> MaxPool/Reshape/... -> y: y gets x's range, so DQ(s) -> MaxPool -> Q(s) has one scale and
+    the runtime drops the pair (ORT runs MaxPool on uint8, TensorRT keeps the tensor in INT8)."""
+    for node in graph:
+        if node.op_type not in PASSTHROUGH_OPS or node.domain != "" or not node.inputs or node.inputs[0] is None:
+            continue
+        source = node.inputs[0].name
+        if source in ins.override or source in ranges:
+            ins.override[node.outputs[0].name] = ins.override.get(source) or ranges[source]
 
 
 def _share_concat_ranges(nodes: list[ir.Node], ranges: Ranges, ins: _Inserter) -> None:
