@@ -15,12 +15,14 @@ logger = logging.getLogger(__name__)
 def prepare(model: ir.Model) -> bool:
     """The rewrites every quantizer run does first (semantics preserved); True if any changed.
 
-    BatchNorm folds into the weights before they are quantized (quantizing W then scaling by
-    gamma/sigma would need per-channel scales the runtime cannot fuse), and bias Adds into Convs.
+    Weights computed from constants (CNTK's Reshape of a parameter) become initializers, so they
+    are quantized per channel as weights, not per tensor as activations; BatchNorm folds into the
+    weights before they are quantized; bias Adds fold into Convs.
     """
     from edgepack.passes.fold_batchnorm import FoldBatchNormPass
+    from edgepack.passes.simplify import FoldConstantsPass
 
-    passes = ir.passes.PassManager([FoldBatchNormPass(), FoldConvBiasAddPass()])
+    passes = ir.passes.PassManager([FoldConstantsPass(), FoldBatchNormPass(), FoldConvBiasAddPass()])
     return passes(model).modified
 
 

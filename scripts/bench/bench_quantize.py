@@ -17,7 +17,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -125,7 +124,10 @@ def child_calibrate(tool: str, model_path: str, calib_npz: str, method: str) -> 
                                            calibrate_method=getattr(CalibrationMethod, ORT_METHOD[method]))
             calibrator.collect_data(_Reader(input_name, data))
             calibrator.compute_data()
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the (large) parent
+    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mb": peak_kb / 1024}))
 
 
 def peak_rss(tool, model_path, input_name, x, n, method, tmp: Path) -> float:
