@@ -59,8 +59,11 @@ class FoldConvBiasAddPass(ir.passes.InPlacePass):
                 out = conv.outputs[0]
                 if out.dtype is None and add.outputs[0].dtype is not None:  # it may become a graph output
                     out.dtype, out.shape = add.outputs[0].dtype, add.outputs[0].shape
+                name = add.outputs[0].name
                 take_over_output(add.outputs[0], out)
                 graph.remove(add, safe=True)
+                if out.name != name:  # the Conv now computes what the Add did: same name, same range
+                    add.outputs[0].name, out.name = f"{name}__folded", name
                 folded += 1
                 break
         if folded:

@@ -245,8 +245,12 @@ def print_tables(acc_rows, lat_rows, mem_rows, args) -> None:
             ms = r["ms"]
             ort_ms = f"{ms[2]:.3f}" if len(ms) > 2 else "-"
             ort_ratio = f"{ms[0] / ms[2]:.2f}x" if len(ms) > 2 else "-"
+            why = ""
+            if ms[0] < ms[1]:
+                why = (f"  slower: FP32 takes {1000 * ms[0] / r['batch']:.0f} us/sample; fixed per-op costs "
+                       "(input Q, requantize, dispatch) outweigh the arithmetic INT8 saves")
             print(f"{r['model']:<9} {r['batch']:>5} {r['threads']:>3} | {ms[0]:>8.3f} {ms[1]:>9.3f} {ort_ms:>8} | "
-                  f"{ms[0] / ms[1]:>8.2f}x {ort_ratio:>9}")
+                  f"{ms[0] / ms[1]:>8.2f}x {ort_ratio:>9}{why}")
         print("(ratio > 1: INT8 faster than FP32)")
     if mem_rows:
         print("\nCalibration peak RSS (MB, entropy, fresh process each)")
