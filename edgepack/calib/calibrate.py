@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from edgepack import runtime
 from edgepack.calib.data import input_specs_of, open_dataset
-from edgepack.calib.observers import METHODS, HistogramObserver
+from edgepack.calib.observers import METHODS, ChannelMeanObserver, HistogramObserver
 from edgepack.calib.ranges import Ranges
 from edgepack.errors import EdgepackError
 
@@ -48,6 +48,7 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     session = runtime.session(probe)  # graph outputs survive ORT fusions
     dataset = open_dataset(data, input_specs_of(session), batch_size=batch_size, limit=limit)
     observers = {n: HistogramObserver() for n in names}
+    means = {n: ChannelMeanObserver() for n in _weighted_op_inputs(model) if n in observers}
     need_hist = method != "minmax"
     samples = 0
     bar = _progress(progress, limit)
@@ -57,9 +58,13 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
         for name, value in zip(outputs, results):
             if name in observers:
                 observers[name].update(value, need_hist)
+            if name in means:
+                means[name].update(value)
         for name in batch:  # graph inputs are observed from the data itself
             if name in observers:
                 observers[name].update(batch[name], need_hist)
+            if name in means:
+                means[name].update(batch[name])
         n = len(next(iter(batch.values())))
         samples += n
         if bar is not None:
@@ -72,9 +77,16 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
                     percentile=percentile if method == "percentile" else None)
     for name, obs in observers.items():
         ranges.tensors[name] = tuple(float(v) for v in obs.range(method, symmetric=symmetric, percentile=percentile))
+    ranges.means = {name: m for name, obs in means.items() if (m := obs.mean()) is not None}
     ranges.model_sha256 = hashlib.sha256(ir.serde.serialize_model(model).graph.SerializeToString()).hexdigest()
     logger.info("calibrated %d tensors on %d samples (%s)", len(names), samples, method)
     return ranges
+
+
+def _weighted_op_inputs(model: ir.Model) -> set[str]:
+    """Activations entering Conv/Gemm: their per-channel means drive bias correction."""
+    return {n.inputs[0].name for n in model.graph if n.op_type in ("Conv", "Gemm") and n.inputs
+            and n.inputs[0] is not None}
 
 
 def _with_outputs(model: ir.Model, tensors: list[ir.Value]) -> ir.Model:

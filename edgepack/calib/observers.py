@@ -128,3 +128,25 @@ class HistogramObserver:
             if err < best_err:
                 best, best_err = t, err
         return float(best)
+
+
+class ChannelMeanObserver:
+    """Running mean of a tensor per channel (axis 1), for bias correction: a vector of C floats."""
+
+    def __init__(self):
+        self.sum: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        if x.ndim < 2 or x.size == 0:
+            return
+        axes = (0, *range(2, x.ndim))
+        total = x.sum(axis=axes, dtype=np.float64)
+        if self.sum is None or self.sum.shape != total.shape:
+            self.sum, self.count = np.zeros_like(total), 0
+        self.sum += total
+        self.count += x.size // x.shape[1]
+
+    def mean(self) -> list[float] | None:
+        return None if self.sum is None or not self.count else (self.sum / self.count).tolist()
+

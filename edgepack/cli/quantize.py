@@ -21,6 +21,9 @@ def register(subparsers):
     parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE",
                         help="nodes (by name) or op types to keep in float")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    parser.add_argument("--no-bias-correction", action="store_true",
+                        help="keep biases as they are (default: subtract the mean output shift that "
+                             "weight rounding causes, from the calibrated input means)")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -52,7 +55,8 @@ def run(args) -> int:
     mixed = args.sensitivity or args.max_error is not None or args.min_agreement is not None
     if mixed and not args.data:
         raise UsageError("--sensitivity/--max-error/--min-agreement need --data to measure the error")
-    policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor)
+    policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor,
+                                    bias_correction=not args.no_bias_correction)
     model = io.load(args.model)
     prepare(model)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(

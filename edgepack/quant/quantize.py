@@ -17,12 +17,13 @@ logger = logging.getLogger(__name__)
 
 def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | None = None,
              method: str = "entropy", percentile: float = 99.99, exclude=(), per_tensor: bool = False,
+             bias_correction: bool = True,
              limit: int | None = None, progress: bool = False) -> QuantizeResult:
     """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`."""
     target = load_target(target)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
-    policy = QuantPolicy.for_target(target, per_tensor=per_tensor)
+    policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
     if ranges is None:
         if data is None:

@@ -84,3 +84,33 @@ def test_x86_form_fuses_into_onnxruntime_integer_kernels(tmp_path):
     ops = [n.op_type for n in onnx.load(tmp_path / "fused.onnx").graph.node]
     assert ops.count("QLinearConv") == 3, ops  # Conv1 with its Relu fused, Conv2, Conv3
     assert "Conv" not in ops and "Relu" not in ops, ops
+
+
+@pytest.mark.parametrize("target", ["x86-cpu", "jetson-orin-nano"])
+def test_bias_correction_removes_the_mean_shift_of_weight_quantization(target):
+    #   x (mean 3 per channel) ─► Conv(W per-tensor int8, b) ─► y
+    # One scale for all channels rounds the small weights coarsely; their error times E[x] = 3 shifts
+    # every output by a constant that the corrected bias takes back.
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 3)) * np.array([1.0, 0.05, 0.03, 0.02])[:, None, None, None]
+    text = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) <float[4, 3, 3, 3] W = {{{", ".join(f"{v:.4f}" for v in w.reshape(-1))}}},
+    float[4] b = {{0.1, 0.2, 0.3, 0.4}}> {{
+  y = Conv <pads = [1, 1, 1, 1]> (x, W, b)
+}}
+"""
+    data = [{"x": (3 + rng.standard_normal((16, 3, 8, 8))).astype(np.float32)} for _ in range(2)]
+    shifts = {}
+    for correct in (False, True):
+        model = model_from_text(text)
+        policy = QuantPolicy.for_target(load_target(target), per_tensor=True, bias_correction=correct)
+        ranges = calibrate(copy_model(model), data, method="minmax", symmetric=policy.symmetric_activations,
+                           progress=False)
+        assert set(ranges.means) == {"x"} and np.allclose(ranges.means["x"], 3, atol=0.05)
+        insert_qdq(model, ranges, policy)
+        check(model)
+        assert not check_qdq(model, load_target(target))
+        ref, out = run_ort(model_from_text(text), data[0])[0], run_ort(model, data[0])[0]
+        shifts[correct] = np.abs((out - ref)[:, :, 1:-1, 1:-1].mean(axis=(0, 2, 3)))  # inner pixels: no padding
+    assert shifts[True].max() < 0.25 * shifts[False].max(), shifts
