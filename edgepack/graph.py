@@ -83,3 +83,8 @@ def static_shape(value: ir.Value | None) -> list[int | str] | None:
 
 def node_label(node: ir.Node) -> str:
     return node.name or f"<{node.op_type} -> {node.outputs[0].name if node.outputs else ''}>"
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent deep copy (through protobuf): passes that report a cost keep the original."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))

@@ -97,6 +97,27 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     return path
 
 
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write a file via a temporary file in the same folder, then rename: never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_model(model: ir.Model, *, full_check: bool = False) -> None:
     """onnx.checker on the graph (with full shape inference when `full_check`)."""
     CheckerPass(full_check=full_check)(model)

@@ -23,6 +23,7 @@ BACKENDS = ("tensorrt", "onnxruntime")
 PRECISIONS = ("int8", "fp16", "fp32")
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
                       "int8-asymmetric-per-tensor")
+DEVICE_MATCHES = ("exact", "minimum")
 WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor")
 
 
@@ -64,6 +65,9 @@ class Target:
     cpu_isa: str | None = None
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = 0  # 0: let the runtime choose
+    # "exact": an engine is built on this compute capability only (a Jetson module);
+    # "minimum": any GPU at or above it (a generic desktop/server target)
+    device_match: str = "exact"
 
     @property
     def is_tensorrt(self) -> bool:
@@ -91,6 +95,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "cpu_isa": ((str,), False),
     "execution_providers": ((list,), False),
     "threads": ((int,), False),
+    "device_match": ((str,), False),
     "qdq": ((dict,), True),
 }
 
@@ -147,6 +152,8 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
             raise fail("compute_capability", "must be like \"8.7\" for a tensorrt target")
     elif raw.get("dla_cores", 0) or raw.get("sparsity", False):
         raise fail("dla_cores" if raw.get("dla_cores") else "sparsity", "applies to tensorrt targets only")
+    if raw.get("device_match", "exact") not in DEVICE_MATCHES:
+        raise fail("device_match", f"must be one of {', '.join(DEVICE_MATCHES)}, got {raw['device_match']!r}")
     for key in ("dla_cores", "workspace_mb", "threads"):
         if raw.get(key, 0) < 0:
             raise fail(key, "must not be negative")

@@ -175,3 +175,12 @@ def test_model_over_2gb_round_trips_with_external_data(tmp_path):
     for i in (0, count - 1):
         w = copy.graph.initializers[f"w{i}"].const_value.numpy()
         assert w.shape == (chunk // 4,) and w[0] == i and w[-1] == i
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = io.write_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(mask)
+    assert path.read_text() == "{}" and (path.stat().st_mode & 0o777) == 0o644

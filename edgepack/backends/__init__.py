@@ -1,0 +1,183 @@
+"""Backends: build a model into the artifact a target runs, and load artifacts back.
+
+    artifact = edgepack.build("model.qdq.onnx", target="jetson-orin-nano", output="model.engine")
+    outputs = artifact.run({"input": batch})
+
+TensorRT targets give an engine (`.engine`/`.plan`), ONNX Runtime targets an optimized `.onnx`
+plus its `.ort` twin; each comes with `<artifact>.manifest.json` (see manifest.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.backends import manifest as mf
+from edgepack.backends.common import has_qdq, model_inputs, parse_shapes, resolve_precision
+from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A built artifact and its manifest. `run` opens the right runtime on first use."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _runner: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def manifest_path(self) -> Path:
+        return mf.manifest_path(self.path)
+
+    def runner(self):
+        """A new runtime for this artifact (a context manager): OrtRunner or TensorRTRunner."""
+        if self.backend == "tensorrt":
+            from edgepack.backends.tensorrt import TensorRTRunner
+
+            return TensorRTRunner(self.path)
+        from edgepack.backends.ort import OrtRunner
+
+        return OrtRunner(self.path, threads=self.manifest.get("flags", {}).get("threads", 0))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one batch of inputs by name."""
+        if self._runner is None:
+            self._runner = self.runner().__enter__()
+        return self._runner.infer(inputs)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.__exit__(None, None, None)
+            self._runner = None
+
+    def __enter__(self) -> "Artifact":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """An artifact written by `build`, with its manifest read and checked (runtime checks on run)."""
+    path = Path(path)
+    return Artifact(path, mf.read_manifest(path))
+
+
+def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
+          precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
+          shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
+          workspace_mb: int | None = None, threads: int | None = None) -> Artifact:
+    """Build `model` (a path or an onnx-ir Model) for `target` (name, .toml path or Target).
+
+    `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
+    {input: (min, opt, max)}. Options a target does not support are errors naming the option.
+    """
+    from edgepack.targets import load_target
+
+    target = load_target(target)
+    with _model_file(model) as model_path:
+        from edgepack.io import load, weights_nbytes
+
+        graph = load(model_path)
+        qdq = has_qdq(graph)
+        resolved = resolve_precision(target, precision, qdq)
+        output = Path(output) if output is not None else _default_output(model_path, target)
+        _refuse_overwriting_input(model_path, output)
+        logger.info("building %s for %s at %s", model_path, target.name, resolved)
+        if target.is_tensorrt:
+            if threads is not None:
+                raise EdgepackError(f"--threads applies to ONNX Runtime targets; '{target.name}' uses tensorrt",
+                                    hint="leave it out")
+            # `best` stays `best` for TensorRT: weakly typed, INT8 and FP16 allowed, TensorRT picks per layer
+            manifest = _build_tensorrt(model_path, output, target, graph, qdq,
+                                       "best" if precision == "best" else resolved, resolved, dla=dla,
+                                       sparsity=sparsity, shapes=shapes, timing_cache=timing_cache,
+                                       workspace_mb=workspace_mb)
+        else:
+            for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
+                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes)):
+                if value is not None:
+                    raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime",
+                                        hint="leave it out")
+            from edgepack.backends import ort
+
+            manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
+                                 weights_nbytes=weights_nbytes(graph))
+    if isinstance(model, ir.Model):
+        manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
+    from edgepack.io import write_atomic
+
+    write_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
+    return Artifact(output, manifest)
+
+
+def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,
+                    timing_cache, workspace_mb) -> dict[str, Any]:
+    from edgepack.backends import tensorrt as trt_backend
+
+    inputs = model_inputs(graph)
+    profiles = shapes if isinstance(shapes, dict) else parse_shapes(shapes, inputs)
+    options = dict(precision=precision, dla=dla, sparsity=sparsity, shapes=profiles, model_has_qdq=qdq,
+                   timing_cache=timing_cache, workspace_mb=workspace_mb)
+    trt_backend.builder_settings(target, **options)  # option errors first, on any machine
+    trt_backend.check_engine_path(output)
+    trt, _ = trt_backend.require_tensorrt(target)
+    settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
+    names = [node.name for node in graph.graph]
+    return trt_backend.build_engine(model_path, output, target, settings, node_names=names, precision=resolved)
+
+
+def _refuse_overwriting_input(model_path: Path, output: Path) -> None:
+    """The input is never modified: no output file (artifact, .ort/.onnx twin, manifest) may be it."""
+    written = [output, mf.manifest_path(output)]
+    if output.suffix in (".onnx", ".ort"):
+        written.append(output.with_suffix(".ort" if output.suffix == ".onnx" else ".onnx"))
+    source = model_path.resolve()
+    for path in written:
+        if path.resolve() == source:
+            raise EdgepackError(f"-o {output}: the build would write over the input model {model_path}",
+                                hint="choose another output name, e.g. -o " + str(model_path.with_suffix(".opt.onnx")))
+
+
+def _default_output(model_path: Path, target) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="edgepack-build-"))
+    suffix = ".engine" if target.is_tensorrt else ".onnx"
+    return folder / (model_path.stem + suffix)
+
+
+@contextlib.contextmanager
+def _model_file(model):
+    """A path to the model: the given path, or an in-memory model saved to a temporary folder."""
+    if not isinstance(model, ir.Model):
+        yield Path(model)
+        return
+    from edgepack.io import save
+
+    folder = Path(tempfile.mkdtemp(prefix="edgepack-model-"))
+    try:
+        yield save(model, folder / "model.onnx")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -41,9 +41,10 @@ def run(args) -> int:
     from edgepack.calib import Ranges, calibrate
     from edgepack.errors import EdgepackError, UsageError
     from edgepack.quant.check_qdq import check_qdq
+    from edgepack.graph import copy_model
     from edgepack.quant.prepare import prepare
     from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
-    from edgepack.quant.sensitivity import copy_model, keep_sensitive_float, layer_sensitivity
+    from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
     from edgepack.targets import load_target
 
     target = load_target(args.target)

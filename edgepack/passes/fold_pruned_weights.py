@@ -10,6 +10,7 @@ import onnx_ir as ir
 from edgepack import io
 from edgepack.graph import attr_int, attr_ints, const_array
 from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant
+from edgepack.passes.simplify import dropout_is_identity
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +24,14 @@ UNARY = {
     "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
     "Neg": lambda c, n: -c,
     "Abs": lambda c, n: np.abs(c),
+    "Erf": lambda c, n: _erf(c),
+    "Gelu": lambda c, n: (0.5 * c * (1 + np.tanh(np.sqrt(2 / np.pi) * (c + 0.044715 * c**3)))
+                          if _attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
+    "Softplus": lambda c, n: np.logaddexp(0, c),
+    "Exp": lambda c, n: np.exp(c),
     "Identity": lambda c, n: c,
     "Dropout": lambda c, n: c,
-    "Clip": None,  # bounds come from inputs: handled in _clip
+    "Clip": None,  # bounds from attributes or inputs: see _clip_bounds
 }
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -59,27 +65,39 @@ class FoldPrunedWeightsPass(ir.passes.InPlacePass):
     Conv(W[k]=0, b[k]) -> Relu -> Conv(:, k): channel k carries the constant Relu(b[k]) everywhere,
     so row k of the producer and column k of every consumer can go; a constant c != 0 moves into
     the consumer's bias (bias[m] += c * sum(W[m, k])), which is exact for Gemm, MatMul and Conv
-    without padding. Channels are followed through Relu-like ops (f applied to the constant),
-    BatchNormalization, pools, depthwise Conv, Flatten/Reshape into a Gemm (channel k becomes
-    features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div: tensors joined by
-    such ops share each channel, and a channel goes only when it is constant in every tensor that
-    shares it and every consumer can drop it. Graph outputs, unknown ops and subgraphs keep theirs.
+    without padding. Channels are followed through elementwise ops (f applied to the constant),
+    BatchNormalization, pools, Resize/Pad over space, depthwise Conv, Flatten/Reshape into a Gemm
+    (channel k becomes features k*H*W ... k*H*W+H*W-1), Concat (with offsets) and Add/Sub/Mul/Div:
+    tensors joined by such ops share each channel, and a channel goes only when it is constant in
+    every tensor that shares it and every consumer can drop it. A grouped Conv drops the same
+    number of channels in every group. Graph outputs, unknown ops and subgraphs keep theirs.
     """
 
+    MAX_ROUNDS = 10
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # Removing channels can expose more (a shrunk consumer's own rows become provably
+        # constant): repeat until nothing changes, so that a second run has nothing to do.
+        rounds = 0
+        while rounds < self.MAX_ROUNDS and self._round(model):
+            rounds += 1
+        return ir.passes.PassResult(model, modified=rounds > 0)
+
+    @staticmethod
+    def _round(model: ir.Model) -> bool:
         graph = model.graph
         io.infer_shapes(model)
         analysis = _analyse(graph)
         keep = _decide(graph, analysis)
         removed = {v: idx for v, idx in keep.items() if len(idx) < _channels(v, analysis)}
         if not removed:
-            return ir.passes.PassResult(model, modified=False)
+            return False
         _apply(graph, analysis, keep)
         remove_unused_initializers(graph)
         count = sum(_channels(v, analysis) - len(idx) for v, idx in removed.items()
                     if not _is_linked_output(v, analysis))
         logger.info("removed %d channels from %d tensors", count, len(removed))
-        return ir.passes.PassResult(model, modified=True)
+        return True
 
 
 # ---------------------------------------------------------------- analysis
@@ -127,7 +145,8 @@ def _link(a: _Analysis, node: ir.Node, index: int, src: ir.Value, dst: ir.Value,
 
 
 def _weighted(node: ir.Node, a: _Analysis) -> None:
-    """Conv (plain or depthwise), Gemm, MatMul: a weight row that is all zero makes a constant channel."""
+    """Conv (plain or depthwise), ConvTranspose, Gemm, MatMul: a weight row that is all zero makes
+    a constant channel."""
     op, out = node.op_type, node.outputs[0]
     w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or (op == "MatMul" and w.ndim != 2) or (op == "Gemm" and attr_int(node, "transA", 0)):
@@ -135,11 +154,14 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     bias = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if op == "Conv":
         groups = attr_int(node, "group", 1)
-        if groups > 1:
-            _depthwise(node, a, w, bias, groups)
+        if groups > 1 and _depthwise(node, a, w, bias, groups):
             return
-        rows = w.reshape(w.shape[0], -1)
+        rows = w.reshape(w.shape[0], -1)  # grouped Conv: row m is still output channel m
         axis = 1
+    elif op == "ConvTranspose":  # W[C, M, k...]: output channel m is W[:, m]
+        if attr_int(node, "group", 1) != 1:
+            return
+        rows, axis = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), 1
     elif op == "Gemm":
         rows, axis = (w if attr_int(node, "transB", 0) else w.T), 1
     else:  # MatMul: X[..., K] @ W[K, N]
@@ -155,16 +177,20 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     _start(a, out, axis, consts)
 
 
-def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> None:
+def _depthwise(node: ir.Node, a: _Analysis, w: np.ndarray, bias: np.ndarray | None, groups: int) -> bool:
+    """Depthwise Conv (group = C, W[C*m, 1, k...]): output channels k*m .. k*m+m-1 read only input
+    channel k, so they go together with it (the group count shrinks, m stays)."""
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] != groups or len(a.consts[x]) != groups:
-        return  # only the one-filter-per-channel form keeps channel k on channel k
-    c = a.consts[x]
-    b = np.zeros(groups) if bias is None else bias.astype(np.float64)
+    if not _carries(a, x, 1) or w.shape[1] != 1 or w.shape[0] % groups or len(a.consts[x]) != groups:
+        return False  # a grouped Conv mixes channels within a group: see _grouped
+    mult = w.shape[0] // groups
+    c = np.repeat(a.consts[x], mult)
+    b = np.zeros(len(c)) if bias is None else bias.astype(np.float64)
     no_pad = not any(attr_ints(node, "pads", [0]) or [0]) and _auto_pad(node) in ("NOTSET", "VALID")
-    through = c * w.reshape(groups, -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
+    through = c * w.reshape(len(c), -1).sum(axis=1) + b if no_pad else np.where(c == 0, b, np.nan)
     if _start(a, out, 1, np.where(c == 0, b, through)):
-        _link(a, node, 0, x, out)
+        _link(a, node, 0, x, out, mapping=lambda k: range(k * mult, (k + 1) * mult))
+    return True
 
 
 def _batchnorm(node: ir.Node, a: _Analysis) -> None:
@@ -180,20 +206,32 @@ def _batchnorm(node: ir.Node, a: _Analysis) -> None:
 
 def _unary(node: ir.Node, a: _Analysis) -> None:
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x) or (node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses()):
+    if not _carries(a, x) or (node.op_type == "Dropout" and not dropout_is_identity(node)):
         return
     if node.op_type == "Clip":
-        bounds = [const_array(v) if i < len(node.inputs) and v is not None else None
-                  for i, v in enumerate(node.inputs[1:3], 1)]
-        if any(i + 1 < len(node.inputs) and node.inputs[i + 1] is not None and b is None for i, b in enumerate(bounds)):
+        bounds = _clip_bounds(node)
+        if bounds is None:
             return
-        lo, hi = (bounds + [None, None])[:2]
-        consts = np.clip(a.consts[x], -np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+        consts = np.clip(a.consts[x], *bounds)
     else:
         with np.errstate(all="ignore"):
             consts = UNARY[node.op_type](a.consts[x], node)
     if _start(a, out, a.axis[x], consts):
         _link(a, node, 0, x, out)
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """Clip's (min, max): attributes before opset 11, constant inputs after; None if not constant."""
+    if "min" in node.attributes or "max" in node.attributes:
+        return _attr_float(node, "min", -np.inf), _attr_float(node, "max", np.inf)
+    bounds = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        v = node.inputs[i] if i < len(node.inputs) else None
+        c = None if v is None else const_array(v)
+        if v is not None and (c is None or c.size != 1):
+            return None
+        bounds.append(default if c is None else float(c.reshape(-1)[0]))
+    return bounds[0], bounds[1]
 
 
 def _pool(node: ir.Node, a: _Analysis) -> None:
@@ -214,6 +252,49 @@ def _pool(node: ir.Node, a: _Analysis) -> None:
         _link(a, node, 0, x, out)
 
 
+def _resize(node: ir.Node, a: _Analysis) -> None:
+    """Resize over space only (N and C unchanged): every output is a weighted mean of one
+    channel's inputs (weights summing to 1), so a constant channel stays that constant."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+        return
+    if "axes" in node.attributes or _channel_dim(out, 1) != len(a.consts[x]):
+        return
+    scales = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    if scales is not None and scales.size:
+        if scales.size < 2 or scales[0] != 1 or scales[1] != 1:
+            return
+    elif sizes is None or sizes.size < 2 or sizes[1] != len(a.consts[x]) or sizes[0] != x.shape[0]:
+        return  # sizes[0] must be the static batch (a dynamic batch has no constant sizes)
+    c = a.consts[x]
+    if _attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
+        c = np.where(c == 0, 0.0, np.nan)  # cubic weights sum to 1 only up to rounding
+    if _start(a, out, 1, c):
+        _link(a, node, 0, x, out)
+
+
+def _pad(node: ir.Node, a: _Analysis) -> None:
+    """Pad over space (no padding of N or C): a zero channel padded with zeros stays zero."""
+    x, out = node.inputs[0], node.outputs[0]
+    if not _carries(a, x, 1) or x.shape is None or _attr_str(node, "mode", "constant") != "constant":
+        return
+    if "pads" in node.attributes:  # before opset 11
+        pads, value = np.array(attr_ints(node, "pads")), np.array([_attr_float(node, "value", 0.0)])
+    else:
+        pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        value = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
+    axes = node.inputs[3] if len(node.inputs) > 3 else None
+    if pads is None or value is None or axes is not None or len(pads) != 2 * len(x.shape):
+        return
+    rank = len(x.shape)
+    if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return
+    c = a.consts[x]
+    if _start(a, out, 1, np.where(c == float(value.reshape(-1)[0]), c, np.nan)):
+        _link(a, node, 0, x, out)
+
+
 def _flatten(node: ir.Node, a: _Analysis) -> None:
     """[N, C, H, W] -> [N, C*H*W]: channel k becomes features k*HW .. k*HW + HW - 1."""
     x, out = node.inputs[0], node.outputs[0]
@@ -225,9 +306,12 @@ def _flatten(node: ir.Node, a: _Analysis) -> None:
     if not all(isinstance(d, int) for d in spatial):
         return
     hw = int(np.prod(spatial)) if spatial else 1
-    if _channel_dim(out, 1) != len(a.consts[x]) * hw:
-        return
+    features = len(a.consts[x]) * hw
     if node.op_type == "Reshape" and _reshape_feature_slot(node, out) is None:
+        if not _is_batch_flatten_shape(node.inputs[1], x):
+            return
+        out.shape = ir.Shape([out.shape[0], features])  # [N, -1] of a [N, C, H, W] tensor
+    if _channel_dim(out, 1) != features:
         return
     if _start(a, out, 1, np.repeat(a.consts[x], hw)):
         _link(a, node, 0, x, out, mapping=lambda k: range(k * hw, (k + 1) * hw))
@@ -286,8 +370,9 @@ def _concat(node: ir.Node, a: _Analysis) -> None:
 
 
 _HANDLERS = {
-    "Conv": _weighted, "Gemm": _weighted, "MatMul": _weighted,
-    "BatchNormalization": _batchnorm, "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
+    "Conv": _weighted, "ConvTranspose": _weighted, "Gemm": _weighted, "MatMul": _weighted,
+    "BatchNormalization": _batchnorm, "Resize": _resize, "Pad": _pad,
+    "Flatten": _flatten, "Reshape": _flatten, "Concat": _concat,
     **{op: _unary for op in UNARY}, **{op: _pool for op in POOLS}, **{op: _binary for op in BINARY},
 }
 
@@ -300,11 +385,17 @@ def _absorbing(node: ir.Node, index: int, value: ir.Value, a: _Analysis) -> str 
         return None
     op = node.op_type
     w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if op == "Shape" and a.axis[value] != 0 and _reads_only_batch_dim(node):
+        return "any"
     if w is None:
         return None
-    if op == "Conv" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 and w.shape[1] == len(a.consts[value]):
+    groups = attr_int(node, "group", 1) if op == "Conv" else 1
+    if op == "Conv" and a.axis[value] == 1 and w.shape[1] * groups == len(a.consts[value]):
         padded = any(attr_ints(node, "pads", [0]) or [0]) or _auto_pad(node) not in ("NOTSET", "VALID")
         return "zero" if padded else "any"
+    if op == "ConvTranspose" and attr_int(node, "group", 1) == 1 and a.axis[value] == 1 \
+            and w.shape[0] == len(a.consts[value]):
+        return "zero"  # a constant input reaches border outputs through fewer taps: only 0 is exact
     if op == "Gemm" and not attr_int(node, "transA", 0) and a.axis[value] == 1:
         return "any"
     if op == "MatMul" and w.ndim == 2 and a.axis[value] == len(value.shape) - 1:
@@ -334,6 +425,11 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             bad_roots.add(a.find((value, k)))
     keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     # Never empty a tensor: keep a channel (and everything it is tied to) where all would go.
+    # A grouped Conv keeps as many input (and output) channels in every group: keep more where
+    # one group would lose more than another.
+    grouped = [(n, v, attr_int(n, "group", 1)) for n in graph if n.op_type == "Conv" and n.domain == ""
+               and attr_int(n, "group", 1) > 1 for v in (n.inputs[0], n.outputs[0])
+               if v in a.consts and (n, 0) not in a.linked]
     changed = True
     while changed:
         changed = False
@@ -341,6 +437,13 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
             if not mask.any():
                 bad_roots.add(a.find((v, 0)))
                 changed = True
+        for _node, v, groups in grouped:
+            per_group = keep[v].reshape(groups, -1)
+            need = max(1, int(per_group.sum(axis=1).max()))
+            for j, row in enumerate(per_group):
+                for k in np.flatnonzero(~row)[: need - int(row.sum())]:
+                    bad_roots.add(a.find((v, j * per_group.shape[1] + k)))
+                    changed = True
         if changed:
             keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     return {v: np.flatnonzero(mask) for v, mask in keep.items()}
@@ -355,7 +458,7 @@ def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> N
         op = node.op_type
         out = node.outputs[0] if node.outputs else None
         x = node.inputs[0] if node.inputs else None
-        if op in ("Conv", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and (removed(x) and (node, 0) not in a.linked or removed(out)):
             _shrink_weighted(graph, node, a, keep, x if removed(x) and (node, 0) not in a.linked else None,
                              out if removed(out) else None)
         elif op == "BatchNormalization" and removed(out):
@@ -370,7 +473,7 @@ def _apply(graph: ir.Graph, a: _Analysis, keep: dict[ir.Value, np.ndarray]) -> N
                 slot = axis - (rank - c.ndim)
                 if slot >= 0 and c.shape[slot] > 1:
                     set_input_constant(graph, node, i, np.take(c, keep[out], axis=slot), f"{v.name}_folded")
-        elif op == "Reshape" and removed(out):
+        elif op == "Reshape" and removed(out) and const_array(node.inputs[1]) is not None:
             shape = const_array(node.inputs[1]).copy()
             slot = _reshape_feature_slot(node, out)
             if shape[slot] != -1:
@@ -390,9 +493,10 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
     groups = attr_int(node, "group", 1) if op == "Conv" else 1
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None if bias_value is None else const_array(bias_value).astype(np.float64).reshape(-1)
+    scalar_bias = bias is not None and bias.size == 1
     if op == "Gemm":
         out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
-    elif op == "MatMul":
+    elif op in ("MatMul", "ConvTranspose"):
         out_axis, in_axis = 1, 0
     else:
         out_axis, in_axis = 0, 1
@@ -410,14 +514,16 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
             if op == "Gemm":
                 delta = delta * _attr_float(node, "alpha", 1.0)
         w = np.take(w, keep[inp], axis=in_axis)
+    elif inp is not None:  # grouped Conv: group j's rows read only group j's channels
+        w, delta = _shrink_grouped_input(w, a.consts[inp], keep[inp], groups)
     if out is not None:
         rows = keep[out]
         w = np.take(w, rows, axis=out_axis)
         delta = delta[rows]
         if bias is not None and bias.size > 1:
             bias = bias[rows]
-        if groups > 1:
-            node.attributes["group"] = ir.AttrInt64("group", len(rows))
+        if groups > 1 and (node, 0) in a.linked:  # depthwise: whole groups go (see _depthwise)
+            node.attributes["group"] = ir.AttrInt64("group", groups * len(rows) // n_out)
     set_input_constant(graph, node, 1, w.astype(const_array(node.inputs[1]).dtype), f"{node.inputs[1].name}_folded")
     dtype = w.dtype
     if op == "MatMul":
@@ -438,9 +544,29 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
         if op == "Gemm" and bias is None:
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         new_bias = (base + delta).astype(dtype)
-        if bias_value is not None and bias.size == 1 and not np.any(delta != 0):
-            return
+        if scalar_bias and not np.any(delta != 0):
+            return  # a broadcast scalar bias fits any number of rows
         set_input_constant(graph, node, 2, new_bias, f"{node.name or 'bias'}_bias_folded")
+
+
+def _shrink_grouped_input(w: np.ndarray, consts: np.ndarray, kept: np.ndarray, groups: int):
+    """W[M, C/g, k...] of a grouped Conv without the dropped input channels (the same number in
+    every group, see _decide), and the bias change from dropped constant channels."""
+    n_out, per_in = w.shape[0], w.shape[1]
+    per_out = n_out // groups
+    mask = np.zeros(groups * per_in, bool)
+    mask[kept] = True
+    mask = mask.reshape(groups, per_in)
+    delta = np.zeros(n_out)
+    blocks = []
+    for j in range(groups):
+        rows = w[j * per_out:(j + 1) * per_out]
+        c = consts[j * per_in:(j + 1) * per_in][~mask[j]]
+        if np.any(c != 0):
+            delta[j * per_out:(j + 1) * per_out] = (
+                rows[:, ~mask[j]].astype(np.float64).reshape(per_out, len(c), -1).sum(axis=2) @ c)
+        blocks.append(rows[:, mask[j]])
+    return np.concatenate(blocks), delta
 
 
 # ---------------------------------------------------------------- small helpers
@@ -456,6 +582,17 @@ def _is_linked_output(value: ir.Value, a: _Analysis) -> bool:
 def _attr_float(node: ir.Node, name: str, default: float) -> float:
     attr = node.attributes.get(name)
     return default if attr is None else float(attr.value)
+
+
+def _attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _erf(c: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.array([erf(v) if np.isfinite(v) else np.nan for v in c.reshape(-1)]).reshape(c.shape)
 
 
 def _auto_pad(node: ir.Node) -> str:
@@ -481,3 +618,55 @@ def _reshape_feature_slot(node: ir.Node, out: ir.Value) -> int | None:
     if shape is None or shape.ndim != 1 or len(shape) != 2 or attr_int(node, "allowzero", 0):
         return None
     return 1
+
+
+def _batch_dim_gather(value: ir.Value | None) -> ir.Value | None:
+    """If `value` is Gather(Shape(v), 0) (optionally Unsqueezed to [1]), the `v` whose dim 0 it reads."""
+    node = value.producer() if value is not None else None
+    if node is not None and node.op_type == "Unsqueeze" and node.domain == "":
+        axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else np.array(attr_ints(node, "axes", []))
+        if axes is None or axes.reshape(-1).tolist() != [0]:
+            return None
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "Gather" or node.domain != "" or attr_int(node, "axis", 0) != 0:
+        return None
+    index = const_array(node.inputs[1])
+    shape_node = node.inputs[0].producer()
+    if index is None or index.size != 1 or int(index.reshape(-1)[0]) != 0 or shape_node is None \
+            or shape_node.op_type != "Shape" or attr_int(shape_node, "start", 0) != 0:
+        return None
+    return shape_node.inputs[0]
+
+
+def _is_batch_flatten_shape(shape: ir.Value, x: ir.Value) -> bool:
+    """The shape input of `x.view(x.size(0), -1)` as PyTorch exports it:
+    Concat(Unsqueeze(Gather(Shape(v), 0)), [-1]) where v has x's batch dim."""
+    node = shape.producer() if shape is not None else None
+    if node is None or node.op_type != "Concat" or node.domain != "" or len(node.inputs) != 2:
+        return False
+    tail = const_array(node.inputs[1])
+    source = _batch_dim_gather(node.inputs[0])
+    if tail is None or tail.reshape(-1).tolist() != [-1] or source is None or source.shape is None:
+        return False
+    return source is x or (x.shape is not None and _same_dim(source.shape[0], x.shape[0]))
+
+
+def _same_dim(a, b) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a.value is not None and a.value == b.value
+
+
+def _reads_only_batch_dim(shape_node: ir.Node) -> bool:
+    """Shape(x) whose every use is Gather(., 0): removing channels of x does not change it."""
+    out = shape_node.outputs[0]
+    if out.is_graph_output() or attr_int(shape_node, "start", 0) != 0:
+        return False
+    return all(use.node.op_type == "Gather" and use.idx == 0 and _batch_dim_gather_node_ok(use.node)
+               for use in out.uses())
+
+
+def _batch_dim_gather_node_ok(gather: ir.Node) -> bool:
+    index = const_array(gather.inputs[1]) if len(gather.inputs) > 1 else None
+    return attr_int(gather, "axis", 0) == 0 and index is not None and index.size == 1 \
+        and int(index.reshape(-1)[0]) == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -9,9 +10,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from edgepack import runtime
 from edgepack.passes.fold_batchnorm import FoldBatchNormPass
 from edgepack.passes.fold_pruned_weights import FoldPrunedWeightsPass
+from edgepack import io
+from edgepack.passes import verify
 from edgepack.passes.simplify import FoldConstantsPass, OnnxSimplifyPass, RemoveNoOpsPass
 from edgepack.targets import Target
 
@@ -54,14 +56,15 @@ def run_timed(manager: ir.passes.PassManager, model: ir.Model) -> OptimizeResult
     return OptimizeResult(model, records)
 
 
-def optimize(model: ir.Model, *, target: Target | None = None, simplify: bool = True) -> ir.Model:
-    """Simplify, fold BatchNorm, fold pruned channels. Returns the optimized model (the input
-    model object may be changed in place)."""
+def optimize(model: ir.Model | str | os.PathLike, *, target: Target | None = None,
+             simplify: bool = True) -> ir.Model:
+    """Simplify, fold BatchNorm, fold pruned channels. Returns the optimized model (an `ir.Model`
+    given is changed in place; a path is loaded, never written)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = io.load(model)
     return run_timed(build_pipeline(target, simplify=simplify), model).model
 
 
 def compare_outputs(before, after, feeds: dict[str, np.ndarray]) -> float:
     """Max abs output difference, relative to the largest output magnitude of `before`."""
-    ref = runtime.session(before).run(None, feeds)
-    new = runtime.session(after).run(None, feeds)
-    return runtime.max_abs_error(ref, new) / runtime.output_scale(ref)
+    return verify.max_abs_error(before, after, feeds, relative=True)

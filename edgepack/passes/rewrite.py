@@ -30,6 +30,10 @@ def take_over_output(old: ir.Value, new: ir.Value) -> None:
     """Route every use of `old` to `new`. If `old` is a graph output, `new` takes its name too,
     so the model's interface does not change."""
     was_output = old.is_graph_output()
+    if new.type is None and old.type is not None:  # a graph output must keep its type
+        new.type = old.type
+    if new.shape is None and old.shape is not None:
+        new.shape = old.shape
     old.replace_all_uses_with(new, replace_graph_outputs=True)
     if was_output:
         name = old.name

@@ -11,14 +11,11 @@ import logging
 import onnx_ir as ir
 
 from edgepack.calib import Ranges
+from edgepack.graph import copy_model
 from edgepack.quant.compare import compare_models
 from edgepack.quant.qdq import QuantPolicy, insert_qdq
 
 logger = logging.getLogger(__name__)
-
-
-def copy_model(model: ir.Model) -> ir.Model:
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
 def _score(float_model, quantized, data, limit) -> tuple[float, float | None]:

@@ -86,3 +86,106 @@ def resnet_style(expand=32, branch_a=12, branch_b=6, hidden=32, prune=False, see
     h = b.node("Relu", [b.gemm(g, 24, hidden, pruned=half(hidden))])
     y = b.gemm(h, hidden, 10)
     return b.model(["N", 3, 16, 16], y, ["N", 10])
+
+
+def random_pruned_net(seed: int) -> ir.Model:
+    """A random small CNN from the patterns FoldPrunedWeightsPass follows (and some it must not):
+    conv_bn with pruned filters (some with a non-zero BN beta: constant channels), depthwise and
+    grouped convs, residual Add/Sub, Concat, squeeze-excite Mul, per-channel Mul/Div, padded pools,
+    ConvTranspose, Resize, Pad, then a GAP/Flatten/Reshape/ReduceMean/GlobalMaxPool head into a pruned MLP."""
+    rng = np.random.default_rng(seed)
+    b = NetBuilder(seed)
+    y, c, hw = "x", 3, 8
+
+    def some(n, p):
+        return [k for k in range(n) if rng.random() < p]
+
+    for _ in range(rng.integers(2, 5)):
+        kind = rng.choice(["conv", "dw", "res", "cat", "pool", "mul", "se", "convt", "grouped", "div",
+                           "resize", "pad"])
+        cout, k = int(rng.integers(3, 8)), int(rng.choice([1, 3]))
+        pruned = some(cout, 0.4)
+        act = rng.choice(["Relu", "Relu6", None])
+        if kind == "conv":
+            y = b.conv_bn(y, c, cout, k, pruned=pruned, act=act)
+            if pruned and rng.random() < 0.5:  # a constant channel: BN beta stays non-zero
+                bn = b.nodes[-1 if act is None else -2]
+                init = next(i for i in b.inits if i.name == bn.input[2])
+                beta = numpy_helper.to_array(init).copy()
+                beta[pruned[0]] = 0.7
+                init.CopyFrom(numpy_helper.from_array(beta, init.name))
+            if rng.random() < 0.3:
+                y = b.node(str(rng.choice(["Sigmoid", "LeakyRelu", "Tanh", "HardSwish"])), [y])
+            c = cout
+        elif kind == "dw":  # depthwise, channel multiplier 1 or 2
+            mult = int(rng.integers(1, 3))
+            y = b.conv_bn(y, c, c * mult, 3, group=c, pruned=some(c * mult, 0.3), act=act)
+            c *= mult
+        elif kind == "res":
+            t = b.conv_bn(y, c, cout, 1, pruned=pruned)
+            t = b.conv_bn(t, cout, c, 3, pruned=some(c, 0.3), act=None)
+            y = b.node(str(rng.choice(["Add", "Sub"])), [t, y])
+        elif kind == "cat":
+            c2 = int(rng.integers(2, 6))
+            p1 = b.conv_bn(y, c, cout, k, pruned=pruned)
+            p2 = b.conv_bn(y, c, c2, 1, pruned=some(c2, 0.4))
+            y, c = b.node("Concat", [p1, p2], axis=1), cout + c2
+        elif kind == "mul":
+            y = b.node("Mul", [y, b.const(rng.uniform(0.5, 2, (1, c, 1, 1)))])
+        elif kind == "div":
+            y = b.node("Div", [y, b.const(rng.uniform(0.5, 2, (c, 1, 1)))])
+        elif kind == "se":
+            r = max(c // 2, 1)
+            g = b.node("GlobalAveragePool", [y])
+            g = b.node("Relu", [b.node("Conv", [g, b.const(rng.standard_normal((r, c, 1, 1))),
+                                                b.const(rng.standard_normal(r))], kernel_shape=[1, 1])])
+            g = b.node("Sigmoid", [b.node("Conv", [g, b.const(rng.standard_normal((c, r, 1, 1))),
+                                                   b.const(rng.standard_normal(c))], kernel_shape=[1, 1])])
+            y = b.node("Mul", [y, g])
+        elif kind == "convt":
+            w = rng.standard_normal((c, cout, 3, 3))
+            w[:, pruned] = 0
+            y = b.node("ConvTranspose", [y, b.const(w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            gamma, beta = rng.uniform(0.5, 1.5, cout), rng.standard_normal(cout) * 0.1
+            gamma[pruned] = beta[pruned] = 0
+            y = b.node("BatchNormalization", [y, b.const(gamma), b.const(beta), b.const(np.zeros(cout)),
+                                              b.const(rng.uniform(0.5, 2, cout))])
+            y, c = b.node("Relu", [y]), cout
+        elif kind == "grouped" and c % 2 == 0 and cout % 2 == 0:
+            y, c = b.conv_bn(y, c, cout, 3, group=2, pruned=pruned), cout
+        elif kind == "resize" and hw <= 8:
+            mode = str(rng.choice(["nearest", "linear", "cubic"]))
+            y = b.node("Resize", [y, "", b.const(np.array([1, 1, 2, 2]), "scales")], mode=mode)
+            hw *= 2
+        elif kind == "pad":
+            pads = b.name("pads")
+            b.inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), pads))
+            y = b.node("Pad", [y, pads, b.const(np.array(rng.choice([0.0, 0.5])), "pad_value")])
+            hw += 2
+        elif kind == "pool" and hw >= 4:
+            op = str(rng.choice(["MaxPool", "AveragePool"]))
+            attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+            if op == "AveragePool":
+                attrs["count_include_pad"] = int(rng.integers(0, 2))
+            y, hw = b.node(op, [y], **attrs), (hw + 1) // 2
+    head = rng.choice(["gap", "flatten", "reshape", "reducemean", "gmp"])
+    features = c * hw * hw if head in ("flatten", "reshape") else c
+    if head == "gap":
+        y = b.node("Flatten", [b.node("GlobalAveragePool", [y])])
+    elif head == "gmp":
+        y = b.node("Flatten", [b.node("GlobalMaxPool", [y])])
+    elif head == "flatten":
+        y = b.node("Flatten", [y])
+    elif head == "reshape":
+        shape = b.name("shape")
+        b.inits.append(numpy_helper.from_array(np.array([-1, features], np.int64), shape))
+        y = b.node("Reshape", [y, shape])
+    else:
+        y = b.node("ReduceMean", [y], axes=[2, 3], keepdims=0)
+    h = int(rng.integers(4, 10))
+    y = b.node("Relu", [b.gemm(y, features, h, pruned=some(h, 0.5))])
+    if rng.random() < 0.5:
+        y = b.node("MatMul", [y, b.const(rng.standard_normal((h, 10)))])
+    else:
+        y = b.gemm(y, h, 10)
+    return b.model(["N", 3, 8, 8], y, ["N", 10])

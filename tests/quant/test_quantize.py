@@ -11,7 +11,7 @@ from edgepack import io, runtime
 from edgepack.calib import calibrate
 from edgepack.quant import check_qdq, quantize
 from edgepack.quant.qdq import QuantPolicy, activation_qparams, insert_qdq, quantize_weight
-from edgepack.quant.sensitivity import copy_model
+from edgepack.graph import copy_model
 from edgepack.resources import data_dir, example_model
 from edgepack.targets import load_target
 from tests.helpers import (SHARED_DATA, SHARED_MODELS, assert_one_line_error, check, edgepack_cli,

@@ -1,0 +1,35 @@
+"""edgepack pack MODEL -o model.epk: a compressed container for moving a model to a device."""
+from __future__ import annotations
+
+from edgepack.cli import common
+
+
+def register(subparsers):
+    parser = common.add_command(
+        subparsers, "pack", "compress a model into an .epk container (sparse weights, codebooks, zstd/xz)",
+        description="Lossless by default: `edgepack unpack` gives back the same graph and byte-identical "
+                    "weights. --codebook BITS shares each float layer's weights among 2**BITS values (lossy).")
+    common.add_model(parser)
+    common.add_output(parser, "the .epk file to write")
+    parser.add_argument("--codebook", type=int, metavar="BITS", default=None,
+                        help="lossy weight sharing: k-means codebook of 2**BITS entries per layer (e.g. 4..8)")
+    parser.add_argument("--data", metavar="D", help="codebook mode: sample data for the output error "
+                        "(default: random inputs)")
+    common.add_json(parser)
+    return parser
+
+
+def run(args) -> int:
+    from edgepack import io
+    from edgepack.cost import compare
+    from edgepack.pack.format import pack, unpack_model
+
+    report = pack(args.model, args.output, codebook_bits=args.codebook)
+    text = (f"{args.model} ({report['model_bytes']:,} bytes) -> {args.output} ({report['packed_bytes']:,} "
+            f"bytes), {report['ratio']:.2f}x smaller, {report['mode']}")
+    if args.codebook is not None:
+        restored, _ = unpack_model(args.output)
+        report["error"] = compare(io.load(args.model), restored, args.data)
+        text += f"\noutput error after unpacking: max |diff| {report['error']['max_abs_error']:.4g}"
+    common.emit(args, report, text)
+    return 0

@@ -1,0 +1,20 @@
+"""edgepack unpack model.epk -o OUT: the ONNX model inside an .epk container, checksums verified."""
+from __future__ import annotations
+
+from edgepack.cli import common
+
+
+def register(subparsers):
+    parser = common.add_command(subparsers, "unpack", "restore the ONNX model from an .epk container")
+    common.add_model(parser, "the .epk file")
+    common.add_output(parser, "the ONNX model to write")
+    common.add_json(parser)
+    return parser
+
+
+def run(args) -> int:
+    from edgepack.pack.format import unpack
+
+    report = unpack(args.model, args.output)
+    common.emit(args, report, f"{args.model} -> {args.output} ({report['mode']}, checksums ok)")
+    return 0

@@ -1,0 +1,30 @@
+"""Proof by running: a model before and after a rewrite, in ONNX Runtime on the same inputs.
+
+Any pass (or a test) can call `max_abs_error(before, after)`; without `feeds` it draws random
+inputs (dynamic batch 2) from the `before` model's input signature.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack import runtime
+
+ModelLike = ir.Model | str | os.PathLike
+
+
+def max_abs_error(before: ModelLike, after: ModelLike, feeds: dict[str, np.ndarray] | None = None,
+                  *, relative: bool = False, batch: int = 2, seed: int = 0) -> float:
+    """Largest |before - after| over all outputs; divided by the largest |before| output
+    when `relative` (so one tolerance fits models whose outputs are large or small)."""
+    ref_session = runtime.session(before)
+    if feeds is None:
+        feeds = runtime.random_feeds(ref_session, batch=batch, seed=seed)
+    ref = ref_session.run(None, feeds)
+    new = runtime.session(after).run(None, feeds)
+    if len(ref) != len(new) or any(r.shape != n.shape for r, n in zip(ref, new)):
+        return float("inf")
+    error = runtime.max_abs_error(ref, new)
+    return error / runtime.output_scale(ref) if relative else error

@@ -1,0 +1,274 @@
+"""The HTML report of a run folder (`edgepack run`/`demo` output): one self-contained file.
+
+It reads DIR/run.json (written by the recipe engine) and each step's JSON report; charts are
+inline SVG, styles inline, nothing is fetched when the page is viewed.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepack.errors import EdgepackError
+from edgepack.report import charts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    folder: Path
+    run: dict
+    steps: list[dict]
+    reports: dict[tuple[str, str | None], dict] = field(default_factory=dict)
+    baseline: dict | None = None
+
+    def precision(self, ref: str) -> str:
+        """int8 when a quantize step is upstream of `ref` (a step id), else fp32."""
+        by_id = {s["id"]: s for s in self.steps}
+        step = by_id.get(ref)
+        if step is None:
+            return "fp32"
+        if step["command"] == "quantize":
+            return "int8"
+        return "int8" if any(self.precision(r) == "int8" for r in step.get("inputs", [])) else "fp32"
+
+    def of(self, command: str) -> list[tuple[dict, dict]]:
+        """(step, its JSON report) for the steps of `command` that have a report."""
+        return [(s, self.reports[(s["id"], s["target"])]) for s in self.steps
+                if s["command"] == command and (s["id"], s["target"]) in self.reports]
+
+
+def load_run(folder: str | Path) -> RunData:
+    folder = Path(folder)
+    run_file = folder / "run.json"
+    try:
+        run = json.loads(run_file.read_text())
+    except FileNotFoundError:
+        raise EdgepackError(f"{folder} is not a run folder (no run.json)",
+                            hint="pass the output folder of `edgepack run` or `edgepack demo`") from None
+    except ValueError as exc:
+        raise EdgepackError(f"{run_file}: not valid JSON ({exc})") from None
+    data = RunData(folder, run, run.get("steps", []))
+    for step in data.steps:
+        path = step.get("report")
+        if path and Path(path).is_file():
+            try:
+                data.reports[(step["id"], step["target"])] = json.loads(Path(path).read_text())
+            except ValueError:
+                logger.warning("%s: not valid JSON, left out of the report", path)
+    if run.get("baseline") and Path(run["baseline"]).is_file():
+        data.baseline = json.loads(Path(run["baseline"]).read_text())
+    return data
+
+
+def summary(data: RunData) -> list[tuple[str, float | None, float | None]]:
+    """(metric, FP32, INT8) for size, top-1 and latency p50 of the first target."""
+    float_size = int8_size = None
+    for step in data.steps:
+        if step.get("size_bytes") and step["command"] in ("optimize", "prune", "compress", "quantize"):
+            if data.precision(step["id"]) == "int8":
+                int8_size = step["size_bytes"]
+            else:
+                float_size = step["size_bytes"]
+    float_size = float_size or data.run.get("model_size_bytes")
+    top1 = (None, None)
+    for step, report in data.of("compare"):
+        accuracy = report.get("accuracy")
+        refs = step.get("inputs", [])
+        if accuracy and len(refs) == 2 and [data.precision(r) for r in refs] == ["fp32", "int8"]:
+            top1 = (100 * accuracy["a"], 100 * accuracy["b"])
+    p50 = {}
+    first_target = (data.run.get("targets") or [None])[0]
+    for step, report in data.of("profile"):
+        if step["target"] == first_target and "latency_ms" in report:
+            p50.setdefault(data.precision(step["id"]), report["latency_ms"]["p50"])
+    kib = lambda n: n / 1024 if n else None  # noqa: E731
+    return [("size (KiB)", kib(float_size), kib(int8_size)), ("top-1 (%)", *top1),
+            ("latency p50 (ms)", p50.get("fp32"), p50.get("int8"))]
+
+
+def format_summary(rows) -> str:
+    def cell(value):
+        return f"{value:>10.4g}" if value is not None else f"{'n/a':>10}"
+    lines = [f"{'':<18} {'FP32':>10} {'INT8':>10} {'INT8/FP32':>10}"]
+    for name, fp32, int8 in rows:
+        ratio = cell(int8 / fp32) if fp32 and int8 is not None else cell(None)
+        lines.append(f"{name:<18} {cell(fp32)} {cell(int8)} {ratio}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- HTML
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:,.4g}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return html.escape(str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
+                                    for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
+def _steps_section(data: RunData) -> str:
+    rows = [[s["id"], s["target"] or "", s["command"], s["status"], s["seconds"],
+             s.get("size_bytes"), Path(s["artifact"]).name if s.get("artifact") else "", s.get("note", "")]
+            for s in data.steps]
+    body = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
+    sized = [s for s in data.steps if s.get("size_bytes")]
+    if sized:
+        labels = ["model"] + [s["id"] + (f"\n{s['target']}" if s["target"] else "") for s in sized]
+        sizes = [data.run.get("model_size_bytes", 0) / 1024] + [s["size_bytes"] / 1024 for s in sized]
+        body += _figure(charts.grouped_bars(labels, {"size": sizes}, ylabel="KiB", title="artifact sizes"),
+                        "Size of each step's artifact (KiB), beside the input model.")
+    optimize = data.of("optimize")
+    if optimize:
+        rows = [[step["id"], key, report["before"][key], report["after"][key],
+                 report["after"][key] / report["before"][key] if report["before"][key] else None]
+                for step, report in optimize for key in ("nodes", "params", "macs", "size_bytes")]
+        body += "<h3>optimize</h3>" + _table(["step", "", "before", "after", "ratio"], rows)
+    return _section("Pipeline", body)
+
+
+def _accuracy_section(data: RunData) -> str:
+    body = ""
+    for step, report in data.of("compare"):
+        a, b = (step.get("inputs") + ["?", "?"])[:2]
+        accuracy = report.get("accuracy")
+        if accuracy:
+            samples = accuracy.get("samples")
+            body += _table([f"top-1 accuracy ({samples} labelled samples)" if samples else "top-1 accuracy",
+                            f"A: {a} ({data.precision(a)})", f"B: {b} ({data.precision(b)})", "B − A (points)"],
+                           [[step["id"], 100 * accuracy["a"], 100 * accuracy["b"],
+                             100 * (accuracy["b"] - accuracy["a"])]])
+        body += _table(["output", "SQNR dB", "cosine", "max abs error", "top-1 agreement"],
+                       [[o["name"], o.get("sqnr_db"), o.get("cosine"), o.get("max_abs_error"),
+                         o.get("top1_agreement")] for o in report.get("outputs", [])])
+    for step, report in data.of("quantize"):
+        body += (f"<p>{html.escape(step['id'])}: {len(report.get('quantized_nodes', []))} nodes quantized for "
+                 f"{html.escape(str(report.get('target')))} ({html.escape(str(report.get('method')))}), "
+                 f"{len(report.get('float_nodes', []))} kept in float; check-qdq "
+                 f"{'ok' if report.get('check_qdq', {}).get('ok') else 'FAILED'}.</p>")
+    return _section("Accuracy", body or "<p>No compare step in this run.</p>")
+
+
+def _latency_section(data: RunData) -> str:
+    body = ""
+    targets = data.run.get("targets") or [None]
+    for target in targets:
+        profiles = [(s, r) for s, r in data.of("profile") if s["target"] == target]
+        if not profiles and not data.baseline:
+            continue
+        series = {f"{s['id']} ({data.precision(s['id'])})": r.get("samples_ms", []) for s, r in profiles}
+        rows = [[s["id"], data.precision(s["id"]), r.get("batch"), *(r["latency_ms"].get(k) for k in
+                 ("min", "mean", "p50", "p90", "p99", "max")), r.get("throughput_per_s")] for s, r in profiles]
+        if data.baseline and "latency_ms" in data.baseline:
+            series["baseline"] = data.baseline.get("samples_ms", [])
+            rows.append(["baseline", "", data.baseline.get("batch"), *(data.baseline["latency_ms"].get(k)
+                         for k in ("min", "mean", "p50", "p90", "p99", "max")), data.baseline.get("throughput_per_s")])
+        body += f"<h3>{html.escape(target or '')}</h3>" + _table(
+            ["profile", "precision", "batch", "min ms", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms",
+             "per second"], rows)
+        series = {k: v for k, v in series.items() if v}
+        if series:
+            body += _figure(charts.latency(series), "Latency of each run (ms): histogram and cumulative "
+                            "distribution; further left is faster.")
+        for step, report in profiles:
+            layers = report.get("layers") or []
+            layers = sorted(layers, key=lambda l: -l.get("time_ms", 0))[:25]
+            if layers:
+                body += _figure(charts.bars([f"{l['name']} [{l.get('op_type', '')}]" for l in layers],
+                                            [l.get("time_ms", 0) for l in layers], xlabel="ms per run",
+                                            title=f"per-layer time: {step['id']}"),
+                                f"Time per layer ({step['id']}, {target}), the slowest {len(layers)}.")
+    return _section("Latency", body or "<p>No profile step in this run.</p>")
+
+
+def _layers_section(data: RunData) -> str:
+    body = ""
+    for step, report in data.of("quantize"):
+        sensitivity = report.get("sensitivity") or []
+        if sensitivity:
+            body += _figure(charts.bars([f"{s['node']} [{s['op_type']}]" for s in sensitivity],
+                                        [s["sqnr_db"] for s in sensitivity], xlabel="output SQNR (dB), higher is "
+                                        "better", title="sensitivity: model output when only this layer is INT8",
+                                        highlight_low=True),
+                            "Per-layer sensitivity: the model output's SQNR when one layer at a time is "
+                            "quantized. The lowest (red) hurt the most: candidates for --exclude.")
+    for step, report in data.of("compare"):
+        layers = [l for l in report.get("layers") or [] if l.get("sqnr_db") is not None]
+        if layers:
+            body += _figure(charts.bars([l["tensor"] for l in layers], [l["sqnr_db"] for l in layers],
+                                        xlabel="SQNR (dB), higher is better",
+                                        title=f"per-tensor error: {step['id']}", highlight_low=True),
+                            "SQNR of each intermediate tensor of B against A on the evaluation data.")
+    return _section("Per-layer error", body or "<p>No per-layer data (quantize --sensitivity or compare).</p>")
+
+
+def _environment_section(data: RunData) -> str:
+    env = dict(data.run.get("versions", {}))
+    for _, report in data.of("profile"):
+        env.update({k: v for k, v in (report.get("environment") or {}).items() if not isinstance(v, (dict, list))})
+        break
+    env.setdefault("machine", platform.machine())
+    rows = [[k, v] for k, v in env.items()]
+    rows += [["recipe", data.run.get("recipe")], ["recipe sha256", data.run.get("recipe_sha256")],
+             ["model", data.run.get("model")], ["targets", ", ".join(data.run.get("targets") or [])]]
+    return _section("Environment", _table(["", ""], rows))
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1000px;
+padding:1.2rem 1.5rem;color:#222;line-height:1.4}
+h1{font-size:1.5rem;margin:.2rem 0} h2{font-size:1.2rem;border-bottom:2px solid #ddd;padding-bottom:.2rem;
+margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
+th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right}
+th:first-child,td:first-child,td.t{text-align:left} th{background:#f4f4f4}
+figure.chart{margin:.6rem 0 1.2rem} figure.chart svg{max-width:100%;height:auto}
+figcaption{font-size:.8rem;color:#555} .summary td,.summary th{font-size:1rem}
+.muted{color:#666;font-size:.85rem}
+"""
+
+
+def render(data: RunData) -> str:
+    rows = summary(data)
+    summary_rows = [[name, fp32, int8, (int8 / fp32) if fp32 and int8 is not None else None]
+                    for name, fp32, int8 in rows]
+    summary_html = _table(["", "FP32", "INT8", "INT8 / FP32"], summary_rows).replace("<table>",
+                                                                                     '<table class="summary">')
+    sections = [_section("Summary", summary_html), _steps_section(data), _accuracy_section(data),
+                _latency_section(data), _layers_section(data), _environment_section(data)]
+    title = f"edgepack report: {Path(data.run.get('model', '')).name}"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class='muted'>recipe {html.escape(str(data.run.get('recipe')))}"
+            f" · run folder {html.escape(str(data.folder))}</p>{''.join(sections)}</body></html>\n")
+
+
+def write_report(folder: str | Path, output: str | Path) -> Path:
+    import os
+
+    from edgepack.cli.common import write_text_atomic
+    path = write_text_atomic(output, render(load_run(folder)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a page to share: readable like any new file, not 0600
+    return path

@@ -1,0 +1,151 @@
+"""The HTML report of a real run (optimize -> quantize --sensitivity -> compare on the digits CNN),
+with a baseline profile measured here in ONNX Runtime, rendered as text and in headless Chromium."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgepack.recipe import load_recipe, run_recipe
+from edgepack.report.html import load_run, summary
+from edgepack.resources import data_dir, example_model
+from tests.helpers import assert_one_line_error, edgepack_cli
+
+CALIB = data_dir("calibration") / "digits" / "calib.npz"
+EVAL = data_dir("calibration") / "digits" / "eval.npz"
+
+
+def measured_profile(model: Path, runs: int = 200) -> dict:
+    """A profile document (edgepack.profile/1 keys) from latencies measured now in ORT."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    with np.load(EVAL) as data:
+        feeds = {"input": data["input"][:1]}
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        samples.append(1000 * (time.perf_counter() - start))
+    s = np.array(samples)
+    stats = {"min": s.min(), "mean": s.mean(), "std": s.std(), "max": s.max(),
+             **{f"p{q}": np.percentile(s, q) for q in (50, 90, 95, 99)}}
+    return {"schema": "edgepack.profile/1", "model": {"path": str(model), "sha256": ""}, "target": "x86-cpu",
+            "backend": "ort", "batch": 1, "threads": 1, "runs": runs, "warmup": 0,
+            "latency_ms": {k: float(v) for k, v in stats.items()}, "throughput_per_s": 1000 / float(s.mean()),
+            "samples_ms": samples, "outliers": 0, "layers": [], "environment": {}}
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    baseline = folder / "baseline.json"
+    baseline.write_text(json.dumps(measured_profile(example_model())))
+    recipe = folder / "r.recipe.toml"
+    recipe.write_text(f"""
+model = "{example_model()}"
+targets = ["x86-cpu"]
+data = "{CALIB}"
+baseline = "baseline.json"
+[[step]]
+run = "optimize"
+[[step]]
+run = "quantize"
+sensitivity = true
+[[step]]
+run = "compare"
+input = ["optimize", "quantize"]
+data = "{EVAL}"
+""")
+    out = folder / "out"
+    run_recipe(load_recipe(recipe), out)
+    html = folder / "report.html"
+    result = edgepack_cli("report", out, "-o", html)
+    assert result.returncode == 0, result.stderr
+    return out, html
+
+
+def test_report_is_self_contained_with_every_section_and_chart(run_folder):
+    out, html_path = run_folder
+    text = html_path.read_text()
+    for title in ("Summary", "Pipeline", "Accuracy", "Latency", "Per-layer error", "Environment"):
+        assert f"<h2>{title}</h2>" in text
+    # charts: sizes, baseline latency, sensitivity, per-tensor error, each an inline SVG with drawing
+    svgs = re.findall(r"<svg.*?</svg>", text, flags=re.S)
+    assert len(svgs) == 4 and all(svg.count("<path") > 5 for svg in svgs)
+    # nothing to fetch: no external scripts, styles, images or fonts
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<script" not in text
+    # the numbers come from the steps' reports
+    compare = json.loads((out / "compare.json").read_text())
+    assert f"{100 * compare['accuracy']['b']:,.4g}" in text
+    sensitivity = json.loads((out / "quantize.json").read_text())["sensitivity"]
+    assert all(s["node"][-25:] in text for s in sensitivity)  # long names are shortened from the left
+
+
+def test_summary_pairs_fp32_and_int8(run_folder):
+    out, _ = run_folder
+    rows = {name: (fp32, int8) for name, fp32, int8 in summary(load_run(out))}
+    sizes = {p.name: p.stat().st_size / 1024 for p in out.glob("*.onnx")}
+    assert rows["size (KiB)"] == (sizes["optimize.onnx"], sizes["quantize.onnx"])
+    accuracy = json.loads((out / "compare.json").read_text())["accuracy"]
+    assert rows["top-1 (%)"] == (100 * accuracy["a"], 100 * accuracy["b"])
+    assert rows["latency p50 (ms)"] == (None, None)  # no profile step in this run
+
+
+def test_report_of_a_folder_without_a_run_is_refused(tmp_path):
+    assert_one_line_error(edgepack_cli("report", tmp_path, "-o", tmp_path / "r.html"), "not a run folder",
+                          str(tmp_path))
+
+
+# ---------------------------------------------------------------- in a real browser
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium: installed with apt-get when missing and apt works, else the test skips."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if not shutil.which("apt-get"):
+        pytest.skip("no chromium and no apt-get to install it")
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"cannot install chromium: {exc}")
+        if done.returncode != 0:
+            pytest.skip(f"cannot install chromium ({' '.join(command)}): {done.stderr.strip()[-200:]}")
+    path = shutil.which("chromium")
+    if not path:
+        pytest.skip("apt-get installed chromium but it is not on PATH")
+    return path
+
+
+def test_report_renders_in_headless_chromium(run_folder, chromium, tmp_path):
+    from PIL import Image
+
+    _, html_path = run_folder
+    flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.S)
+    assert len(svgs) == 4 and all(svg.count("<path") > 5 for svg in svgs), dom[:500]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={shot}", html_path.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20  # not a blank page
+    # the charts' coloured bars are drawn: plenty of matplotlib's blue (#1f77b4)
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    blue = (np.abs(rgb - np.array([0x1F, 0x77, 0xB4])).sum(axis=2) < 30).mean()
+    assert blue > 0.01
