@@ -226,7 +226,8 @@ def _pts(a, b):
 
 
 def print_tables(acc_rows, lat_rows, mem_rows, args) -> None:
-    print(f"\nAccuracy (top-1 on {args.eval} held-out samples; {args.calib} calibration samples, disjoint) and "
+    print(f"\nAccuracy (top-1 on up to {args.eval} held-out samples, 500 for digits; up to {args.calib} calibration "
+          "samples, disjoint; digits: its 256-sample calibration set) and "
           "calibrate+quantize wall time")
     print(f"{'model':<9} {'method':<10} {'FP32':>7} | {'edgepack x86':>12} {'drop':>6} | {'edgepack TRT':>12} "
           f"{'drop':>6} | {'ORT qs':>7} {'drop':>6} | {'t ours s':>8} {'t ORT s':>8} {'ratio':>6}  note")

@@ -10,7 +10,7 @@ from edgepack.calib import calibrate
 from edgepack.graph import node_label
 from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
-from edgepack.quant.sensitivity import copy_model
+from edgepack.graph import copy_model
 from edgepack.targets import load_target
 from tests.helpers import check, model_from_text, run_ort
 
