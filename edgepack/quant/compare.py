@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import runtime
+from edgepack.errors import EdgepackError
 from edgepack.calib.calibrate import _with_outputs, observable_tensors
 from edgepack.calib.data import input_specs_of, open_dataset
 
@@ -80,6 +81,7 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
     sa, sb = runtime.session(a), runtime.session(b)
     names = outputs + [v.name for v in shared]
     stats = {n: _Stats() for n in names}
+    reshaped: set[str] = set()  # same name, other shape (e.g. channels removed by optimize)
     dataset = open_dataset(data, input_specs_of(sa), batch_size=batch_size, limit=limit,
                            labels=label_key if labels and _has_labels(data, label_key) else None)
     for batch in dataset.batches(with_labels=dataset.label_key is not None):
@@ -87,11 +89,18 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
         ra = dict(zip([o.name for o in sa.get_outputs()], sa.run(None, batch)))
         rb = dict(zip([o.name for o in sb.get_outputs()], sb.run(None, batch)))
         for n in names:
-            stats[n].update(ra[n], rb[n], y if n in outputs else None)
+            if ra[n].shape != rb[n].shape:
+                if n in outputs:
+                    raise EdgepackError(f"output '{n}' has shape {list(ra[n].shape)} in A and "
+                                        f"{list(rb[n].shape)} in B: the models are not comparable")
+                reshaped.add(n)
+            elif n not in reshaped:
+                stats[n].update(ra[n], rb[n], y if n in outputs else None)
     result = {"schema": SCHEMA,
               "outputs": [{"name": n, **stats[n].result()} for n in outputs],
               "layers": [{"tensor": n, **{k: v for k, v in stats[n].result().items() if k != "top1_agreement"}}
-                         for n in names[len(outputs):]],
+                         for n in names[len(outputs):] if n not in reshaped],
+              "reshaped_tensors": sorted(reshaped),
               "accuracy": None}
     first = stats[outputs[0]]
     if dataset.label_key is not None and first.total:
