@@ -44,6 +44,7 @@ _API = {
     "run_recipe": "edgepack.recipe",
     "write_report": "edgepack.report.html",
     "run_demo": "edgepack.demo",
+    "compare": "edgepack.quant.compare",
 }
 
 __all__ = ["EdgepackError", "InternalError", "__version__", *_API]

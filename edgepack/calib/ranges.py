@@ -21,6 +21,7 @@ class Ranges:
     samples: int = 0
     model_sha256: str | None = None
     percentile: float | None = None
+    means: dict[str, list[float]] = field(default_factory=dict)  # per-channel means (bias correction)
 
     def __getitem__(self, name: str) -> tuple[float, float]:
         return self.tensors[name]
@@ -31,7 +32,8 @@ class Ranges:
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "method": self.method, "symmetric": self.symmetric, "samples": self.samples,
                 "percentile": self.percentile, "model_sha256": self.model_sha256,
-                "tensors": {k: {"min": lo, "max": hi} for k, (lo, hi) in self.tensors.items()}}
+                "tensors": {k: {"min": lo, "max": hi, **({"mean": self.means[k]} if k in self.means else {})}
+                            for k, (lo, hi) in self.tensors.items()}}
 
     def save(self, path: str | Path) -> Path:
         from edgepack.cli.common import write_text_atomic
@@ -51,10 +53,11 @@ class Ranges:
             raise EdgepackError(f"{path}: not an edgepack ranges file (schema {SCHEMA})")
         try:
             tensors = {k: (float(v["min"]), float(v["max"])) for k, v in data["tensors"].items()}
+            means = {k: [float(m) for m in v["mean"]] for k, v in data["tensors"].items() if "mean" in v}
         except (KeyError, TypeError, ValueError):
             raise EdgepackError(f"{path}: malformed 'tensors' entry") from None
         return cls(data["method"], tensors, bool(data.get("symmetric")), int(data.get("samples", 0)),
-                   data.get("model_sha256"), data.get("percentile"))
+                   data.get("model_sha256"), data.get("percentile"), means)
 
     def to_tensorrt_cache(self, path: str | Path, version: str = "TRT-8601-EntropyCalibration2") -> Path:
         """TensorRT's calibration cache (implicit INT8): a header line, then `tensor: <hex>` where

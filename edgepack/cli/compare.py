@@ -15,6 +15,8 @@ def register(subparsers):
     parser.add_argument("model_b", metavar="B", help="model to check (e.g. INT8)")
     parser.add_argument("--data", required=True, metavar="D", help="a calibration folder, .npz or .npy")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
+    parser.add_argument("--labels", default="labels", metavar="KEY",
+                        help="name of the labels array in an .npz (default: labels); gives top-1 accuracy")
     parser.add_argument("--no-layers", action="store_true", help="outputs only")
     common.add_json(parser)
     return parser
@@ -25,7 +27,7 @@ def run(args) -> int:
     from edgepack.quant.compare import compare_models, format_comparison
 
     result = compare_models(io.load(args.model_a), io.load(args.model_b), args.data, limit=args.limit,
-                            layers=not args.no_layers)
+                            layers=not args.no_layers, label_key=args.labels)
     result.update({"a": args.model_a, "b": args.model_b})
     common.emit(args, result, format_comparison(result))
     return 0

@@ -21,6 +21,9 @@ def register(subparsers):
     parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE",
                         help="nodes (by name) or op types to keep in float")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    parser.add_argument("--no-bias-correction", action="store_true",
+                        help="keep biases as they are (default: subtract the mean output shift that "
+                             "weight rounding causes, from the calibrated input means)")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -38,8 +41,9 @@ def run(args) -> int:
     from edgepack.calib import Ranges, calibrate
     from edgepack.errors import EdgepackError, UsageError
     from edgepack.quant.check_qdq import check_qdq
-    from edgepack.quant.qdq import QuantPolicy, insert_qdq
     from edgepack.graph import copy_model
+    from edgepack.quant.prepare import prepare
+    from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
     from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
     from edgepack.targets import load_target
 
@@ -52,11 +56,14 @@ def run(args) -> int:
     mixed = args.sensitivity or args.max_error is not None or args.min_agreement is not None
     if mixed and not args.data:
         raise UsageError("--sensitivity/--max-error/--min-agreement need --data to measure the error")
-    policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor)
+    policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor,
+                                    bias_correction=not args.no_bias_correction)
     model = io.load(args.model)
+    prepare(model)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
-        symmetric=policy.symmetric_activations, progress=not args.quiet)
+        symmetric=policy.symmetric_activations, progress=not args.quiet,
+        only=tensors_to_calibrate(model, policy))
     sensitivity, sqnr = None, None
     if mixed:
         sensitivity = layer_sensitivity(model, ranges, policy, args.data, progress=not args.quiet)

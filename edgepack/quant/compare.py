@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import runtime
+from edgepack.errors import EdgepackError
 from edgepack.calib.calibrate import _with_outputs, observable_tensors
 from edgepack.calib.data import input_specs_of, open_dataset
 
@@ -49,9 +50,22 @@ class _Stats:
                 "top1_agreement": self.agree / self.total if self.total else None}
 
 
+def compare(a, b, data, *, limit: int | None = None, layers: bool = True, labels: bool = True,
+            label_key: str = "labels") -> dict:
+    """`compare_models` for models given as paths or onnx-ir models (the public API)."""
+    from edgepack import io
+
+    a = io.load(a) if not isinstance(a, ir.Model) else a
+    b = io.load(b) if not isinstance(b, ir.Model) else b
+    return compare_models(a, b, data, limit=limit, layers=layers, labels=labels, label_key=label_key)
+
+
 def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, layers: bool = True,
-                   labels: bool = True, batch_size: int = 64) -> dict:
-    """Run A and B on the same data; statistics per output and per shared intermediate tensor."""
+                   labels: bool = True, batch_size: int = 64, label_key: str = "labels") -> dict:
+    """Run A and B on the same data; statistics per output and per shared intermediate tensor.
+
+    Top-1 accuracy is computed when `labels` and the data holds an array named `label_key` (an
+    .npz) or is a calibration folder whose manifest names an evaluation file and its labels."""
     from edgepack import io
 
     outputs = [o.name for o in a.graph.outputs]
@@ -67,18 +81,26 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
     sa, sb = runtime.session(a), runtime.session(b)
     names = outputs + [v.name for v in shared]
     stats = {n: _Stats() for n in names}
+    reshaped: set[str] = set()  # same name, other shape (e.g. channels removed by optimize)
     dataset = open_dataset(data, input_specs_of(sa), batch_size=batch_size, limit=limit,
-                           labels="labels" if labels and _has_labels(data) else None)
+                           labels=label_key if labels and _has_labels(data, label_key) else None)
     for batch in dataset.batches(with_labels=dataset.label_key is not None):
         y = batch.pop("__labels__", None)
         ra = dict(zip([o.name for o in sa.get_outputs()], sa.run(None, batch)))
         rb = dict(zip([o.name for o in sb.get_outputs()], sb.run(None, batch)))
         for n in names:
-            stats[n].update(ra[n], rb[n], y if n in outputs else None)
+            if ra[n].shape != rb[n].shape:
+                if n in outputs:
+                    raise EdgepackError(f"output '{n}' has shape {list(ra[n].shape)} in A and "
+                                        f"{list(rb[n].shape)} in B: the models are not comparable")
+                reshaped.add(n)
+            elif n not in reshaped:
+                stats[n].update(ra[n], rb[n], y if n in outputs else None)
     result = {"schema": SCHEMA,
               "outputs": [{"name": n, **stats[n].result()} for n in outputs],
               "layers": [{"tensor": n, **{k: v for k, v in stats[n].result().items() if k != "top1_agreement"}}
-                         for n in names[len(outputs):]],
+                         for n in names[len(outputs):] if n not in reshaped],
+              "reshaped_tensors": sorted(reshaped),
               "accuracy": None}
     first = stats[outputs[0]]
     if dataset.label_key is not None and first.total:
@@ -87,7 +109,7 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
     return result
 
 
-def _has_labels(data) -> bool:
+def _has_labels(data, key: str = "labels") -> bool:
     from pathlib import Path
 
     if not isinstance(data, (str, Path)):
@@ -102,7 +124,7 @@ def _has_labels(data) -> bool:
         import zipfile
 
         with zipfile.ZipFile(path) as z:
-            return "labels.npy" in z.namelist()
+            return f"{key}.npy" in z.namelist()
     return False
 
 

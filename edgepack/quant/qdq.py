@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from edgepack.calib.ranges import Ranges
 from edgepack.graph import WEIGHTED_OPS, attr_int, const_array, node_label, weight_output_axis
-from edgepack.passes.rewrite import new_initializer, remove_unused_initializers
+from edgepack.passes.rewrite import new_initializer, remove_unused_initializers, set_input_constant
 from edgepack.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,29 @@ class QuantPolicy:
     per_channel: bool
     int32_bias: bool
     ops: tuple[str, ...]
+    bias_correction: bool = True
 
     @classmethod
-    def for_target(cls, target: Target, *, per_tensor: bool = False) -> "QuantPolicy":
+    def for_target(cls, target: Target, *, per_tensor: bool = False, bias_correction: bool = True) -> "QuantPolicy":
         qdq = target.qdq
         per_channel = qdq.weight_per_channel and not per_tensor
         if target.is_tensorrt:
-            return cls(True, "int8", True, per_channel, False, WEIGHTED_OPS)
+            return cls(True, "int8", True, per_channel, False, WEIGHTED_OPS, bias_correction)
         return cls(False, qdq.activation_dtype, qdq.activation_symmetric, per_channel, True,
-                   WEIGHTED_OPS + ORT_EXTRA_OPS)
+                   WEIGHTED_OPS + ORT_EXTRA_OPS, bias_correction)
+
+
+def tensors_to_calibrate(model: ir.Model, policy: QuantPolicy) -> set[str]:
+    """Names of the tensors whose ranges `insert_qdq` can use under `policy`: inputs of the ops it
+    quantizes (and of Add, for TensorRT's residual inputs), and Concat outputs (shared scales)."""
+    ops = set(policy.ops) | {"Add"}
+    names = set()
+    for node in model.graph:
+        if node.domain == "" and node.op_type in ops:
+            names.update(v.name for v in node.inputs if v is not None and const_array(v) is None)
+        if node.op_type == "Concat":
+            names.add(node.outputs[0].name)
+    return names
 
 
 @dataclass
@@ -97,7 +111,7 @@ class _Inserter:
         """The DQ(Q(value)) output for `value` (one pair per tensor), or None without a range."""
         if value in self.dq_of:
             return self.dq_of[value]
-        if value.name not in self.ranges or value.dtype not in FLOATS:
+        if (value.name not in self.ranges and value.name not in self.override) or value.dtype not in FLOATS:
             return None
         lo, hi = self.override.get(value.name, self.ranges[value.name])
         scale, zero = activation_qparams(lo, hi, self.policy)
@@ -157,6 +171,7 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
     ins = _Inserter(model, ranges, policy)
     nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops]
     _share_concat_ranges(nodes, ranges, ins)
+    _pass_ranges_through(model.graph, ranges, ins)
     for node in nodes:
         label = node_label(node)
         if label in exclude or node.op_type in exclude or (node.name and node.name in exclude):
@@ -202,6 +217,8 @@ def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | 
         dq = ins.activation(x, node)
         node.replace_input_with(0, dq)
         axis = weight_output_axis(node, w_const.ndim) if policy.per_channel and w_const.ndim > 1 else None
+        if policy.bias_correction:
+            _correct_bias(node, ins, w_const, axis, x)
         _, w_scale = ins.weight(node, 1, axis)
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is not None
         if policy.int32_bias and has_bias and op in ("Conv", "Gemm"):
@@ -221,6 +238,59 @@ def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | 
     for i, v in float_inputs:
         node.replace_input_with(i, ins.activation(v, node))
     return None
+
+
+def _correct_bias(node: ir.Node, ins: _Inserter, w: np.ndarray, axis: int | None, x: ir.Value) -> None:
+    """Bias correction: quantizing W to W~ shifts the expected output by E = (W~ - W) E[x], per
+    output channel; subtracting E from the bias removes the shift (Nagel et al. 2019, from the
+    per-channel means of x that calibration recorded). Conv (any group) and Gemm (alpha = beta = 1)."""
+    mean = ins.ranges.means.get(x.name)
+    if mean is None:
+        return
+    mean = np.asarray(mean, np.float64)
+    q, scale = quantize_weight(w, axis)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    error = q.astype(np.float64) * np.asarray(scale, np.float64).reshape(shape) - w.astype(np.float64)
+    if node.op_type == "Conv":
+        m, per_group = error.shape[0], error.shape[1]
+        groups = attr_int(node, "group", 1)
+        if mean.size != per_group * groups or m % groups:
+            return
+        channel_mean = mean.reshape(groups, per_group)[np.arange(m) // (m // groups)]  # [M, C/g]
+        shift = (error.reshape(m, per_group, -1).sum(axis=2) * channel_mean).sum(axis=1)
+    elif node.op_type == "Gemm" and error.ndim == 2:
+        alpha, beta = (node.attributes.get(k) for k in ("alpha", "beta"))
+        if any(a is not None and float(a.value) != 1.0 for a in (alpha, beta)):
+            return
+        error = error if attr_int(node, "transB", 0) else error.T  # [N, K]
+        if mean.size != error.shape[1]:
+            return
+        shift = error @ mean
+    else:
+        return
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = const_array(bias_value) if bias_value is not None else np.zeros(shift.shape, np.float32)
+    if bias is None or bias.size not in (1, shift.size):
+        return
+    corrected = (np.broadcast_to(bias.reshape(-1), shift.shape) - shift).astype(np.float32)
+    set_input_constant(ins.graph, node, 2, corrected, f"{bias_value.name if bias_value is not None else node_label(node)}_corrected")
+
+
+# ops whose output values are a subset of their input's: the output keeps the input's scale
+PASSTHROUGH_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _pass_ranges_through(graph: ir.Graph, ranges: Ranges, ins: _Inserter) -> None:
+    """x -> MaxPool/Reshape/... -> y: y gets x's range, so DQ(s) -> MaxPool -> Q(s) has one scale and
+    the runtime drops the pair (ORT runs MaxPool on uint8, TensorRT keeps the tensor in INT8)."""
+    for node in graph:
+        if node.op_type not in PASSTHROUGH_OPS or node.domain != "" or not node.inputs or node.inputs[0] is None:
+            continue
+        source = node.inputs[0].name
+        if source in ins.override or source in ranges:
+            ins.override[node.outputs[0].name] = ins.override.get(source) or ranges[source]
 
 
 def _share_concat_ranges(nodes: list[ir.Node], ranges: Ranges, ins: _Inserter) -> None:

@@ -8,7 +8,8 @@ import onnx_ir as ir
 from edgepack.calib import Ranges, calibrate
 from edgepack.errors import EdgepackError
 from edgepack.quant.check_qdq import check_qdq
-from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq
+from edgepack.quant.prepare import prepare
+from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
 
 logger = logging.getLogger(__name__)
@@ -16,18 +17,21 @@ logger = logging.getLogger(__name__)
 
 def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | None = None,
              method: str = "entropy", percentile: float = 99.99, exclude=(), per_tensor: bool = False,
+             bias_correction: bool = True,
              limit: int | None = None, progress: bool = False) -> QuantizeResult:
     """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`."""
     target = load_target(target)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
-    policy = QuantPolicy.for_target(target, per_tensor=per_tensor)
+    policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
+    prepare(model)
     if ranges is None:
         if data is None:
             raise EdgepackError("quantize needs calibration data or a ranges file",
                                 hint="pass --data D or --ranges ranges.json")
         ranges = calibrate(model, data, method=method, percentile=percentile, limit=limit,
-                           symmetric=policy.symmetric_activations, progress=progress)
+                           symmetric=policy.symmetric_activations, progress=progress,
+                           only=tensors_to_calibrate(model, policy))
     result = insert_qdq(model, ranges, policy, exclude=set(exclude))
     problems = check_qdq(model, target)
     if problems:

@@ -148,3 +148,14 @@ def test_mixed_precision_meets_the_floor(tmp_path):
     assert report["output_sqnr_db"] >= 45 or not report["quantized_nodes"]
     assert report["float_nodes"], "a 45 dB floor needs some layers in float"
     assert report["sensitivity"][0]["sqnr_db"] <= report["sensitivity"][-1]["sqnr_db"]
+
+
+def test_compare_skips_tensors_whose_shape_changed(tmp_path):
+    # optimize removes pruned channels: conv2's output keeps its name with 16 channels, not 32
+    from edgepack.passes import optimize
+    from edgepack.quant.compare import compare_models
+
+    small = optimize(io.load(example_model()))
+    result = compare_models(io.load(example_model()), small, DIGITS)
+    assert result["reshaped_tensors"] and all(l["tensor"] not in result["reshaped_tensors"] for l in result["layers"])
+    assert result["outputs"][0]["sqnr_db"] > 60 and result["accuracy"]["a"] == result["accuracy"]["b"]
