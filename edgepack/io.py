@@ -121,11 +121,26 @@ def _umask() -> int:
 def check_model(model: ir.Model, *, full_check: bool = False) -> None:
     """onnx.checker on the graph (with full shape inference when `full_check`)."""
     CheckerPass(full_check=full_check)(model)
+    _forget_former_io(model)
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
     """ONNX shape inference in place: fills value shapes and dtypes where they can be inferred."""
-    return ShapeInferencePass()(model).model
+    model = ShapeInferencePass()(model).model
+    _forget_former_io(model)
+    return model
+
+
+def _forget_former_io(model: ir.Model) -> None:
+    """Work around an onnx-ir leak: its graph input/output lists count references in a Counter
+    whose keys stay at zero after removal. onnx-ir's C-API bridge lists every initializer as an
+    input for a moment, so without this each replaced weight would stay in memory for good."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for io_list in (graph.inputs, graph.outputs):
+            counter = getattr(io_list, "_ref_counter", None)
+            if counter is not None:
+                for value in [v for v, n in counter.items() if n <= 0]:
+                    del counter[value]
 
 
 def weights_nbytes(model: ir.Model) -> int:

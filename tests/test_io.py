@@ -184,3 +184,27 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(mask)
     assert path.read_text() == "{}" and (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_replaced_weights_are_freed_after_shape_inference():
+    """onnx-ir's C-API bridge lists initializers as graph inputs for a moment; its input list kept
+    them referenced forever. A weight dropped from the graph must free its memory."""
+    import gc
+    import tracemalloc
+
+    model = model_from_text(TINY)
+    big = model.graph.initializers["W"]
+    tracemalloc.start()
+    try:
+        array = np.ones((1024, 1024, 8), np.float32)  # 32 MiB
+        big.const_value = ir.tensor(array, name="W")
+        del array
+        io.infer_shapes(model)
+        io.check_model(model)
+        model.graph.initializers.pop("W")
+        model.graph.node(0).replace_input_with(1, None)
+        del big
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] < 8 * 2**20
+    finally:
+        tracemalloc.stop()

@@ -1,6 +1,7 @@
 """The optimize pipeline: a PassManager built from the target, run with per-pass timing, verified."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -51,6 +52,8 @@ def run_timed(manager: ir.passes.PassManager, model: ir.Model) -> OptimizeResult
         start = time.perf_counter()
         result = p(model)
         model = result.model
+        if result.modified:
+            gc.collect()  # replaced weights sit in reference cycles (values <-> nodes): free them now
         records.append(PassRecord(type(p).__name__, result.modified, time.perf_counter() - start))
         logger.info("%s: modified=%s (%.3f s)", type(p).__name__, result.modified, records[-1].seconds)
     return OptimizeResult(model, records)
