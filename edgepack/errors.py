@@ -27,3 +27,9 @@ class UsageError(EdgepackError):
 
 class InternalError(Exception):
     """A bug in edgepack: an invariant broke. Never raised for bad input."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries put long dumps after it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         model = ir.load(path)
     except Exception as exc:  # protobuf raises several unrelated types for bad bytes
         raise EdgepackError(
-            f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})",
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)})",
             hint="the file may be truncated or not an .onnx file",
         ) from None
     if model.ir_version == 0 or not model.opset_imports:
@@ -56,7 +56,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             onnx.checker.check_model(str(path))  # by path: resolves external data, any size
         except onnx.checker.ValidationError as exc:
             raise EdgepackError(
-                f"{path}: fails the ONNX checker: {_first_line(exc)}",
+                f"{path}: fails the ONNX checker: {first_line(exc)}",
                 hint="fix the exporter, or run with --no-check to inspect it anyway",
             ) from None
     return model
@@ -214,8 +214,3 @@ def _progress(model: ir.Model):
             bar.update()
 
         yield callback
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

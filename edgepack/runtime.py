@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 
 def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: bool = True):
@@ -24,7 +23,7 @@ def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: 
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         where = "" if isinstance(model, ir.Model) else f"{model}: "
-        raise EdgepackError(f"{where}ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+        raise EdgepackError(f"{where}ONNX Runtime cannot load the model: {first_line(exc)}") from None
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

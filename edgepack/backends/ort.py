@@ -23,7 +23,7 @@ import numpy as np
 
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import publish, staging
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def build(model_path: Path, output: Path, target, *, precision: str, threads: in
             try:
                 ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
             except Exception as exc:  # ORT reports unsupported ops and bad graphs as one of several types
-                raise EdgepackError(f"{model_path}: ONNX Runtime cannot load it ({_first_line(exc)})",
+                raise EdgepackError(f"{model_path}: ONNX Runtime cannot load it ({first_line(exc)})",
                                     hint="check the model with `edgepack inspect`") from None
             written[staged] = path
             data = tmp / (path.name + ".data")
@@ -199,8 +199,3 @@ def _checked_feeds(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> di
             f"inputs do not match the artifact: missing {sorted(missing)}, unknown {sorted(unknown)}",
             hint=f"the artifact takes: {', '.join(known)}")
     return {name: np.ascontiguousarray(feeds[name], dtype=known[name].dtype) for name in known}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

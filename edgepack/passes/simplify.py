@@ -7,6 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import io
+from edgepack.errors import first_line
 from edgepack.graph import attr_int, const_array, static_shape
 from edgepack.passes.rewrite import new_initializer, remove_unused_initializers, take_over_output
 
@@ -80,7 +81,7 @@ class OnnxSimplifyPass(ir.passes.InPlacePass):
             simplified, ok = onnxsim.simplify(proto, **options)
         except Exception as exc:  # onnxsim raises many types; any failure means "not this time"
             _warn_once("onnxsim failed (%s: %s); using edgepack's own passes",
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                           type(exc).__name__, first_line(exc))
             return None
         if not ok:
             _warn_once("onnxsim could not verify its result; using edgepack's own passes")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import EdgepackError, UsageError
+from edgepack.errors import EdgepackError, UsageError, first_line
 from edgepack.profile import environment as env
 from edgepack.profile.stats import count_outliers, format_ms, summarize
 from edgepack.profile.timing import Budget, time_interleaved, time_runs, warm_up
@@ -110,7 +110,7 @@ class OrtRunner:
         try:
             return ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as exc:
-            raise EdgepackError(f"{self.path}: ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}",
+            raise EdgepackError(f"{self.path}: ONNX Runtime cannot load the model: {first_line(exc)}",
                                 hint="check it with `edgepack inspect`") from None
 
     def bind(self, feeds: dict):
