@@ -37,22 +37,12 @@ def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict
 def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:
     """Sample inputs from a calibration folder (its evaluation set), .npz or .npy, at most `limit`
     samples; a `labels` array, when there is one, comes along as feeds["labels"]."""
-    import zipfile
-
-    from edgepack.calib.data import InputSpec, open_dataset
+    from edgepack.calib.data import InputSpec, has_labels, open_dataset
 
     specs = [InputSpec(v.name, tuple(v.shape or ()), np.dtype(_NP_DTYPES.get(v.dtype, np.float32)))
              for v in graph_inputs(model)]
     path = Path(spec)
-    labels = None
-    if path.is_dir() and (path / "manifest.toml").is_file():
-        from edgepack.calib.data import read_manifest
-
-        files = read_manifest(path).get("files", {})
-        labels = "labels" if "evaluation" in files and "labels" in files else None
-    elif path.suffix == ".npz" and path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            labels = "labels" if "labels.npy" in archive.namelist() else None
+    labels = "labels" if has_labels(path) else None
     dataset = open_dataset(path, specs, batch_size=batch, limit=limit, labels=labels)
     feeds = []
     for item in dataset.batches(with_labels=labels is not None):

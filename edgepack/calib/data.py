@@ -118,6 +118,24 @@ def read_manifest(folder: Path) -> dict:
         raise EdgepackError(f"{folder / 'manifest.toml'}: not valid TOML ({exc})") from None
 
 
+def has_labels(source: Any, key: str = "labels") -> bool:
+    """Whether evaluation labels come with `source`: a calibration folder whose manifest names an
+    evaluation file and its labels, or an .npz holding an array `key`. Unreadable sources answer
+    False, so that `open_dataset` reports them with its own error."""
+    if not isinstance(source, (str, Path)):
+        return False
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "manifest.toml").is_file():
+            return False
+        files = read_manifest(path).get("files", {})
+        return "evaluation" in files and "labels" in files
+    if path.suffix == ".npz" and path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return f"{key}.npy" in archive.namelist()
+    return False
+
+
 def dataset_file(folder: Path, role: str = "calibration") -> Path:
     """The file a calibration folder names for `role` (calibration or evaluation)."""
     manifest = read_manifest(folder)

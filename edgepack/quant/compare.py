@@ -15,7 +15,7 @@ import onnx_ir as ir
 from edgepack import runtime
 from edgepack.errors import EdgepackError
 from edgepack.calib.calibrate import _with_outputs, observable_tensors
-from edgepack.calib.data import input_specs_of, open_dataset
+from edgepack.calib.data import has_labels, input_specs_of, open_dataset
 
 SCHEMA = "edgepack.compare/1"
 
@@ -83,7 +83,7 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
     stats = {n: _Stats() for n in names}
     reshaped: set[str] = set()  # same name, other shape (e.g. channels removed by optimize)
     dataset = open_dataset(data, input_specs_of(sa), batch_size=batch_size, limit=limit,
-                           labels=label_key if labels and _has_labels(data, label_key) else None)
+                           labels=label_key if labels and has_labels(data, label_key) else None)
     for batch in dataset.batches(with_labels=dataset.label_key is not None):
         y = batch.pop("__labels__", None)
         ra = dict(zip([o.name for o in sa.get_outputs()], sa.run(None, batch)))
@@ -107,25 +107,6 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
         result["accuracy"] = {"a": first.correct["a"] / first.total, "b": first.correct["b"] / first.total,
                               "samples": first.total}
     return result
-
-
-def _has_labels(data, key: str = "labels") -> bool:
-    from pathlib import Path
-
-    if not isinstance(data, (str, Path)):
-        return False
-    path = Path(data)
-    if path.is_dir():
-        from edgepack.calib.data import read_manifest
-
-        files = read_manifest(path).get("files", {})
-        return "evaluation" in files and "labels" in files
-    if path.suffix == ".npz":
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            return f"{key}.npy" in z.namelist()
-    return False
 
 
 def format_comparison(result: dict, top: int = 10) -> str:

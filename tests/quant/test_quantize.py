@@ -159,3 +159,9 @@ def test_compare_skips_tensors_whose_shape_changed(tmp_path):
     result = compare_models(io.load(example_model()), small, DIGITS)
     assert result["reshaped_tensors"] and all(l["tensor"] not in result["reshaped_tensors"] for l in result["layers"])
     assert result["outputs"][0]["sqnr_db"] > 60 and result["accuracy"]["a"] == result["accuracy"]["b"]
+
+
+def test_compare_on_a_corrupt_npz_is_a_clean_error(tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"not a zip at all")
+    assert_one_line_error(edgepack_cli("compare", example_model(), example_model(), "--data",
+                                       tmp_path / "broken.npz"), "broken.npz", "not a valid .npz")
