@@ -69,6 +69,16 @@ def attr_int(node: ir.Node, name: str, default: int) -> int:
     return default if attr is None else int(attr.value)
 
 
+def attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.value)
+
+
+def attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
 def attr_ints(node: ir.Node, name: str, default: list[int] | None = None) -> list[int] | None:
     attr = node.attributes.get(name)
     return default if attr is None else [int(v) for v in attr.value]

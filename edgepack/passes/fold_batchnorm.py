@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.graph import attr_int, const_array, weight_input, weight_output_axis
+from edgepack.graph import attr_float, attr_int, const_array, weight_input, weight_output_axis
 from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant, take_over_output
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         if any(s is None for s in stats) or weight_value is None or weight_value is not producer.inputs[1]:
             return False
         gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
-        eps = bn.attributes["epsilon"].value if "epsilon" in bn.attributes else 1e-5
+        eps = attr_float(bn, "epsilon", 1e-5)
         scale = gamma / np.sqrt(var + eps)
         w = const_array(weight_value)
         axis = weight_output_axis(producer, w.ndim)
@@ -53,7 +53,7 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         old_bias = np.zeros(len(scale)) if bias_value is None else const_array(bias_value)
         if old_bias is None or old_bias.size not in (1, len(scale)):
             return False
-        gemm_beta = producer.attributes["beta"].value if producer.op_type == "Gemm" and "beta" in producer.attributes else 1.0
+        gemm_beta = attr_float(producer, "beta", 1.0) if producer.op_type == "Gemm" else 1.0
         shape = [1] * w.ndim
         shape[axis] = len(scale)
         new_w = w * scale.astype(w.dtype).reshape(shape)  # in the weight's dtype: one copy of W

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import io
-from edgepack.graph import attr_int, attr_ints, const_array
+from edgepack.graph import attr_float, attr_int, attr_ints, attr_str, const_array
 from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant
 from edgepack.passes.simplify import dropout_is_identity
 
@@ -16,17 +16,17 @@ logger = logging.getLogger(__name__)
 
 UNARY = {
     "Relu": lambda c, n: np.maximum(c, 0),
-    "LeakyRelu": lambda c, n: np.where(c >= 0, c, _attr_float(n, "alpha", 0.01) * c),
+    "LeakyRelu": lambda c, n: np.where(c >= 0, c, attr_float(n, "alpha", 0.01) * c),
     "Sigmoid": lambda c, n: 1 / (1 + np.exp(-c)),
     "Tanh": lambda c, n: np.tanh(c),
-    "HardSigmoid": lambda c, n: np.clip(_attr_float(n, "alpha", 0.2) * c + _attr_float(n, "beta", 0.5), 0, 1),
+    "HardSigmoid": lambda c, n: np.clip(attr_float(n, "alpha", 0.2) * c + attr_float(n, "beta", 0.5), 0, 1),
     "HardSwish": lambda c, n: c * np.clip(c / 6 + 0.5, 0, 1),
-    "Elu": lambda c, n: np.where(c > 0, c, _attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
+    "Elu": lambda c, n: np.where(c > 0, c, attr_float(n, "alpha", 1.0) * (np.exp(c) - 1)),
     "Neg": lambda c, n: -c,
     "Abs": lambda c, n: np.abs(c),
     "Erf": lambda c, n: _erf(c),
     "Gelu": lambda c, n: (0.5 * c * (1 + np.tanh(np.sqrt(2 / np.pi) * (c + 0.044715 * c**3)))
-                          if _attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
+                          if attr_str(n, "approximate", "none") == "tanh" else 0.5 * c * (1 + _erf(c / np.sqrt(2)))),
     "Softplus": lambda c, n: np.logaddexp(0, c),
     "Exp": lambda c, n: np.exp(c),
     "Identity": lambda c, n: c,
@@ -170,7 +170,7 @@ def _weighted(node: ir.Node, a: _Analysis) -> None:
     if bias is None:
         b = np.zeros(n)
     elif bias.size == 1 or bias.shape in ((n,), (1, n)):
-        b = np.broadcast_to(bias.reshape(-1).astype(np.float64), (n,)) * (_attr_float(node, "beta", 1.0) if op == "Gemm" else 1.0)
+        b = np.broadcast_to(bias.reshape(-1).astype(np.float64), (n,)) * (attr_float(node, "beta", 1.0) if op == "Gemm" else 1.0)
     else:
         return  # a bias that varies across rows (Gemm C of shape [M, N]) is not per channel
     consts = np.where(~rows.any(axis=1), b, np.nan)
@@ -199,7 +199,7 @@ def _batchnorm(node: ir.Node, a: _Analysis) -> None:
     if not _carries(a, x, 1) or any(s is None for s in stats):
         return
     gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
-    scale = gamma / np.sqrt(var + _attr_float(node, "epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + attr_float(node, "epsilon", 1e-5))
     if _start(a, out, 1, a.consts[x] * scale + beta - mean * scale):
         _link(a, node, 0, x, out)
 
@@ -223,7 +223,7 @@ def _unary(node: ir.Node, a: _Analysis) -> None:
 def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     """Clip's (min, max): attributes before opset 11, constant inputs after; None if not constant."""
     if "min" in node.attributes or "max" in node.attributes:
-        return _attr_float(node, "min", -np.inf), _attr_float(node, "max", np.inf)
+        return attr_float(node, "min", -np.inf), attr_float(node, "max", np.inf)
     bounds = []
     for i, default in ((1, -np.inf), (2, np.inf)):
         v = node.inputs[i] if i < len(node.inputs) else None
@@ -256,7 +256,7 @@ def _resize(node: ir.Node, a: _Analysis) -> None:
     """Resize over space only (N and C unchanged): every output is a weighted mean of one
     channel's inputs (weights summing to 1), so a constant channel stays that constant."""
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x, 1) or _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+    if not _carries(a, x, 1) or attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
         return
     if "axes" in node.attributes or _channel_dim(out, 1) != len(a.consts[x]):
         return
@@ -268,7 +268,7 @@ def _resize(node: ir.Node, a: _Analysis) -> None:
     elif sizes is None or sizes.size < 2 or sizes[1] != len(a.consts[x]) or sizes[0] != x.shape[0]:
         return  # sizes[0] must be the static batch (a dynamic batch has no constant sizes)
     c = a.consts[x]
-    if _attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
+    if attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
         c = np.where(c == 0, 0.0, np.nan)  # cubic weights sum to 1 only up to rounding
     if _start(a, out, 1, c):
         _link(a, node, 0, x, out)
@@ -277,10 +277,10 @@ def _resize(node: ir.Node, a: _Analysis) -> None:
 def _pad(node: ir.Node, a: _Analysis) -> None:
     """Pad over space (no padding of N or C): a zero channel padded with zeros stays zero."""
     x, out = node.inputs[0], node.outputs[0]
-    if not _carries(a, x, 1) or x.shape is None or _attr_str(node, "mode", "constant") != "constant":
+    if not _carries(a, x, 1) or x.shape is None or attr_str(node, "mode", "constant") != "constant":
         return
     if "pads" in node.attributes:  # before opset 11
-        pads, value = np.array(attr_ints(node, "pads")), np.array([_attr_float(node, "value", 0.0)])
+        pads, value = np.array(attr_ints(node, "pads")), np.array([attr_float(node, "value", 0.0)])
     else:
         pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
         value = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
@@ -512,7 +512,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
             else:
                 delta = c @ cols if in_axis == 0 else cols @ c
             if op == "Gemm":
-                delta = delta * _attr_float(node, "alpha", 1.0)
+                delta = delta * attr_float(node, "alpha", 1.0)
         w = np.take(w, keep[inp], axis=in_axis)
     elif inp is not None:  # grouped Conv: group j's rows read only group j's channels
         w, delta = _shrink_grouped_input(w, a.consts[inp], keep[inp], groups)
@@ -538,7 +538,7 @@ def _shrink_weighted(graph, node, a, keep, inp, out) -> None:
             a.axis[add.outputs[0]] = a.axis.get(result, -1)
         return
     if op == "Gemm" and bias is not None:
-        delta = delta / _attr_float(node, "beta", 1.0)
+        delta = delta / attr_float(node, "beta", 1.0)
     if bias is not None or np.any(delta != 0):
         base = np.zeros(len(delta)) if bias is None else np.broadcast_to(bias, delta.shape)
         if op == "Gemm" and bias is None:
@@ -577,16 +577,6 @@ def _channels(value: ir.Value, a: _Analysis) -> int:
 def _is_linked_output(value: ir.Value, a: _Analysis) -> bool:
     producer = value.producer()
     return producer is not None and any((producer, i) in a.linked for i in range(len(producer.inputs)))
-
-
-def _attr_float(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else float(attr.value)
-
-
-def _attr_str(node: ir.Node, name: str, default: str) -> str:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
 
 
 def _erf(c: np.ndarray) -> np.ndarray:
