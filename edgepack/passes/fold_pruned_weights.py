@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from edgepack import io
 from edgepack.graph import attr_float, attr_int, attr_ints, attr_str, const_array
+from edgepack.passes.disjoint_sets import DisjointSets
 from edgepack.passes.rewrite import remove_unused_initializers, set_input_constant
 from edgepack.passes.simplify import dropout_is_identity
 
@@ -41,22 +42,9 @@ BINARY = ("Add", "Sub", "Mul", "Div")
 class _Analysis:
     axis: dict = field(default_factory=dict)      # Value -> channel axis
     consts: dict = field(default_factory=dict)    # Value -> float64[C], NaN where not constant
-    parent: dict = field(default_factory=dict)    # union-find over (Value, channel)
+    sets: DisjointSets = field(default_factory=DisjointSets)  # joined (Value, channel) pairs
     linked: set = field(default_factory=set)      # (Node, input index) that carry channels through
     blocked: set = field(default_factory=set)     # Values whose channels must all stay
-
-    def find(self, key):
-        root = key
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while key != root:  # path compression
-            self.parent[key], key = root, self.parent.get(key, key)
-        return root
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[ra] = rb
 
 
 class FoldPrunedWeightsPass(ir.passes.InPlacePass):
@@ -141,7 +129,7 @@ def _link(a: _Analysis, node: ir.Node, index: int, src: ir.Value, dst: ir.Value,
     for k in range(n):
         targets = mapping(k) if mapping else (k,)
         for t in targets:
-            a.union((src, k), (dst, t))
+            a.sets.union((src, k), (dst, t))
 
 
 def _weighted(node: ir.Node, a: _Analysis) -> None:
@@ -422,8 +410,8 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
                 limit |= consts != 0
         limit |= np.isnan(consts)
         for k in np.flatnonzero(limit):
-            bad_roots.add(a.find((value, k)))
-    keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
+            bad_roots.add(a.sets.find((value, k)))
+    keep = {v: np.array([a.sets.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     # Never empty a tensor: keep a channel (and everything it is tied to) where all would go.
     # A grouped Conv keeps as many input (and output) channels in every group: keep more where
     # one group would lose more than another.
@@ -435,17 +423,17 @@ def _decide(graph: ir.Graph, a: _Analysis) -> dict[ir.Value, np.ndarray]:
         changed = False
         for v, mask in keep.items():
             if not mask.any():
-                bad_roots.add(a.find((v, 0)))
+                bad_roots.add(a.sets.find((v, 0)))
                 changed = True
         for _node, v, groups in grouped:
             per_group = keep[v].reshape(groups, -1)
             need = max(1, int(per_group.sum(axis=1).max()))
             for j, row in enumerate(per_group):
                 for k in np.flatnonzero(~row)[: need - int(row.sum())]:
-                    bad_roots.add(a.find((v, j * per_group.shape[1] + k)))
+                    bad_roots.add(a.sets.find((v, j * per_group.shape[1] + k)))
                     changed = True
         if changed:
-            keep = {v: np.array([a.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
+            keep = {v: np.array([a.sets.find((v, k)) in bad_roots for k in range(len(c))]) for v, c in a.consts.items()}
     return {v: np.flatnonzero(mask) for v, mask in keep.items()}
 
 

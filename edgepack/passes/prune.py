@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from edgepack.errors import EdgepackError
 from edgepack.graph import attr_int, const_array, copy_model, iter_nodes, node_label, weight_input, weight_output_axis
+from edgepack.passes.disjoint_sets import DisjointSets
 
 logger = logging.getLogger(__name__)
 
@@ -230,16 +231,8 @@ def _zero_bias(node: ir.Node, keep: np.ndarray) -> bool:
 
 def _channel_groups(model: ir.Model, producers: list[ir.Node]):
     """Union-find over producers whose outputs meet at Add/Sum; returns ({root: [_Chain]}, frozen roots)."""
-    parent: dict[int, int] = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a, b):
-        parent[find(a)] = find(b)
+    sets = DisjointSets()
+    find, union = sets.find, sets.union
 
     prunable = {id(n) for n in producers}
     outputs = {id(v) for v in model.graph.outputs}
