@@ -24,7 +24,9 @@ PRECISIONS = ("int8", "fp16", "fp32")
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
                       "int8-asymmetric-per-tensor")
 DEVICE_MATCHES = ("exact", "minimum")
-WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor")
+WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor",
+                  "int7-symmetric-per-channel", "int7-symmetric-per-tensor",
+                  "uint8-symmetric-per-channel", "uint8-symmetric-per-tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,18 @@ class QDQPolicy:
     def weight_per_channel(self) -> bool:
         return self.weights.endswith("per-channel")
 
+    @property
+    def weight_qmax(self) -> int:
+        """Largest |q| of a weight: 127 for int8, 63 for int7 ("reduced range": stored as int8, but
+        a pair of u8 x s7 products, 2 * 255 * 63 = 32130, fits the int16 that AVX2 kernels add in)."""
+        return 63 if self.weights.startswith("int7") else 127
+
+    @property
+    def weight_dtype(self) -> str:
+        """"uint8": weights stored as q + 128 with zero point 128, which ORT runs with its U8U8
+        kernels (16-bit products summed in int32: exact on every x86 CPU, 8-bit weights kept)."""
+        return "uint8" if self.weights.startswith("uint8") else "int8"
+
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -65,6 +79,9 @@ class Target:
     cpu_isa: str | None = None
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = 0  # 0: let the runtime choose
+    # The CPU's int8 dot product adds pairs of u8 x s8 products in int16 and saturates (x86 with
+    # AVX2 or AVX-512 but no VNNI: VPMADDUBSW). Full-range weights then give wrong results.
+    int8_saturates: bool = False
     # "exact": an engine is built on this compute capability only (a Jetson module);
     # "minimum": any GPU at or above it (a generic desktop/server target)
     device_match: str = "exact"
@@ -95,6 +112,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "cpu_isa": ((str,), False),
     "execution_providers": ((list,), False),
     "threads": ((int,), False),
+    "int8_saturates": ((bool,), False),
     "device_match": ((str,), False),
     "qdq": ((dict,), True),
 }
@@ -166,6 +184,14 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
         raise fail("qdq.activations", f"must be one of {', '.join(ACTIVATION_SCHEMES)}")
     if policy.weights not in WEIGHT_SCHEMES:
         raise fail("qdq.weights", f"must be one of {', '.join(WEIGHT_SCHEMES)}")
+    if raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8":
+        raise fail("qdq.weights", "must be an int7 or uint8 scheme where int8_saturates = true: int8 "
+                   "weights overflow the CPU's 16-bit pair sums",
+                   hint=f"use {policy.weights.replace('int8', 'uint8')} or {policy.weights.replace('int8', 'int7')}")
+    if raw["backend"] == "tensorrt" and policy.weight_dtype != "int8":
+        raise fail("qdq.weights", "must be an int8 scheme: TensorRT takes int8 weights with zero point 0")
+    if raw["backend"] == "tensorrt" and raw.get("int8_saturates"):
+        raise fail("int8_saturates", "applies to onnxruntime targets only")
     if raw["backend"] == "tensorrt" and policy.activations != "int8-symmetric-per-tensor":
         raise fail("qdq.activations", "must be int8-symmetric-per-tensor: TensorRT takes zero point 0 only")
     fields = {k: v for k, v in raw.items() if k != "qdq"}

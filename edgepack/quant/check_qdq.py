@@ -42,6 +42,11 @@ def check_qdq(model: ir.Model, target: Target) -> list[str]:
             if src is not None and src.dtype != np.int8:
                 problems.append(f"{label}: dequantizes {src.dtype}; TensorRT takes int8 only "
                                 "(keep biases float)")
+        if target.int8_saturates and node.op_type == "DequantizeLinear":
+            src = const_array(node.inputs[0])
+            if src is not None and src.dtype == np.int8 and int(np.abs(src.astype(np.int16)).max(initial=0)) > 64:
+                problems.append(f"{label}: int8 weights on {target.name}, whose CPU adds u8 x s8 product "
+                                "pairs in int16 and saturates; uint8 (U8U8) or 7-bit weights are exact there")
         if node.op_type == "QuantizeLinear":
             users = node.outputs[0].uses()
             if not users or any(u.node.op_type != "DequantizeLinear" for u in users):

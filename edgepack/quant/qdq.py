@@ -42,6 +42,8 @@ class QuantPolicy:
     int32_bias: bool
     ops: tuple[str, ...]
     bias_correction: bool = True
+    weight_qmax: int = 127  # 63: 7-bit weights for CPUs whose int8 dot product saturates
+    weight_dtype: str = "int8"  # "uint8": q + 128 with zero point 128 (ORT's exact U8U8 kernels)
 
     @classmethod
     def for_target(cls, target: Target, *, per_tensor: bool = False, bias_correction: bool = True) -> "QuantPolicy":
@@ -50,7 +52,7 @@ class QuantPolicy:
         if target.is_tensorrt:
             return cls(True, "int8", True, per_channel, False, WEIGHTED_OPS, bias_correction)
         return cls(False, qdq.activation_dtype, qdq.activation_symmetric, per_channel, True,
-                   WEIGHTED_OPS + ORT_EXTRA_OPS, bias_correction)
+                   WEIGHTED_OPS + ORT_EXTRA_OPS, bias_correction, qdq.weight_qmax, qdq.weight_dtype)
 
 
 def tensors_to_calibrate(model: ir.Model, policy: QuantPolicy) -> set[str]:
@@ -87,17 +89,18 @@ def activation_qparams(lo: float, hi: float, policy: QuantPolicy) -> tuple[float
     return scale, zero
 
 
-def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in [-127, 127], per channel along `axis` (None: one scale)."""
+def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-qmax, qmax] (127, or 63 for 7-bit weights), per channel along `axis`
+    (None: one scale)."""
     w = w.astype(np.float32)
     if axis is None:
-        scale = np.array(max(float(np.abs(w).max()), 1e-12) / 127.0, np.float32)
-        return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+        scale = np.array(max(float(np.abs(w).max()), 1e-12) / qmax, np.float32)
+        return np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8), scale
     reduce = tuple(i for i in range(w.ndim) if i != axis)
-    scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+    scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / qmax).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+    return np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8), scale
 
 
 class _Inserter:
@@ -132,11 +135,14 @@ class _Inserter:
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> tuple[ir.Value, np.ndarray]:
         w = const_array(node.inputs[index])
-        q, scale = quantize_weight(w, axis)
+        q, scale = quantize_weight(w, axis, self.policy.weight_qmax)
+        zero = np.zeros(scale.shape, np.int8)
+        if self.policy.weight_dtype == "uint8":
+            q, zero = (q.astype(np.int16) + 128).astype(np.uint8), np.full(scale.shape, 128, np.uint8)
         name = node.inputs[index].name
         qv = new_initializer(self.graph, q, f"{name}_quantized")
         sv = new_initializer(self.graph, scale, f"{name}_scale")
-        zv = new_initializer(self.graph, np.zeros(scale.shape, np.int8), f"{name}_zero_point")
+        zv = new_initializer(self.graph, zero, f"{name}_zero_point")
         attrs = {"axis": axis} if axis is not None else {}
         dq = ir.node("DequantizeLinear", [qv, sv, zv], attrs, name=f"{name}_DequantizeLinear")
         dq.outputs[0].name = f"{name}_dequantized"
@@ -248,7 +254,7 @@ def _correct_bias(node: ir.Node, ins: _Inserter, w: np.ndarray, axis: int | None
     if mean is None:
         return
     mean = np.asarray(mean, np.float64)
-    q, scale = quantize_weight(w, axis)
+    q, scale = quantize_weight(w, axis, ins.policy.weight_qmax)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
