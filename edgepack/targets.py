@@ -82,6 +82,8 @@ class Target:
     # The CPU's int8 dot product adds pairs of u8 x s8 products in int16 and saturates (x86 with
     # AVX2 or AVX-512 but no VNNI: VPMADDUBSW). Full-range weights then give wrong results.
     int8_saturates: bool = False
+    # the range method `quantize` uses unless told otherwise: chosen per target by measurement
+    calibration_method: str = "entropy"
     # "exact": an engine is built on this compute capability only (a Jetson module);
     # "minimum": any GPU at or above it (a generic desktop/server target)
     device_match: str = "exact"
@@ -113,6 +115,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "execution_providers": ((list,), False),
     "threads": ((int,), False),
     "int8_saturates": ((bool,), False),
+    "calibration_method": ((str,), False),
     "device_match": ((str,), False),
     "qdq": ((dict,), True),
 }
@@ -184,6 +187,10 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
         raise fail("qdq.activations", f"must be one of {', '.join(ACTIVATION_SCHEMES)}")
     if policy.weights not in WEIGHT_SCHEMES:
         raise fail("qdq.weights", f"must be one of {', '.join(WEIGHT_SCHEMES)}")
+    from edgepack.calib.observers import METHODS
+
+    if raw.get("calibration_method", "entropy") not in METHODS:
+        raise fail("calibration_method", f"must be one of {', '.join(METHODS)}")
     if raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8":
         raise fail("qdq.weights", "must be an int7 or uint8 scheme where int8_saturates = true: int8 "
                    "weights overflow the CPU's 16-bit pair sums",

@@ -65,12 +65,10 @@ def nchwc_block(target, cpu_flags: set[str] | None = None) -> int | None:
     return want if have == want else None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()}
+def _cpu_flags() -> frozenset[str]:
+    from edgepack.cpu import cpu_flags
+
+    return cpu_flags()
 
 
 def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort_format: bool = False,

@@ -6,8 +6,9 @@ from edgepack.cli import common
 
 def add_calibration_args(parser) -> None:
     parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz or .npy")
-    parser.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="entropy",
-                        help="how a range is chosen from the observed values (default: entropy)")
+    parser.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"],
+                        help="how a range is chosen from the observed values (default: the target's "
+                             "calibration_method; entropy for calibrate)")
     parser.add_argument("--percentile", type=float, default=99.99, metavar="P",
                         help="for --method percentile (default 99.99)")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
@@ -34,7 +35,7 @@ def run(args) -> int:
     if not args.data:
         raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
     model = io.load(args.model)
-    ranges = calibrate(model, args.data, method=args.method, percentile=args.percentile, limit=args.limit,
+    ranges = calibrate(model, args.data, method=args.method or "entropy", percentile=args.percentile, limit=args.limit,
                        symmetric=args.symmetric, progress=not args.quiet)
     ranges.save(args.output)
     if args.tensorrt_cache:

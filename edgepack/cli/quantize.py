@@ -4,8 +4,6 @@ from __future__ import annotations
 from edgepack.cli import common
 from edgepack.cli.calibrate import add_calibration_args
 
-SCHEMA = "edgepack.quantize/1"
-
 
 def register(subparsers):
     parser = common.add_command(
@@ -24,6 +22,9 @@ def register(subparsers):
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="keep biases as they are (default: subtract the mean output shift that "
                              "weight rounding causes, from the calibrated input means)")
+    parser.add_argument("--no-runtime-check", action="store_true",
+                        help="skip running the result as ONNX Runtime runs it (fused INT8 kernels) against its "
+                             "QDQ math; the check catches CPUs whose int8 arithmetic saturates")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -37,65 +38,16 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from edgepack import io
-    from edgepack.calib import Ranges, calibrate
-    from edgepack.errors import EdgepackError, UsageError
-    from edgepack.quant.check_qdq import check_qdq
-    from edgepack.graph import copy_model
-    from edgepack.quant.prepare import prepare
-    from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
-    from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
-    from edgepack.targets import load_target
+    from edgepack.errors import UsageError
+    from edgepack.quant.quantize import format_result, quantize
 
-    target = load_target(args.target)
-    if "int8" not in target.precisions:
-        raise EdgepackError(f"target '{target.name}' has no fast INT8",
-                            hint="build it with --precision fp16 instead of quantizing")
     if not args.data and not args.ranges:
         raise UsageError("quantize needs --data or --ranges", hint="pass a calibration folder, .npz or .npy")
-    mixed = args.sensitivity or args.max_error is not None or args.min_agreement is not None
-    if mixed and not args.data:
-        raise UsageError("--sensitivity/--max-error/--min-agreement need --data to measure the error")
-    policy = QuantPolicy.for_target(target, per_tensor=args.per_tensor,
-                                    bias_correction=not args.no_bias_correction)
-    model = io.load(args.model)
-    prepare(model)
-    ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
-        copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
-        symmetric=policy.symmetric_activations, progress=not args.quiet,
-        only=tensors_to_calibrate(model, policy))
-    sensitivity, sqnr = None, None
-    if mixed:
-        sensitivity = layer_sensitivity(model, ranges, policy, args.data, progress=not args.quiet)
-    if args.max_error is not None or args.min_agreement is not None:
-        result, sqnr, _ = keep_sensitive_float(model, ranges, policy, args.data, sensitivity,
-                                               min_sqnr_db=args.max_error, min_agreement=args.min_agreement,
-                                               exclude=set(args.exclude))
-    else:
-        result = insert_qdq(model, ranges, policy, exclude=set(args.exclude))
-    problems = check_qdq(result.model, target)
-    if problems:
-        raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
-                            hint="nothing was written; please report the model")
-    io.save(result.model, args.output)
-    report = {"schema": SCHEMA, "target": target.name, "method": ranges.method, "output": args.output,
-              "quantized_nodes": result.quantized, "float_nodes": [n for n, _ in result.skipped],
-              "float_reasons": dict(result.skipped), "sensitivity": sensitivity, "output_sqnr_db": sqnr,
-              "check_qdq": {"ok": not problems, "problems": problems}}
-    common.emit(args, report, format_report(report))
+    result = quantize(args.model, args.data, target=args.target, ranges=args.ranges, method=args.method,
+                      percentile=args.percentile, exclude=args.exclude, per_tensor=args.per_tensor,
+                      bias_correction=not args.no_bias_correction, limit=args.limit, progress=not args.quiet,
+                      sensitivity=args.sensitivity, max_error=args.max_error, min_agreement=args.min_agreement,
+                      runtime_check=not args.no_runtime_check, output=args.output)
+    report = result.to_json()
+    common.emit(args, report, format_result(report))
     return 0
-
-
-def format_report(report: dict) -> str:
-    lines = [f"{len(report['quantized_nodes'])} nodes quantized for {report['target']} "
-             f"({report['method']} ranges), {len(report['float_nodes'])} left in float; "
-             f"check-qdq: {'ok' if report['check_qdq']['ok'] else 'FAILED'}"]
-    for node, why in report["float_reasons"].items():
-        lines.append(f"  float: {node} ({why})")
-    if report["sensitivity"]:
-        lines += ["", f"{'most sensitive layers':<40} {'op':<10} {'SQNR dB':>9}"]
-        lines += [f"{r['node'][:40]:<40} {r['op_type']:<10} {r['sqnr_db']:>9.2f}" for r in report["sensitivity"][:10]]
-    if report["output_sqnr_db"] is not None:
-        lines.append(f"output SQNR {report['output_sqnr_db']:.2f} dB")
-    lines.append(f"wrote {report['output']}")
-    return "\n".join(lines)

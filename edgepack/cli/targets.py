@@ -7,6 +7,8 @@ from edgepack.cli import common
 def register(subparsers):
     parser = common.add_command(subparsers, "targets", "list hardware targets (targets/*.toml)")
     parser.add_argument("target", nargs="?", metavar="T", help="show one target (name or .toml path)")
+    parser.add_argument("--host", action="store_true",
+                        help="say which CPU target fits this machine (from /proc/cpuinfo's int8 flags)")
     common.add_json(parser)
     return parser
 
@@ -14,6 +16,13 @@ def register(subparsers):
 def run(args) -> int:
     from edgepack.targets import list_targets, load_target
 
+    if args.host:
+        from edgepack.cpu import host_target, int8_dot_saturates, int8_summary
+
+        name, why = host_target()
+        report = {"target": name, "why": why, "cpu_flags": int8_summary(), "int8_saturates": int8_dot_saturates()}
+        common.emit(args, report, f"{name}: {why} (int8 flags: {report['cpu_flags']})")
+        return 0
     targets = [load_target(args.target)] if args.target else list_targets()
     rows = [f"{'name':<18} {'backend':<12} {'precisions':<15} {'DLA':>3} {'2:4':>4}  activations"]
     for t in targets:

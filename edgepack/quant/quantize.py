@@ -1,39 +1,146 @@
-"""quantize: calibrate (or reuse ranges), insert QDQ per the target, check the result."""
+"""quantize: calibrate (or reuse ranges), insert QDQ per the target, check the result, and measure it
+the way its runtime will run it. The one function under `edgepack quantize`, recipes and the demo.
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+from typing import Any
 
 import onnx_ir as ir
 
 from edgepack.calib import Ranges, calibrate
 from edgepack.errors import EdgepackError
+from edgepack.graph import copy_model
 from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.prepare import prepare
-from edgepack.quant.qdq import QuantizeResult, QuantPolicy, insert_qdq, tensors_to_calibrate
+from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
 
 logger = logging.getLogger(__name__)
+SCHEMA = "edgepack.quantize/1"
+EMULATED = ("QDQ math run by ONNX Runtime with graph optimizations off: the exact arithmetic TensorRT's "
+            "explicit quantization specifies (TensorRT itself cannot run here)")
 
 
-def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | None = None,
-             method: str = "entropy", percentile: float = 99.99, exclude=(), per_tensor: bool = False,
-             bias_correction: bool = True,
-             limit: int | None = None, progress: bool = False) -> QuantizeResult:
-    """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`."""
+@dataclasses.dataclass
+class QuantizeResult:
+    """What `quantize` did. `model` is the quantized model (the input model, rewritten in place)."""
+
+    model: ir.Model
+    target: str
+    method: str
+    quantized: list[str]
+    skipped: list[tuple[str, str]]                 # (node, why it stays float)
+    ranges: Ranges | None = None
+    sensitivity: list[dict] | None = None
+    output_sqnr_db: float | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+    runtime_check: Any = None                      # faithfulness.RuntimeCheck for ONNX Runtime targets
+    accuracy_proxy: str | None = None              # how accuracy is measured where the runtime is absent
+    output: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "target": self.target, "method": self.method, "output": self.output,
+                "quantized_nodes": self.quantized, "float_nodes": [n for n, _ in self.skipped],
+                "float_reasons": dict(self.skipped), "sensitivity": self.sensitivity,
+                "output_sqnr_db": self.output_sqnr_db,
+                "check_qdq": {"ok": not self.problems, "problems": self.problems},
+                "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
+                "accuracy_proxy": self.accuracy_proxy}
+
+
+def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu", ranges: Ranges | str | None = None,
+             method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
+             bias_correction: bool = True, limit: int | None = None, progress: bool = False,
+             sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
+             runtime_check: bool = True, output: str | os.PathLike | None = None) -> QuantizeResult:
+    """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
+
+    Give calibration `data` (a calibration folder, .npz/.npy, or an iterable of {input: array}) or
+    `ranges` (a Ranges or its file). `method` defaults to the target's. Mixed precision: `sensitivity`
+    ranks layers by the output SQNR each costs alone; `max_error` (dB) / `min_agreement` (0..1) keep
+    the most sensitive layers float until the output meets them. For ONNX Runtime targets the result
+    is run as ORT runs it and compared with its QDQ math (`runtime_check`). With `output`, the model
+    is written there (atomically) once every check passed.
+    """
+    from edgepack import io
+
     target = load_target(target)
     if "int8" not in target.precisions:
-        raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
+        raise EdgepackError(f"target '{target.name}' has no fast INT8",
+                            hint="build it with --precision fp16 instead of quantizing")
+    if isinstance(ranges, (str, os.PathLike)):
+        ranges = Ranges.load(ranges)
+    if data is None and ranges is None:
+        raise EdgepackError("quantize needs calibration data or a ranges file",
+                            hint="pass --data D (a calibration folder, .npz or .npy) or --ranges ranges.json")
+    mixed = sensitivity or max_error is not None or min_agreement is not None
+    if mixed and data is None:
+        raise EdgepackError("--sensitivity/--max-error/--min-agreement need --data to measure the error",
+                            hint="pass --data D")
+    if not isinstance(model, ir.Model):
+        model = io.load(model)
+    method = method or target.calibration_method
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
+    reference = copy_model(model) if (mixed or (runtime_check and not target.is_tensorrt)) else None
     if ranges is None:
-        if data is None:
-            raise EdgepackError("quantize needs calibration data or a ranges file",
-                                hint="pass --data D or --ranges ranges.json")
-        ranges = calibrate(model, data, method=method, percentile=percentile, limit=limit,
+        ranges = calibrate(copy_model(model), data, method=method, percentile=percentile, limit=limit,
                            symmetric=policy.symmetric_activations, progress=progress,
                            only=tensors_to_calibrate(model, policy))
-    result = insert_qdq(model, ranges, policy, exclude=set(exclude))
+    scores, sqnr = None, None
+    if mixed:
+        from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
+
+        scores = layer_sensitivity(model, ranges, policy, data, progress=progress)
+    if max_error is not None or min_agreement is not None:
+        inserted, sqnr, _ = keep_sensitive_float(model, ranges, policy, data, scores, min_sqnr_db=max_error,
+                                                 min_agreement=min_agreement, exclude=set(exclude))
+        model = inserted.model
+    else:
+        inserted = insert_qdq(model, ranges, policy, exclude=set(exclude))
     problems = check_qdq(model, target)
     if problems:
-        raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}")
+        raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
+                            hint="nothing was written; please report the model")
+    result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
+                            scores, sqnr, problems)
+    if target.is_tensorrt:
+        result.accuracy_proxy = EMULATED
+    elif runtime_check:
+        from edgepack.quant.faithfulness import check_runtime
+
+        result.runtime_check = check_runtime(model, data, float_model=reference, target=target)
+        if not result.runtime_check.ok:
+            logger.warning("%s", result.runtime_check.message)
+    if output is not None:
+        result.output = str(io.save(model, output))
     return result
+
+
+def format_result(report: dict) -> str:
+    """The text `edgepack quantize` prints for a `QuantizeResult.to_json()`."""
+    lines = [f"{len(report['quantized_nodes'])} nodes quantized for {report['target']} "
+             f"({report['method']} ranges), {len(report['float_nodes'])} left in float; "
+             f"check-qdq: {'ok' if report['check_qdq']['ok'] else 'FAILED'}"]
+    for node, why in report["float_reasons"].items():
+        lines.append(f"  float: {node} ({why})")
+    if report["sensitivity"]:
+        lines += ["", f"{'most sensitive layers':<40} {'op':<10} {'SQNR dB':>9}"]
+        lines += [f"{r['node'][:40]:<40} {r['op_type']:<10} {r['sqnr_db']:>9.2f}" for r in report["sensitivity"][:10]]
+    if report["output_sqnr_db"] is not None:
+        lines.append(f"output SQNR {report['output_sqnr_db']:.2f} dB")
+    check = report["runtime_check"]
+    if check is not None:
+        verdict = "matches its QDQ math" if check["ok"] else "DIFFERS from its QDQ math"
+        quant = (f", quantization error {check['quantization_sqnr_db']:.1f} dB"
+                 if check["quantization_sqnr_db"] is not None else "")
+        lines.append(f"runtime check: ONNX Runtime's fused INT8 {verdict} (SQNR {check['runtime_sqnr_db']:.1f} dB"
+                     f"{quant}; {check['samples']} samples; CPU {check['cpu_flags']})")
+    if report["accuracy_proxy"]:
+        lines.append("accuracy on this machine = " + report["accuracy_proxy"].split(":")[0])
+    if report["output"]:
+        lines.append(f"wrote {report['output']}")
+    return "\n".join(lines)
