@@ -89,11 +89,14 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
-          workspace_mb: int | None = None, threads: int | None = None) -> Artifact:
+          workspace_mb: int | None = None, threads: int | None = None, data=None,
+          runtime_check: bool = True) -> Artifact:
     """Build `model` (a path or an onnx-ir Model) for `target` (name, .toml path or Target).
 
     `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
     {input: (min, opt, max)}. Options a target does not support are errors naming the option.
+    A QDQ model built for ONNX Runtime is run as built and as its QDQ math on a few samples of
+    `data` (random inputs when None): the manifest's `runtime_check` says whether they agree.
     """
     from edgepack.targets import load_target
 
@@ -126,12 +129,23 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
             manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
                                  weights_nbytes=weights_nbytes(graph))
+            if qdq and runtime_check:
+                manifest["runtime_check"] = _check_runtime(model_path, output, target, data)
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic
 
     write_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
     return Artifact(output, manifest)
+
+
+def _check_runtime(model_path: Path, artifact: Path, target, data) -> dict[str, Any]:
+    from edgepack.quant.faithfulness import check_runtime
+
+    check = check_runtime(model_path, data, deployed=artifact, target=target)
+    if not check.ok:
+        logger.warning("%s", check.message)
+    return {**check.to_json(), "data": "random inputs" if data is None else f"samples of {data}"}
 
 
 def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,

@@ -42,6 +42,10 @@ def register(subparsers):
                         help="TensorRT workspace limit (default: the target's workspace_mb)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads recorded for the artifact (default: the target's)")
+    parser.add_argument("--data", metavar="D",
+                        help="ONNX Runtime, QDQ models: samples for the runtime check (the artifact as built vs "
+                             "its QDQ math); default: random inputs")
+    parser.add_argument("--no-runtime-check", action="store_true", help="skip that check")
     common.add_json(parser)
     return parser
 
@@ -51,10 +55,16 @@ def run(args) -> int:
 
     artifact = build(args.model, args.target, output=args.output, precision=args.precision, dla=args.dla,
                      sparsity=args.sparsity, shapes=args.shapes, timing_cache=args.timing_cache,
-                     workspace_mb=args.workspace_mb, threads=args.threads)
+                     workspace_mb=args.workspace_mb, threads=args.threads, data=args.data,
+                     runtime_check=not args.no_runtime_check)
     m = artifact.manifest
     files = ", ".join(m.get("files", [m["artifact"]]))
     text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
             f"in {m['build_seconds']:.2f} s; manifest: {artifact.manifest_path}")
+    check = m.get("runtime_check")
+    if check:
+        text += (f"\nruntime check: the artifact {'matches' if check['ok'] else 'DIFFERS from'} its QDQ math "
+                 f"(SQNR {check['runtime_sqnr_db']:.1f} dB on {check['samples']} {check['data']}; "
+                 f"CPU {check['cpu_flags']})")
     common.emit(args, m, text)
     return 0

@@ -7,10 +7,12 @@ from edgepack.cli import common
 def register(subparsers):
     parser = common.add_command(
         subparsers, "compare", "compare two models' outputs (SQNR, cosine, max error, top-1) on data",
-        "Runs A and B on the same data and reports, per output and per tensor present in both, the\n"
-        "SQNR, cosine similarity and max abs error; top-1 agreement for [N, classes] outputs, and\n"
-        "top-1 accuracy of both when the data carries labels (a `labels` array, or a calibration\n"
-        "folder whose manifest names an evaluation file with labels).")
+        "Runs A and B on the same data, each as its runtime runs it (B's INT8 kernels fused as ONNX\n"
+        "Runtime deploys them, or its exact QDQ math for TensorRT targets), and reports per output the\n"
+        "SQNR, cosine similarity, max abs error and top-1 agreement, and top-1 accuracy of both when\n"
+        "the data carries labels (a `labels` array, or a calibration folder whose manifest names an\n"
+        "evaluation file with labels). Per-layer errors come from separate instrumented runs, with\n"
+        "tensors paired by what they compute.")
     parser.add_argument("model_a", metavar="A", help="reference model (e.g. FP32)")
     parser.add_argument("model_b", metavar="B", help="model to check (e.g. INT8)")
     parser.add_argument("--data", required=True, metavar="D", help="a calibration folder, .npz or .npy")
@@ -18,16 +20,20 @@ def register(subparsers):
     parser.add_argument("--labels", default="labels", metavar="KEY",
                         help="name of the labels array in an .npz (default: labels); gives top-1 accuracy")
     parser.add_argument("--no-layers", action="store_true", help="outputs only")
+    parser.add_argument("-t", "--target", metavar="T",
+                        help="the target B is for: TensorRT targets run B as its exact QDQ math (the proxy "
+                             "for TensorRT), ONNX Runtime targets as ORT deploys it (default)")
+    parser.add_argument("--runtime", choices=["ort", "qdq-math"],
+                        help="how to run B: ort (all optimizations, fused INT8 kernels, as deployed) or "
+                             "qdq-math (optimizations off); default: from --target, else ort")
     common.add_json(parser)
     return parser
 
 
 def run(args) -> int:
-    from edgepack import io
-    from edgepack.quant.compare import compare_models, format_comparison
+    from edgepack.quant.compare import compare, format_comparison
 
-    result = compare_models(io.load(args.model_a), io.load(args.model_b), args.data, limit=args.limit,
-                            layers=not args.no_layers, label_key=args.labels)
-    result.update({"a": args.model_a, "b": args.model_b})
-    common.emit(args, result, format_comparison(result))
+    result = compare(args.model_a, args.model_b, args.data, target=args.target, runtime_name=args.runtime,
+                     limit=args.limit, layers=not args.no_layers, label_key=args.labels)
+    common.emit(args, result.to_json(), format_comparison(result))
     return 0

@@ -57,13 +57,15 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return 10 * math.log10(s / e) if s > 0 else -math.inf
 
 
-def check_runtime(qdq_model, data=None, *, float_model=None, samples: int = 16, target=None) -> RuntimeCheck:
-    """Run `qdq_model` (path or onnx-ir Model) fused and as plain QDQ math on `samples` inputs from
-    `data` (seeded random inputs when None); compare, and with `float_model` also measure the
-    quantization error that the runtime error is judged against."""
+def check_runtime(qdq_model, data=None, *, float_model=None, deployed=None, samples: int = 16,
+                  target=None) -> RuntimeCheck:
+    """Run `qdq_model` (path or onnx-ir Model) as ONNX Runtime deploys it (or the built artifact
+    `deployed`, a path) and as plain QDQ math on `samples` inputs from `data` (seeded random inputs
+    when None); compare, and with `float_model` also measure the quantization error that the
+    runtime error is judged against."""
     from edgepack.cpu import int8_dot_saturates, int8_summary
 
-    fused = runtime.session(qdq_model, optimize=True)
+    fused = runtime.session(deployed if deployed is not None else qdq_model, optimize=True)
     exact = runtime.session(qdq_model, optimize=False)
     reference = runtime.session(float_model) if float_model is not None else None
     a, b, f = [], [], []

@@ -12,14 +12,14 @@ import onnx_ir as ir
 
 from edgepack.calib import Ranges
 from edgepack.graph import copy_model
-from edgepack.quant.compare import compare_models
+from edgepack.quant.compare import compare
 from edgepack.quant.qdq import QuantPolicy, insert_qdq
 
 logger = logging.getLogger(__name__)
 
 
 def _score(float_model, quantized, data, limit) -> tuple[float, float | None]:
-    out = compare_models(float_model, quantized, data, limit=limit, layers=False, labels=False)["outputs"][0]
+    out = compare(float_model, quantized, data, limit=limit, layers=False, labels=False).outputs[0]
     return out["sqnr_db"], out["top1_agreement"]
 
 
