@@ -9,13 +9,19 @@ import onnx_ir as ir
 from edgepack.errors import EdgepackError, first_line
 
 
-def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: bool = True):
-    """An ORT CPU session for a model in memory or on disk (a path keeps external data mapped)."""
+def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: bool = True,
+            lean: bool = False):
+    """An ORT CPU session for a model in memory or on disk (a path keeps external data mapped).
+    `lean`: no memory arena or memory pattern, so buffers go back to the system after each run
+    (calibration, whose many graph outputs would otherwise keep the arena at its peak)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if lean:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else str(model)

@@ -45,8 +45,10 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
         tensors = [v for v in tensors if v.name in only]
     names = [v.name for v in tensors]
     probe = _with_outputs(model, tensors)
-    session = runtime.session(probe)  # graph outputs survive ORT fusions
-    dataset = open_dataset(data, input_specs_of(session), batch_size=batch_size, limit=limit)
+    session = runtime.session(probe, lean=True)  # graph outputs survive ORT fusions
+    specs = input_specs_of(session)
+    batch_size = _batch_for_budget(session, open_dataset(data, specs, batch_size=1, limit=1), batch_size)
+    dataset = open_dataset(data, specs, batch_size=batch_size, limit=limit)
     observers = {n: HistogramObserver() for n in names}
     means = {n: ChannelMeanObserver() for n in _weighted_op_inputs(model) if n in observers}
     need_hist = method != "minmax"
@@ -81,6 +83,23 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     ranges.model_sha256 = hashlib.sha256(ir.serde.serialize_model(model).graph.SerializeToString()).hexdigest()
     logger.info("calibrated %d tensors on %d samples (%s)", len(names), samples, method)
     return ranges
+
+
+# what one calibration batch may hold in observed activations: memory stays flat whatever the
+# number of samples, and small whatever the model (a 224x224 CNN holds ~10 MB per sample)
+ACTIVATION_BUDGET_BYTES = 96 * 2**20
+
+
+def _batch_for_budget(session, first, batch_size: int) -> int:
+    """The largest batch <= `batch_size` whose observed activations fit ACTIVATION_BUDGET_BYTES,
+    measured on the first sample."""
+    for sample in first:
+        per_sample = sum(o.nbytes for o in session.run(None, sample)) or 1
+        fitted = max(1, min(batch_size, ACTIVATION_BUDGET_BYTES // per_sample))
+        if fitted < batch_size:
+            logger.info("calibrating %d samples at a time (%.1f MB of activations each)", fitted, per_sample / 2**20)
+        return fitted
+    return batch_size
 
 
 def _weighted_op_inputs(model: ir.Model) -> set[str]:
