@@ -25,6 +25,9 @@ def register(subparsers):
     parser.add_argument("--no-runtime-check", action="store_true",
                         help="skip running the result as ONNX Runtime runs it (fused INT8 kernels) against its "
                              "QDQ math; the check catches CPUs whose int8 arithmetic saturates")
+    parser.add_argument("--no-equalize", action="store_true",
+                        help="skip channel equalization around depthwise convs (an exact rewrite that lets one "
+                             "activation scale serve every channel; on by default when calibrating)")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -47,7 +50,7 @@ def run(args) -> int:
                       percentile=args.percentile, exclude=args.exclude, per_tensor=args.per_tensor,
                       bias_correction=not args.no_bias_correction, limit=args.limit, progress=not args.quiet,
                       sensitivity=args.sensitivity, max_error=args.max_error, min_agreement=args.min_agreement,
-                      runtime_check=not args.no_runtime_check, output=args.output)
+                      runtime_check=not args.no_runtime_check, equalize=not args.no_equalize, output=args.output)
     report = result.to_json()
     common.emit(args, report, format_result(report))
     return 0

@@ -55,15 +55,17 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
-             runtime_check: bool = True, output: str | os.PathLike | None = None) -> QuantizeResult:
+             runtime_check: bool = True, equalize: bool = True,
+             output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
     Give calibration `data` (a calibration folder, .npz/.npy, or an iterable of {input: array}) or
     `ranges` (a Ranges or its file). `method` defaults to the target's. Mixed precision: `sensitivity`
     ranks layers by the output SQNR each costs alone; `max_error` (dB) / `min_agreement` (0..1) keep
     the most sensitive layers float until the output meets them. For ONNX Runtime targets the result
-    is run as ORT runs it and compared with its QDQ math (`runtime_check`). With `output`, the model
-    is written there (atomically) once every check passed.
+    is run as ORT runs it and compared with its QDQ math (`runtime_check`). `equalize` (with `data`)
+    rescales the channels around depthwise convs first, an exact rewrite (quant/equalize.py). With
+    `output`, the model is written there (atomically) once every check passed.
     """
     from edgepack import io
 
@@ -85,6 +87,11 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     method = method or target.calibration_method
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
+    if equalize and ranges is None:
+        from edgepack.quant.equalize import balance_depthwise_outputs, equalize_depthwise_inputs
+
+        equalize_depthwise_inputs(model, data)
+        balance_depthwise_outputs(model, data)
     reference = copy_model(model) if (mixed or (runtime_check and not target.is_tensorrt)) else None
     if ranges is None:
         ranges = calibrate(copy_model(model), data, method=method, percentile=percentile, limit=limit,
