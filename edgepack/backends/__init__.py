@@ -89,11 +89,13 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
-          workspace_mb: int | None = None, threads: int | None = None) -> Artifact:
+          workspace_mb: int | None = None, threads: int | None = None, data=None) -> Artifact:
     """Build `model` (a path or an onnx-ir Model) for `target` (name, .toml path or Target).
 
     `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
     {input: (min, opt, max)}. Options a target does not support are errors naming the option.
+    `data` (calibration folder, .npz/.npy): where TensorRT 11 needs the model converted to float16
+    first, nodes whose values leave the float16 range on this data stay float32.
     """
     from edgepack.targets import load_target
 
@@ -115,10 +117,10 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
             manifest = _build_tensorrt(model_path, output, target, graph, qdq,
                                        "best" if precision == "best" else resolved, resolved, dla=dla,
                                        sparsity=sparsity, shapes=shapes, timing_cache=timing_cache,
-                                       workspace_mb=workspace_mb)
+                                       workspace_mb=workspace_mb, data=data)
         else:
             for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
-                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes)):
+                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes), ("--data", data)):
                 if value is not None:
                     raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime",
                                         hint="leave it out")
@@ -135,7 +137,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
 
 def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,
-                    timing_cache, workspace_mb) -> dict[str, Any]:
+                    timing_cache, workspace_mb, data) -> dict[str, Any]:
     from edgepack.backends import tensorrt as trt_backend
 
     inputs = model_inputs(graph)
@@ -146,8 +148,17 @@ def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved,
     trt_backend.check_engine_path(output)
     trt, _ = trt_backend.require_tensorrt(target)
     settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
-    names = [node.name for node in graph.graph]
-    return trt_backend.build_engine(model_path, output, target, settings, node_names=names, precision=resolved)
+    parsed, layers = trt_backend.prepare_model(graph, settings, data=data)
+    names = [node.name for node in parsed.graph]
+    if parsed is graph:
+        return trt_backend.build_engine(model_path, output, target, settings, node_names=names,
+                                        precision=resolved, layers=layers)
+    from edgepack.io import save
+
+    with tempfile.TemporaryDirectory(prefix=".edgepack-fp16-", dir=output.parent if str(output.parent) else ".") as tmp:
+        converted = save(parsed, Path(tmp) / (model_path.stem + ".fp16.onnx"))
+        return trt_backend.build_engine(Path(converted), output, target, settings, node_names=names,
+                                        precision=resolved, source_path=model_path, layers=layers)
 
 
 def _refuse_overwriting_input(model_path: Path, output: Path) -> None:

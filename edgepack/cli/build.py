@@ -17,6 +17,11 @@ examples:
   edgepack build model.onnx --target jetson-orin-nx -o model.engine --precision fp16 --dla 0
   edgepack build model.onnx --target nvidia-gpu -o model.plan --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
   edgepack build model.onnx --target x86-cpu -o model.opt.onnx      # also writes model.opt.ort
+  edgepack build model.onnx --target jetson-agx-thor -o model.engine --precision fp16 --data calib/
+
+TensorRT 11 (JetPack 7: jetson-agx-thor, jetson-agx-orin-jp7) builds strongly typed networks only:
+fp16 and best convert the model to float16 in ONNX first (fragile ops stay float32), int8 needs a
+QDQ model from `edgepack quantize`. The manifest lists each layer's precision and why.
 """
 
 
@@ -40,6 +45,9 @@ def register(subparsers):
                         help="TensorRT timing cache: read if it exists, updated after the build")
     parser.add_argument("--workspace-mb", type=int, metavar="MB",
                         help="TensorRT workspace limit (default: the target's workspace_mb)")
+    parser.add_argument("--data", metavar="D",
+                        help="TensorRT 11 fp16/best: calibration folder, .npz or .npy; nodes whose values leave "
+                             "the float16 range on it stay float32 in the converted model")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads recorded for the artifact (default: the target's)")
     common.add_json(parser)
@@ -51,7 +59,7 @@ def run(args) -> int:
 
     artifact = build(args.model, args.target, output=args.output, precision=args.precision, dla=args.dla,
                      sparsity=args.sparsity, shapes=args.shapes, timing_cache=args.timing_cache,
-                     workspace_mb=args.workspace_mb, threads=args.threads)
+                     workspace_mb=args.workspace_mb, threads=args.threads, data=args.data)
     m = artifact.manifest
     files = ", ".join(m.get("files", [m["artifact"]]))
     text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
