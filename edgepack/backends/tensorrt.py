@@ -73,8 +73,9 @@ def builder_settings(target, precision: str, dla: int | None = None, sparsity: b
     if problem:
         raise EdgepackError(f"target '{target.name}' (JetPack {target.jetpack or '-'}, compute capability "
                             f"{target.compute_capability}): {problem}",
-                            hint=f"build with the TensorRT the target names ({target.tensorrt_version}), "
-                                 f"or pick a JetPack 7 target ({_JP7_TARGETS})")
+                            hint=f"build with the TensorRT the target names ({target.tensorrt_version})"
+                                 + ("" if tv.version_tuple(target.jetpack) >= tv.MIN_JETPACK_11 or not target.jetpack
+                                    else f", or pick a JetPack 7 target ({_JP7_TARGETS})"))
     if precision not in ("int8", "fp16", "fp32", "best"):
         raise EdgepackError(f"--precision {precision!r} is not int8, fp16, fp32 or best")
     if dla is not None:
