@@ -95,7 +95,8 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
     `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
     {input: (min, opt, max)}. Options a target does not support are errors naming the option.
     `data` (calibration folder, .npz/.npy): where TensorRT 11 needs the model converted to float16
-    first, nodes whose values leave the float16 range on this data stay float32.
+    first, nodes whose values leave the float16 range on this data stay float32; unused otherwise
+    (so a recipe can pass its data to every build).
     """
     from edgepack.targets import load_target
 
@@ -120,7 +121,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                        workspace_mb=workspace_mb, data=data)
         else:
             for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
-                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes), ("--data", data)):
+                                  ("--workspace-mb", workspace_mb), ("--shapes", shapes)):
                 if value is not None:
                     raise EdgepackError(f"{option} applies to TensorRT targets; '{target.name}' uses onnxruntime",
                                         hint="leave it out")

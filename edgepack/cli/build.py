@@ -47,7 +47,7 @@ def register(subparsers):
                         help="TensorRT workspace limit (default: the target's workspace_mb)")
     parser.add_argument("--data", metavar="D",
                         help="TensorRT 11 fp16/best: calibration folder, .npz or .npy; nodes whose values leave "
-                             "the float16 range on it stay float32 in the converted model")
+                             "the float16 range on it stay float32 in the converted model (unused by other builds)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads recorded for the artifact (default: the target's)")
     common.add_json(parser)
