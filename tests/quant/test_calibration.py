@@ -138,11 +138,13 @@ def test_tensorrt_cache_header_per_version_and_refused_on_11(tmp_path):
     assert (tmp_path / "c.cache").read_text().splitlines()[0] == "TRT-100300-EntropyCalibration2"
 
 
-def test_calibrate_cli_refuses_a_cache_for_tensorrt_11(tmp_path):
-    from tests.helpers import assert_one_line_error, edgepack_cli
+def test_calibrate_cli_refuses_a_cache_for_tensorrt_11(tmp_path, capsys):
+    from edgepack.cli import main
 
-    result = edgepack_cli("calibrate", example_model(), "--data", data_dir("calibration") / "digits",
-                          "-o", tmp_path / "r.json", "--tensorrt-cache", tmp_path / "c.cache",
-                          "--target", "jetson-agx-thor")
-    assert_one_line_error(result, "--tensorrt-cache", "jetson-agx-thor", "edgepack quantize")
+    code = main(["calibrate", str(example_model()), "--data", str(data_dir("calibration") / "digits"),
+                 "-o", str(tmp_path / "r.json"), "--tensorrt-cache", str(tmp_path / "c.cache"),
+                 "--target", "jetson-agx-thor"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(err) == 1
+    assert "--tensorrt-cache" in err[0] and "jetson-agx-thor" in err[0] and "edgepack quantize" in err[0]
     assert not list(tmp_path.iterdir())  # refused before calibrating: nothing written
