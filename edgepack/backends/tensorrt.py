@@ -148,6 +148,7 @@ def builder_settings(target, precision: str, dla: int | None = None, sparsity: b
 
 
 _QDQ_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_BOOKKEEPING = ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant")
 
 
 def layer_precisions(model, settings: dict[str, Any], kept: list[dict] | None = None) -> list[dict[str, str]]:
@@ -163,7 +164,7 @@ def layer_precisions(model, settings: dict[str, Any], kept: list[dict] | None = 
     flags = set(settings["flags"])
     layers = []
     for node in model.graph:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant") and node.domain in ("", "ai.onnx"):
+        if node.op_type in _BOOKKEEPING and node.domain in ("", "ai.onnx"):
             continue
         name = node.name or node.op_type
         from_dq = [_through_casts(v) is not None and _through_casts(v).op_type == "DequantizeLinear"
