@@ -55,7 +55,12 @@ def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> l
 
 
 def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
-    return random_feeds(model) if data is None else load_feeds(data, model)
+    """Random inputs, the batches of a path (load_feeds), or a list of {input: array} batches."""
+    if data is None:
+        return random_feeds(model)
+    if isinstance(data, (list, tuple)) and all(isinstance(batch, dict) for batch in data):
+        return list(data)
+    return load_feeds(data, model)
 
 
 def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
@@ -96,7 +101,7 @@ def compare(original: ir.Model, compressed: ir.Model, data=None) -> dict:
     labels = [f["labels"] for f in feeds] if all("labels" in f for f in feeds) else None
     report = output_error(run(original, feeds), run(compressed, feeds), labels)
     report["samples"] = int(sum(len(next(iter(f.values()))) for f in feeds))
-    report["data"] = "random" if data is None else str(data)
+    report["data"] = "random" if data is None else str(data) if isinstance(data, (str, Path)) else "batches"
     return report
 
 

@@ -74,6 +74,7 @@ class Target:
     sparsity: bool = False
     tensorrt_version: str | None = None
     jetpack: str | None = None
+    board: str | None = None  # e.g. "agx-orin", "agx-thor": DLA rules depend on the board
     memory_gb: float | None = None
     workspace_mb: int = 1024
     cpu_isa: str | None = None
@@ -92,9 +93,36 @@ class Target:
     def is_tensorrt(self) -> bool:
         return self.backend == "tensorrt"
 
+    @property
+    def tensorrt(self):
+        """The TensorRTFeatures of the TensorRT this target assumes (None for other backends)."""
+        if not self.is_tensorrt or not self.tensorrt_version:
+            return None
+        from edgepack.backends.tensorrt_versions import features
+
+        return features(self.tensorrt_version)
+
+    @property
+    def tensorrt_major(self) -> int | None:
+        return None if self.tensorrt is None else self.tensorrt.major
+
+    def allows(self) -> dict[str, Any]:
+        """What this target's TensorRT allows: typing, implicit INT8 calibration, DLA."""
+        if self.tensorrt is None:
+            return {}
+        from edgepack.backends.tensorrt_versions import dla_problem
+
+        allows = self.tensorrt.allows()
+        allows["dla"] = dla_problem(self.tensorrt_version, board=self.board, jetpack=self.jetpack,
+                                    dla_cores=self.dla_cores) is None
+        return allows
+
     def summary(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"] = str(self.path)
+        if self.is_tensorrt:
+            data["tensorrt_major"] = self.tensorrt_major
+            data["allows"] = self.allows()
         return data
 
 
@@ -109,6 +137,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "sparsity": ((bool,), False),
     "tensorrt_version": ((str,), False),
     "jetpack": ((str,), False),
+    "board": ((str,), False),
     "memory_gb": ((int, float), False),
     "workspace_mb": ((int,), False),
     "cpu_isa": ((str,), False),
@@ -149,6 +178,35 @@ def load_target(name_or_path: str | Path | Target) -> Target:
     return _validate(raw, path)
 
 
+def _validate_tensorrt(raw: dict[str, Any], fail) -> None:
+    """The TensorRT version, JetPack and board of a tensorrt target agree with what that TensorRT allows."""
+    from edgepack.backends import tensorrt_versions as tv
+
+    version = raw.get("tensorrt_version")
+    if version is None or not re.fullmatch(r"\d+\.\d+(\.\d+)*", version):
+        raise fail("tensorrt_version", "must be like \"10.3\" or \"11.4.1\" for a tensorrt target")
+    try:
+        tv.features(version)
+    except ValueError as exc:
+        raise fail("tensorrt_version", str(exc)) from None
+    jetpack = raw.get("jetpack")
+    if jetpack is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)*", jetpack):
+        raise fail("jetpack", f"must be like \"6.1\" or \"7.2.2\", got {jetpack!r}")
+    board = raw.get("board")
+    if board is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", board):
+        raise fail("board", f"must be lowercase letters, digits and dashes (e.g. \"agx-orin\"), got {board!r}")
+    problem = tv.platform_problem(version, jetpack=jetpack, compute_capability=None)
+    if problem:
+        raise fail("jetpack", problem, "use a TensorRT 10.x version for JetPack 6, or JetPack 7.2.2+ for TensorRT 11")
+    problem = tv.platform_problem(version, jetpack=None, compute_capability=raw["compute_capability"])
+    if problem:
+        raise fail("tensorrt_version", problem)
+    if raw.get("dla_cores", 0) > 0:
+        problem = tv.dla_problem(version, board=board, jetpack=jetpack, dla_cores=raw["dla_cores"])
+        if problem:
+            raise fail("dla_cores", problem, "set dla_cores = 0 for this TensorRT / board")
+
+
 def _validate(raw: dict[str, Any], path: Path) -> Target:
     def fail(key: str, why: str, hint: str | None = None) -> EdgepackError:
         return EdgepackError(f"{path}: key '{key}' {why}", hint=hint)
@@ -171,8 +229,13 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
         cc = raw.get("compute_capability")
         if cc is None or not re.fullmatch(r"\d+\.\d+", cc):
             raise fail("compute_capability", "must be like \"8.7\" for a tensorrt target")
+        _validate_tensorrt(raw, fail)
     elif raw.get("dla_cores", 0) or raw.get("sparsity", False):
         raise fail("dla_cores" if raw.get("dla_cores") else "sparsity", "applies to tensorrt targets only")
+    else:
+        for key in ("tensorrt_version", "jetpack", "board"):
+            if key in raw:
+                raise fail(key, "applies to tensorrt targets only")
     if raw.get("device_match", "exact") not in DEVICE_MATCHES:
         raise fail("device_match", f"must be one of {', '.join(DEVICE_MATCHES)}, got {raw['device_match']!r}")
     for key in ("dla_cores", "workspace_mb", "threads"):

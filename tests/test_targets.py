@@ -7,7 +7,7 @@ from edgepack.errors import EdgepackError
 from edgepack.targets import list_targets, load_target, target_dir
 
 REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "jetson-nano",
-            "nvidia-gpu", "x86-cpu", "x86-cpu-vnni", "arm64-cpu"}
+            "jetson-agx-orin-jp7", "jetson-agx-thor", "nvidia-gpu", "x86-cpu", "x86-cpu-vnni", "arm64-cpu"}
 
 
 def test_all_shipped_targets_load():
@@ -21,6 +21,16 @@ def test_all_shipped_targets_load():
     for t in targets.values():
         if t.is_tensorrt:
             assert t.qdq.activations == "int8-symmetric-per-tensor"
+            assert t.tensorrt_major in (8, 10, 11) and "allows" in t.summary()
+
+
+def test_jetpack_7_targets():
+    thor, agx7, agx6 = (load_target(n) for n in ("jetson-agx-thor", "jetson-agx-orin-jp7", "jetson-agx-orin"))
+    assert thor.compute_capability == "11.0" and thor.dla_cores == 0 and thor.tensorrt_major == 11
+    assert thor.allows() == {"weak_typing": False, "strongly_typed": True, "int8_calibrator": False, "dla": False}
+    assert agx7.tensorrt_major == 11 and agx7.jetpack == "7.2.2" and agx7.allows()["dla"]
+    assert agx6.tensorrt_major == 10 and agx6.allows() == {"weak_typing": True, "strongly_typed": True,
+                                                          "int8_calibrator": True, "dla": True}
 
 
 def _write(tmp_path, text):
@@ -58,7 +68,54 @@ def test_broken_target_names_the_key(tmp_path, change, key):
         load_target(path)
 
 
+TRT = """
+name = "mine"
+description = "test"
+backend = "tensorrt"
+compute_capability = "8.7"
+precisions = ["int8", "fp16", "fp32"]
+dla_cores = 2
+tensorrt_version = "11.4.1"
+jetpack = "7.2.2"
+board = "agx-orin"
+[qdq]
+activations = "int8-symmetric-per-tensor"
+weights = "int8-symmetric-per-channel"
+"""
+
+
+@pytest.mark.parametrize("change, key, why", [
+    (('tensorrt_version = "11.4.1"\n', ""), "tensorrt_version", "must be like"),
+    (('"11.4.1"', '"9.1"'), "tensorrt_version", "TensorRT 9.1 is not supported"),
+    (('"11.4.1"', '"eleven"'), "tensorrt_version", "must be like"),
+    (('jetpack = "7.2.2"', 'jetpack = "6.1"'), "jetpack", "needs JetPack 7.2.2"),
+    (('jetpack = "7.2.2"', 'jetpack = "seven"'), "jetpack", "must be like"),
+    (('board = "agx-orin"', 'board = "agx-thor"'), "dla_cores", "AGX Orin only"),
+    (('board = "agx-orin"', 'board = "AGX Orin"'), "board", "lowercase"),
+    (('"11.4.1"', '"11.2.0"'), "jetpack", "does not support JetPack"),
+])
+def test_tensorrt_version_rules_name_the_key(tmp_path, change, key, why):
+    load_target(_write(tmp_path, TRT))  # the unchanged file is valid
+    path = _write(tmp_path, TRT.replace(*change))
+    with pytest.raises(EdgepackError, match=f"mine.toml: key '{key}' .*{why}"):
+        load_target(path)
+
+
+def test_blackwell_needs_tensorrt_10_8(tmp_path):
+    text = TRT.replace('compute_capability = "8.7"', 'compute_capability = "10.0"').replace(
+        '"11.4.1"', '"10.3"').replace('jetpack = "7.2.2"\n', "").replace("dla_cores = 2", "dla_cores = 0")
+    with pytest.raises(EdgepackError, match="key 'tensorrt_version' .*Blackwell"):
+        load_target(_write(tmp_path, text))
+    assert load_target(_write(tmp_path, text.replace('"10.3"', '"10.8"'))).tensorrt_major == 10
+
+
+def test_tensorrt_keys_on_a_cpu_target_are_refused(tmp_path):
+    with pytest.raises(EdgepackError, match="key 'tensorrt_version' applies to tensorrt targets only"):
+        load_target(_write(tmp_path, GOOD.replace('name = "mine"', 'name = "mine"\ntensorrt_version = "10.3"')))
+
+
 def test_tensorrt_target_needs_symmetric_activations(tmp_path):
-    text = GOOD.replace("backend = \"onnxruntime\"", "backend = \"tensorrt\"\ncompute_capability = \"8.7\"")
+    text = GOOD.replace("backend = \"onnxruntime\"",
+                        "backend = \"tensorrt\"\ncompute_capability = \"8.7\"\ntensorrt_version = \"10.3\"")
     with pytest.raises(EdgepackError, match="zero point 0"):
         load_target(_write(tmp_path, text))

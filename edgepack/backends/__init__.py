@@ -95,8 +95,10 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
     `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
     {input: (min, opt, max)}. Options a target does not support are errors naming the option.
-    A QDQ model built for ONNX Runtime is run as built and as its QDQ math on a few samples of
-    `data` (random inputs when None): the manifest's `runtime_check` says whether they agree.
+    `data` (calibration folder, .npz/.npy), optional: a QDQ model built for ONNX Runtime is run as
+    built and as its QDQ math on a few samples of it (random inputs when None), and the manifest's
+    `runtime_check` says whether they agree; where TensorRT 11 needs the model converted to float16
+    first, nodes whose values leave the float16 range on it stay float32.
     """
     from edgepack.targets import load_target
 
@@ -118,7 +120,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
             manifest = _build_tensorrt(model_path, output, target, graph, qdq,
                                        "best" if precision == "best" else resolved, resolved, dla=dla,
                                        sparsity=sparsity, shapes=shapes, timing_cache=timing_cache,
-                                       workspace_mb=workspace_mb)
+                                       workspace_mb=workspace_mb, data=data)
         else:
             for option, value in (("--dla", dla), ("--sparsity", sparsity), ("--timing-cache", timing_cache),
                                   ("--workspace-mb", workspace_mb), ("--shapes", shapes)):
@@ -149,7 +151,7 @@ def _check_runtime(model_path: Path, artifact: Path, target, data) -> dict[str, 
 
 
 def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,
-                    timing_cache, workspace_mb) -> dict[str, Any]:
+                    timing_cache, workspace_mb, data) -> dict[str, Any]:
     from edgepack.backends import tensorrt as trt_backend
 
     inputs = model_inputs(graph)
@@ -160,8 +162,17 @@ def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved,
     trt_backend.check_engine_path(output)
     trt, _ = trt_backend.require_tensorrt(target)
     settings = trt_backend.builder_settings(target, tensorrt_version=trt.__version__, **options)
-    names = [node.name for node in graph.graph]
-    return trt_backend.build_engine(model_path, output, target, settings, node_names=names, precision=resolved)
+    parsed, layers = trt_backend.prepare_model(graph, settings, data=data)
+    names = [node.name for node in parsed.graph]
+    if parsed is graph:
+        return trt_backend.build_engine(model_path, output, target, settings, node_names=names,
+                                        precision=resolved, layers=layers)
+    from edgepack.io import save
+
+    with tempfile.TemporaryDirectory(prefix=".edgepack-fp16-", dir=output.parent if str(output.parent) else ".") as tmp:
+        converted = save(parsed, Path(tmp) / (model_path.stem + ".fp16.onnx"))
+        return trt_backend.build_engine(Path(converted), output, target, settings, node_names=names,
+                                        precision=resolved, source_path=model_path, layers=layers)
 
 
 def _refuse_overwriting_input(model_path: Path, output: Path) -> None:

@@ -57,8 +57,10 @@ def resolve_precision(target, precision: str, model_has_qdq: bool) -> str:
             f"target '{target.name}' does not support --precision {precision}",
             hint=f"use one of: {', '.join(target.precisions)} (or best)")
     if precision == "int8" and not model_has_qdq:
+        why = ("; TensorRT 11 has no implicit INT8 (no INT8 builder flag, no calibrators)"
+               if getattr(target, "tensorrt_major", None) and target.tensorrt_major >= 11 else "")
         raise EdgepackError(
-            "--precision int8 needs a quantized (QDQ) model; this model has no QuantizeLinear nodes",
+            f"--precision int8 needs a quantized (QDQ) model; this model has no QuantizeLinear nodes{why}",
             hint="run `edgepack quantize MODEL --target ...` first, or use --precision fp16/fp32")
     if precision != "int8" and model_has_qdq:
         raise EdgepackError(

@@ -1,18 +1,25 @@
 """The TensorRT backend: build an engine from a (QDQ) ONNX model, and run it with pycuda buffers.
 
 Two halves. What needs no GPU is plain Python and tested everywhere: `builder_settings` turns a
-target and the build options into TensorRT builder settings; `require_tensorrt` says in one line
-what is missing. What needs TensorRT and a GPU (`build_engine`, `TensorRTRunner`) imports
-`tensorrt` and `pycuda` inside functions, and supports TensorRT 8.x (bindings, EXPLICIT_BATCH)
-through 10.x (named I/O tensors, strongly typed networks).
+target, the TensorRT version and the build options into builder settings; `prepare_model` makes
+the ONNX model carry the precision where TensorRT 11 needs it; `layer_precisions` says what each
+layer gets and why; `require_tensorrt` says in one line what is missing. What needs TensorRT and
+a GPU (`build_engine`, `TensorRTRunner`) imports `tensorrt` and `pycuda` inside functions, and
+supports TensorRT 8.x (bindings, EXPLICIT_BATCH), 10.x (named I/O tensors, opt-in strong typing)
+and 11.x (strongly typed only). The version rules are data in tensorrt_versions.py.
 
-Precision, per the TensorRT developer guide:
-  int8 + QDQ model, TensorRT >= 10  -> STRONGLY_TYPED network: Q/DQ scales decide what runs in INT8,
-                                       every other layer keeps the model's float type, no flags.
-  int8 + QDQ model, TensorRT <  10  -> INT8 flag (explicit quantization; no calibrator).
-  best                              -> INT8 (QDQ models) + FP16 flags, weakly typed: TensorRT picks.
-  fp16 / fp32                       -> FP16 flag / none.
-DLA (`dla=N`) runs layers on DLA core N with GPU fallback; DLA has no FP32 and no strongly typed mode.
+Precision, per version (W = weakly typed, builder flags; S = strongly typed, types from the model):
+
+  precision      TensorRT 8.x          TensorRT 10.x                TensorRT 11.x
+  fp32           W, no flags           W, no flags                  S, model as is
+  fp16           W, FP16               W, FP16                      S, model converted to float16 in ONNX
+  int8 (QDQ)     W, INT8               S (STRONGLY_TYPED)           S, model as is (Q/DQ decide INT8)
+  best (QDQ)     W, INT8 + FP16        W, INT8 + FP16               S, float16 outside the Q/DQ, in ONNX
+  best (float)   W, FP16               W, FP16                      S, model converted to float16
+  + DLA          W, + FP16 for int8,   W (DLA is weakly typed       S, on AGX Orin with JetPack 7.2.2+
+                 GPU_FALLBACK           up to 10.7), GPU_FALLBACK    (11.4.1+), float parts float16,
+                                                                    GPU_FALLBACK
+DLA runs FP16 and INT8 only, never FP32.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edgepack.backends import manifest as mf
+from edgepack.backends import tensorrt_versions as tv
 from edgepack.errors import EdgepackError
 from edgepack.io import write_atomic
 
@@ -33,57 +41,83 @@ logger = logging.getLogger(__name__)
 _ON_DEVICE = ("the build must run on the target device (or a machine with the same GPU and "
               "TensorRT version)")
 _INSTALL_HINT = "pip install edgepack[tensorrt] on the device (JetPack ships tensorrt), or build for a CPU target: --target x86-cpu"
+_JP7_TARGETS = "jetson-agx-orin-jp7, jetson-agx-thor"
 
 
 def _version_tuple(version: str | None) -> tuple[int, ...]:
-    if not version:
-        return ()
-    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    return tv.version_tuple(version)
 
 
 def builder_settings(target, precision: str, dla: int | None = None, sparsity: bool | None = None,
                      shapes: dict[str, tuple] | None = None, model_has_qdq: bool = False, *,
                      tensorrt_version: str | None = None, timing_cache: str | os.PathLike | None = None,
                      workspace_mb: int | None = None) -> dict[str, Any]:
-    """The TensorRT builder settings for `target`: flags, typing, workspace, DLA, profiles, cache.
+    """The TensorRT builder settings for `target`: typing, flags, ONNX conversion, DLA, profiles, cache.
 
     `precision` is already resolved (int8, fp16 or fp32; see common.resolve_precision) or `best`.
     `tensorrt_version` is the TensorRT that will build (default: the version the target was
-    written for). `sparsity=None` follows the target. Pure: no TensorRT import.
+    written for). `sparsity=None` follows the target. Combinations that do not exist (DLA where
+    the TensorRT / board / JetPack has none, TensorRT 11 on JetPack 6, int8 without Q/DQ) are
+    EdgepackErrors. Pure: no TensorRT import.
     """
     if not target.is_tensorrt:
         raise EdgepackError(f"target '{target.name}' uses {target.backend}, not TensorRT",
                             hint="TensorRT settings apply to tensorrt targets only")
     version = tensorrt_version or target.tensorrt_version
-    modern = _version_tuple(version) >= (10,)
-    flags: list[str] = []
-    strongly_typed = False
+    try:
+        trt = tv.features(version)
+    except ValueError as exc:
+        raise EdgepackError(f"target '{target.name}': {exc}",
+                            hint="build with TensorRT 8.x, 10.x or 11.x") from None
+    problem = tv.platform_problem(version, jetpack=target.jetpack, compute_capability=target.compute_capability)
+    if problem:
+        raise EdgepackError(f"target '{target.name}' (JetPack {target.jetpack or '-'}, compute capability "
+                            f"{target.compute_capability}): {problem}",
+                            hint=f"build with the TensorRT the target names ({target.tensorrt_version})"
+                                 + ("" if tv.version_tuple(target.jetpack) >= tv.MIN_JETPACK_11 or not target.jetpack
+                                    else f", or pick a JetPack 7 target ({_JP7_TARGETS})"))
+    if precision not in ("int8", "fp16", "fp32", "best"):
+        raise EdgepackError(f"--precision {precision!r} is not int8, fp16, fp32 or best")
     if dla is not None:
         if target.dla_cores == 0:
             raise EdgepackError(f"--dla {dla}: target '{target.name}' has no DLA cores",
-                                hint="leave out --dla, or pick a target with DLA (jetson-orin-nx, jetson-agx-orin)")
+                                hint="leave out --dla, or pick a target with DLA "
+                                     "(jetson-orin-nx, jetson-agx-orin, jetson-agx-orin-jp7)")
         if not 0 <= dla < target.dla_cores:
             raise EdgepackError(f"--dla {dla}: target '{target.name}' has DLA cores 0..{target.dla_cores - 1}",
                                 hint=f"use --dla 0 to {target.dla_cores - 1}")
         if precision == "fp32":
             raise EdgepackError("--dla runs FP16 or INT8 only, not fp32",
                                 hint="use --precision fp16, int8 or best with --dla")
-    if precision == "int8":
-        if modern and dla is None:
-            strongly_typed = True
-        else:
-            flags.append("INT8")
-            if dla is not None:
-                flags.append("FP16")  # layers the Q/DQ pairs leave in float still need a DLA precision
-    elif precision == "best":
-        if model_has_qdq and "int8" in target.precisions:
-            flags.append("INT8")
-        if "fp16" in target.precisions:
-            flags.append("FP16")
-    elif precision == "fp16":
-        flags.append("FP16")
-    elif precision != "fp32":
-        raise EdgepackError(f"--precision {precision!r} is not int8, fp16, fp32 or best")
+        problem = tv.dla_problem(version, board=target.board, jetpack=target.jetpack, dla_cores=target.dla_cores)
+        if problem:
+            raise EdgepackError(f"--dla {dla} on target '{target.name}': {problem}",
+                                hint="leave out --dla; DLA exists with TensorRT 8.x and 10.0-10.7 (JetPack 5/6) "
+                                     "and with 11.4.1+ on AGX Orin with JetPack 7.2.2+ (jetson-agx-orin-jp7)")
+    if precision == "int8" and not model_has_qdq:
+        if trt.always_strongly_typed:
+            raise EdgepackError(
+                f"--precision int8 with TensorRT {version}: TensorRT 11 has no implicit INT8 (the INT8 "
+                "builder flag and the calibrators are removed), so the model must carry Q/DQ nodes",
+                hint="run `edgepack quantize MODEL --target " + target.name + "` first")
+        raise EdgepackError("--precision int8 needs a quantized (QDQ) model; this model has no QuantizeLinear nodes",
+                            hint="run `edgepack quantize MODEL --target " + target.name + "` first, "
+                                 "or use --precision fp16/fp32")
+    flags: list[str] = []
+    network_flags: list[str] = ["EXPLICIT_BATCH"] if trt.explicit_batch_flag else []
+    convert_fp16 = False
+    int8 = precision == "int8" or (precision == "best" and model_has_qdq and "int8" in target.precisions)
+    fp16 = precision == "fp16" or (precision == "best" and "fp16" in target.precisions) or \
+        (precision == "int8" and dla is not None)  # DLA: what the Q/DQ leave in float needs FP16
+    if trt.always_strongly_typed:
+        strongly_typed = True  # STRONGLY_TYPED is deprecated and ignored in 11: no network flag
+        convert_fp16 = fp16
+    elif trt.strongly_typed_flag and precision == "int8" and dla is None:
+        strongly_typed = True  # 10.x: Q/DQ scales decide what runs in INT8, the rest keeps its type
+        network_flags.append("STRONGLY_TYPED")
+    else:
+        strongly_typed = False
+        flags += ["INT8"] * int8 + ["FP16"] * fp16
     if sparsity is None:
         sparsity = target.sparsity
     elif sparsity and not target.sparsity:
@@ -98,16 +132,109 @@ def builder_settings(target, precision: str, dla: int | None = None, sparsity: b
         raise EdgepackError(f"--workspace-mb {workspace}: must be positive")
     return {
         "tensorrt_version": version,
+        "tensorrt_major": trt.major,
         "precision": precision,
         "strongly_typed": strongly_typed,
-        "explicit_batch": not modern,
+        "explicit_batch": trt.explicit_batch_flag,
+        "network_flags": network_flags,
         "flags": flags,
+        "convert_to_fp16": convert_fp16,
         "workspace_bytes": workspace * 2**20,
         "dla_core": dla,
         "profiles": {name: {"min": list(mn), "opt": list(opt), "max": list(mx)}
                      for name, (mn, opt, mx) in (shapes or {}).items()},
         "timing_cache": str(timing_cache) if timing_cache else None,
     }
+
+
+_QDQ_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_BOOKKEEPING = ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant")
+
+
+def layer_precisions(model, settings: dict[str, Any], kept: list[dict] | None = None) -> list[dict[str, str]]:
+    """What precision each compute node of `model` (the model TensorRT will parse) gets, and why.
+
+    `kept` is the fp16 pass's list of nodes it left in float32 with their reasons. Q/DQ, Cast and
+    Constant nodes are bookkeeping and not listed. Strongly typed: the types are the model's;
+    weakly typed: the flags say what TensorRT may choose, it picks per layer by speed.
+    """
+    import onnx_ir as ir
+
+    reasons = {k["node"]: k["reason"] for k in kept or []}
+    flags = set(settings["flags"])
+    layers = []
+    for node in model.graph:
+        if node.op_type in _BOOKKEEPING and node.domain in ("", "ai.onnx"):
+            continue
+        name = node.name or node.op_type
+        from_dq = [_through_casts(v) is not None and _through_casts(v).op_type == "DequantizeLinear"
+                   for v in node.inputs[:2] if v is not None]
+        out = next((v.dtype for v in node.outputs if v is not None and v.dtype is not None), None)
+        if node.op_type in _QDQ_COMPUTE and len(from_dq) == 2 and all(from_dq):
+            precision, why = "int8", "Q/DQ on its data and weight inputs: explicit quantization"
+            if any(v.producer() is not None and v.producer().op_type == "Cast" for v in node.inputs[:2]):
+                why += " (a float32 Q/DQ behind a Cast, see its reason)"
+        elif not settings["strongly_typed"]:
+            allowed = [p for p, f in (("int8", "INT8"), ("fp16", "FP16")) if f in flags]
+            precision = "/".join([*allowed, "fp32"]) if allowed else "fp32"
+            why = ("weakly typed: TensorRT picks the fastest of " + precision) if allowed else "fp32 build"
+        elif out == ir.DataType.FLOAT16:
+            precision, why = "fp16", "converted to float16 in ONNX"
+        elif out == ir.DataType.FLOAT:
+            precision = "fp32"
+            why = reasons.get(name) or ("kept float32 by the model (strongly typed)" if settings["precision"] != "fp32"
+                                        else "fp32 build")
+        else:
+            continue  # integer / bool / shape computations
+        layers.append({"node": name, "op_type": node.op_type, "precision": precision, "reason": why})
+    return layers
+
+
+def _through_casts(value):
+    """The producer of `value`, looking through the Casts the fp16 pass inserted."""
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and "edgepack.fp16" in producer.metadata_props:
+        producer = producer.inputs[0].producer()
+    return producer
+
+
+QDQ_FP16_OPSET = 19  # QuantizeLinear / DequantizeLinear take float16 scales from opset 19
+
+
+def upgrade_opset(model, opset: int = QDQ_FP16_OPSET):
+    """A copy of `model` at ONNX opset `opset` (onnx.version_converter), or None when it cannot."""
+    import onnx
+    import onnx_ir as ir
+
+    try:
+        proto = onnx.version_converter.convert_version(ir.serde.serialize_model(model), opset)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # the converter raises several types (RuntimeError, ValidationError, ...)
+        logger.warning("could not convert the model to opset %d (%s): its Q/DQ stay float32 behind Casts",
+                       opset, exc)
+        return None
+    return ir.serde.deserialize_model(proto)
+
+
+def prepare_model(model, settings: dict[str, Any], *, data=None):
+    """(the model TensorRT should parse, its layer precisions). On TensorRT 11, `fp16` and `best`
+    convert the float parts of the model to float16 here, in ONNX, since the builder has no FP16
+    flag. Q/DQ stay, with float16 scales: a QDQ model below opset 19 is converted to opset 19 first
+    (where that fails, its Q/DQ stay float32 behind Casts). `data` feeds the fp16 data rule.
+    The input model is not modified; it is returned as is when nothing changes."""
+    if not settings["convert_to_fp16"]:
+        return model, layer_precisions(model, settings)
+    from edgepack.backends.common import has_qdq
+    from edgepack.graph import copy_model
+    from edgepack.passes.fp16 import ConvertToFloat16Pass, observed_absmax
+
+    converted = None
+    if has_qdq(model) and model.opset_imports.get("", 0) < QDQ_FP16_OPSET:
+        converted = upgrade_opset(model)  # float16 Q/DQ scales: no Casts between Q/DQ and their layers
+    converted = converted or copy_model(model)
+    fp16_pass = ConvertToFloat16Pass(keep_io_float=True, absmax=observed_absmax(model, data) if data else None)
+    fp16_pass(converted)
+    return converted, layer_precisions(converted, settings, fp16_pass.kept)
 
 
 def require_tensorrt(target) -> tuple[Any, Any]:
@@ -192,24 +319,14 @@ def parser_errors(parser, node_names: list[str]) -> list[str]:
     return lines
 
 
-def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any], *,
-                 node_names: list[str], precision: str | None = None) -> dict[str, Any]:
-    """Build and write the engine; returns its manifest. `precision` is what the manifest reports
-    (for `best`: int8 with a QDQ model, else fp16 or fp32); the default is settings["precision"]."""
-    trt, cuda = require_tensorrt(target)
-    device = device_info(cuda)
-    check_device(target, device)
-    check_version(target, trt.__version__)
-    check_engine_path(output)
-    trt_logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    network = builder.create_network(_network_flags(trt, settings))
-    parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse_from_file(str(model_path)):
-        errors = parser_errors(parser, node_names)
-        raise EdgepackError(f"{model_path}: TensorRT's ONNX parser refused it: " + "; ".join(errors or ["no detail"]),
-                            hint="simplify it with `edgepack optimize`, or replace the named node's op")
-    config = builder.create_builder_config()
+def create_network(trt, builder, settings: dict[str, Any]):
+    """The network definition, with the creation flags this TensorRT version takes."""
+    return builder.create_network(_network_flags(trt, settings))
+
+
+def configure_builder(trt, config, settings: dict[str, Any]) -> None:
+    """Workspace, builder flags and DLA on `config`. Every flag name comes from `settings`,
+    chosen for this TensorRT version: a flag the version removed raises AttributeError here."""
     if hasattr(config, "set_memory_pool_limit"):  # TensorRT 8.4+
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     else:  # TensorRT 8.2 (JetPack 4.6, Jetson Nano)
@@ -219,6 +336,30 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
     if settings["dla_core"] is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = settings["dla_core"]
+
+
+def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any], *,
+                 node_names: list[str], precision: str | None = None, source_path: Path | None = None,
+                 layers: list[dict] | None = None) -> dict[str, Any]:
+    """Build and write the engine; returns its manifest. `precision` is what the manifest reports
+    (for `best`: int8 with a QDQ model, else fp16 or fp32); the default is settings["precision"].
+    `source_path` is the user's model when `model_path` is a converted copy (TensorRT 11 fp16);
+    `layers` (layer_precisions) goes into the manifest."""
+    trt, cuda = require_tensorrt(target)
+    device = device_info(cuda)
+    check_device(target, device)
+    check_version(target, trt.__version__)
+    check_engine_path(output)
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = create_network(trt, builder, settings)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(model_path)):
+        errors = parser_errors(parser, node_names)
+        raise EdgepackError(f"{model_path}: TensorRT's ONNX parser refused it: " + "; ".join(errors or ["no detail"]),
+                            hint="simplify it with `edgepack optimize`, or replace the named node's op")
+    config = builder.create_builder_config()
+    configure_builder(trt, config, settings)
     _add_profile(builder, network, config, settings["profiles"])
     cache_path = Path(settings["timing_cache"]) if settings["timing_cache"] else None
     if cache_path is not None:
@@ -244,11 +385,17 @@ def build_engine(model_path: Path, output: Path, target, settings: dict[str, Any
                      for i in range(network.num_inputs)],
           "outputs": [{"name": network.get_output(i).name, "shape": list(network.get_output(i).shape)}
                       for i in range(network.num_outputs)]}
-    return mf.make_manifest(
-        backend="tensorrt", target=target, precision=precision or settings["precision"], model_path=model_path,
-        artifact=output, versions={"tensorrt": trt.__version__, "jetpack_target": target.jetpack},
+    manifest = mf.make_manifest(
+        backend="tensorrt", target=target, precision=precision or settings["precision"],
+        model_path=source_path or model_path, artifact=output,
+        versions={"tensorrt": trt.__version__, "jetpack_target": target.jetpack},
         device=device, flags={k: v for k, v in settings.items() if k != "tensorrt_version"},
         build_seconds=seconds, io=io)
+    if source_path is not None and source_path != model_path:
+        manifest["parsed_model_sha256"] = mf.model_sha256(model_path)  # the float16 copy TensorRT parsed
+    if layers is not None:
+        manifest["layers"] = layers
+    return manifest
 
 
 def _progress_monitor(trt):
@@ -292,11 +439,11 @@ def _progress_monitor(trt):
 
 
 def _network_flags(trt, settings: dict[str, Any]) -> int:
+    """EXPLICIT_BATCH on 8.x (implied from 10), STRONGLY_TYPED on 10.x when asked for; none on 11,
+    where every network is strongly typed and the flag is deprecated and ignored."""
     flags = 0
-    if settings["explicit_batch"]:  # TensorRT 8.x; deprecated (and implied) from 10
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if settings["strongly_typed"]:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    for name in settings["network_flags"]:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     return flags
 
 

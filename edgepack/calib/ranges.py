@@ -59,13 +59,34 @@ class Ranges:
         return cls(data["method"], tensors, bool(data.get("symmetric")), int(data.get("samples", 0)),
                    data.get("model_sha256"), data.get("percentile"), means)
 
-    def to_tensorrt_cache(self, path: str | Path, version: str = "TRT-8601-EntropyCalibration2") -> Path:
-        """TensorRT's calibration cache (implicit INT8): a header line, then `tensor: <hex>` where
-        hex is the big-endian float32 scale max|range| / 127."""
+    def to_tensorrt_cache(self, path: str | Path, version: str | None = None, *,
+                          tensorrt_version: str = "8.6.1") -> Path:
+        """TensorRT's calibration cache for implicit INT8 (an IInt8Calibrator reads it), TensorRT
+        8.x and 10.x only: TensorRT 11 removed implicit quantization and the calibrators.
+
+        A header line `TRT-<version number>-<calibrator>` (8.6.1 -> 8601, 10.3.0 -> 100300), then
+        `tensor: <hex>` where hex is the big-endian float32 scale max|range| / 127. `version`
+        overrides the header.
+        """
         from edgepack.cli.common import write_text_atomic
 
-        lines = [version]
+        lines = [version or tensorrt_cache_header(tensorrt_version, self.method)]
         for name, (lo, hi) in self.tensors.items():
             scale = max(abs(lo), abs(hi)) / 127.0 or 1e-8
             lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
         return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def tensorrt_cache_header(tensorrt_version: str, method: str = "entropy") -> str:
+    """The first line of a calibration cache for this TensorRT (8.x / 10.x); EdgepackError on 11+."""
+    from edgepack.backends.tensorrt_versions import version_tuple
+
+    v = version_tuple(tensorrt_version) + (0, 0)
+    if not v[:1] or v[0] >= 11:
+        raise EdgepackError(
+            f"a TensorRT calibration cache is for implicit INT8 quantization, which TensorRT "
+            f"{tensorrt_version} does not have (TensorRT 11 removed the INT8 builder flag and the calibrators)",
+            hint="use `edgepack quantize MODEL --target T --ranges ranges.json`: TensorRT 11 builds the Q/DQ model")
+    number = v[0] * 1000 + v[1] * 100 + v[2] if v[0] < 10 else v[0] * 10000 + v[1] * 100 + v[2]
+    calibrator = "MinMaxCalibration" if method == "minmax" else "EntropyCalibration2"
+    return f"TRT-{number}-{calibrator}"

@@ -17,6 +17,11 @@ examples:
   edgepack build model.onnx --target jetson-orin-nx -o model.engine --precision fp16 --dla 0
   edgepack build model.onnx --target nvidia-gpu -o model.plan --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
   edgepack build model.onnx --target x86-cpu -o model.opt.onnx      # also writes model.opt.ort
+  edgepack build model.onnx --target jetson-agx-thor -o model.engine --precision fp16 --data calib/
+
+TensorRT 11 (JetPack 7: jetson-agx-thor, jetson-agx-orin-jp7) builds strongly typed networks only:
+fp16 and best convert the model to float16 in ONNX first (fragile ops stay float32), int8 needs a
+QDQ model from `edgepack quantize`. The manifest lists each layer's precision and why.
 """
 
 
@@ -43,8 +48,9 @@ def register(subparsers):
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads recorded for the artifact (default: the target's)")
     parser.add_argument("--data", metavar="D",
-                        help="ONNX Runtime, QDQ models: samples for the runtime check (the artifact as built vs "
-                             "its QDQ math); default: random inputs")
+                        help="samples (calibration folder, .npz or .npy): ONNX Runtime QDQ models are checked on "
+                             "them as built vs their QDQ math (default: random inputs); TensorRT 11 fp16/best "
+                             "keeps nodes whose values leave the float16 range on them in float32")
     parser.add_argument("--no-runtime-check", action="store_true", help="skip that check")
     common.add_json(parser)
     return parser

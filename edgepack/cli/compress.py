@@ -31,6 +31,10 @@ def register(subparsers):
                       help="keep float32 graph inputs and outputs (Casts at the edges)")
     fp16.add_argument("--block", nargs="+", default=[], metavar="OPTYPE",
                       help="more op types to keep in float32 (added to the default list)")
+    fp16.add_argument("--data-max", type=float, default=65504.0, metavar="X",
+                      help="with --data: keep a node in float32 when one of its float inputs or outputs "
+                           "reaches |x| > X on the data (default 65504, the float16 maximum; "
+                           "Model Optimizer's AutoCast uses 512)")
     return parser
 
 
@@ -78,10 +82,13 @@ def run(args) -> int:
     else:
         from edgepack.passes.fp16 import DEFAULT_BLOCK, to_fp16
 
+        if args.data_max <= 0:
+            raise UsageError(f"--data-max {args.data_max:g}: must be positive")
         out, report = to_fp16(model, keep_io_float=args.keep_io_float,
-                              block=(*DEFAULT_BLOCK, *args.block), data=args.data)
+                              block=(*DEFAULT_BLOCK, *args.block), data=args.data, data_max=args.data_max)
         summary = (f"float16: {report['converted_nodes']} nodes converted, "
-                   f"{len(report['float32_nodes'])} kept in float32")
+                   f"{len(report['float32_nodes'])} kept in float32" + "".join(
+                       f"\n  {k['node']} ({k['op_type']}): {k['reason']}" for k in report["kept_float32"]))
     io.save(out, args.output)
     report = {"schema": SCHEMA, "method": args.method, "model": args.model, "output": args.output, **report}
     common.emit(args, report, f"{summary}\n-> {args.output}\n{format_cost(report)}")

@@ -24,11 +24,16 @@ def run(args) -> int:
         common.emit(args, report, f"{name}: {why} (int8 flags: {report['cpu_flags']})")
         return 0
     targets = [load_target(args.target)] if args.target else list_targets()
-    rows = [f"{'name':<18} {'backend':<12} {'precisions':<15} {'DLA':>3} {'2:4':>4}  activations"]
+    rows = [f"{'name':<20} {'backend':<12} {'precisions':<15} {'TensorRT':<9} {'JetPack':<8} {'DLA':>3} "
+            f"{'2:4':>4}  activations"]
     for t in targets:
-        rows.append(f"{t.name:<18} {t.backend:<12} {','.join(t.precisions):<15} {t.dla_cores:>3} "
-                    f"{'yes' if t.sparsity else 'no':>4}  {t.qdq.activations}")
+        rows.append(f"{t.name:<20} {t.backend:<12} {','.join(t.precisions):<15} {t.tensorrt_version or '-':<9} "
+                    f"{t.jetpack or '-':<8} {t.dla_cores:>3} {'yes' if t.sparsity else 'no':>4}  {t.qdq.activations}")
     if args.target:
         rows += ["", targets[0].description, f"file: {targets[0].path}"]
+        allows = targets[0].allows()
+        if allows:
+            rows.append("TensorRT allows: " + ", ".join(f"{k.replace('_', ' ')} {'yes' if v else 'no'}"
+                                                         for k, v in allows.items()))
     common.emit(args, [t.summary() for t in targets], "\n".join(rows))
     return 0

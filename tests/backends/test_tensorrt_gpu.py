@@ -94,3 +94,61 @@ def test_engine_from_another_tensorrt_is_refused(tmp_path):
     with pytest.raises(EdgepackError, match="built with TensorRT 7.0.0"):
         with TensorRTRunner(out):
             pass
+
+
+def _tensorrt_major() -> int:
+    try:
+        import tensorrt
+
+        return int(tensorrt.__version__.split(".")[0])
+    except Exception:
+        return 0
+
+
+requires_tensorrt_11 = pytest.mark.skipif(_tensorrt_major() < 11,
+                                          reason="needs TensorRT 11 (strongly typed only) and an NVIDIA GPU")
+
+
+@requires_tensorrt_11
+def test_tensorrt_11_fp16_engine_is_strongly_typed_from_a_float16_onnx(tmp_path):
+    from edgepack.io import load
+    from edgepack.passes.fp16 import to_fp16
+
+    out = tmp_path / "digits.fp16.engine"
+    artifact = edgepack.build(example_model(), "nvidia-gpu", output=out, precision="fp16",
+                              shapes="input:1x1x8x8/64x1x8x8/64x1x8x8")
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["flags"]["strongly_typed"] and manifest["flags"]["convert_to_fp16"]
+    assert "FP16" not in manifest["flags"]["flags"] and manifest["parsed_model_sha256"]
+    assert {layer["precision"] for layer in manifest["layers"]} == {"fp16"}
+    feeds = _eval()
+    half, _ = to_fp16(load(example_model()))
+    want16, want32 = run_ort(half, feeds)[0], run_ort(str(example_model()), feeds)[0]
+    with artifact:
+        got = artifact.run(feeds)["logits"]
+    np.testing.assert_allclose(got, want16, atol=2e-2 * np.abs(want16).max())
+    assert (got.argmax(1) == want32.argmax(1)).mean() >= 0.98
+
+
+@requires_tensorrt_11
+@pytest.mark.parametrize("precision", ["int8", "best"])
+def test_tensorrt_11_int8_engine_from_qdq(tmp_path, precision):
+    from edgepack.quant.quantize import quantize
+
+    model = edgepack.load(example_model())
+    calib = np.load(data_dir("calibration") / "digits" / "calib.npz")["input"][:64].astype(np.float32)
+    quantize(model, [{"input": calib}], target="nvidia-gpu", method="minmax")
+    qdq = tmp_path / "digits.qdq.onnx"
+    edgepack.save(model, qdq)
+    out = tmp_path / f"digits.{precision}.engine"
+    artifact = edgepack.build(qdq, "nvidia-gpu", output=out, precision=precision,
+                              shapes="input:1x1x8x8/64x1x8x8/64x1x8x8")
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["flags"]["strongly_typed"] and not {"INT8", "FP16"} & set(manifest["flags"]["flags"])
+    assert {layer["precision"] for layer in manifest["layers"] if layer["op_type"] == "Conv"} == {"int8"}
+    feeds = _eval()
+    want = run_ort(qdq, feeds)[0]
+    with artifact:
+        got = artifact.run(feeds)["logits"]
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()

@@ -29,7 +29,7 @@ def test_int8_qdq_uses_the_int8_flag_on_tensorrt_8():
     s = builder_settings(XAVIER, "int8", model_has_qdq=True)  # TensorRT 8.5
     assert not s["strongly_typed"] and s["explicit_batch"]
     assert s["flags"] == ["INT8"]  # Volta: no sparse tensor cores
-    assert builder_settings(ORIN_NANO, "int8", tensorrt_version="8.6.1")["flags"][0] == "INT8"
+    assert builder_settings(ORIN_NANO, "int8", tensorrt_version="8.6.1", model_has_qdq=True)["flags"][0] == "INT8"
 
 
 def test_best_lets_tensorrt_choose_between_int8_and_fp16():

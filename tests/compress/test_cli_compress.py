@@ -69,3 +69,19 @@ def test_user_mistakes_are_one_line(tmp_path):
     assert_one_line_error(edgepack_cli("prune", EXAMPLE, "-o", tmp_path / "x.onnx", "--sparsity", "0.5",
                                        "--bias-correction"), "--data", code=2)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_fp16_data_rule_from_the_cli(tmp_path, capsys):
+    from edgepack.cli import main
+
+    out = tmp_path / "h.onnx"
+    assert main(["compress", "fp16", EXAMPLE, "-o", str(out), "--data", DIGITS, "--data-max", "11",
+                 "--json", str(tmp_path / "r.json")]) == 0  # in-process: the CLI path, without a new interpreter
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["data_rule"] and report["data_max"] == 11
+    reasons = [k["reason"] for k in report["kept_float32"]]
+    assert reasons and all("on the data (> 11)" in r for r in reasons)
+    assert len(report["float32_nodes"]) == len(reasons) and report["converted_nodes"] > 0
+    check(io.load(out))
+    assert main(["compress", "fp16", EXAMPLE, "-o", str(tmp_path / "x.onnx"), "--data-max", "0"]) == 2
+    assert "error: --data-max 0" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()

@@ -122,3 +122,29 @@ def test_calibration_memory_does_not_grow_with_samples():
     for _ in range(50):
         obs_large.update(rng.standard_normal(1000))
     assert obs_small.hist.nbytes == obs_large.hist.nbytes
+
+
+def test_tensorrt_cache_header_per_version_and_refused_on_11(tmp_path):
+    from edgepack.calib.ranges import tensorrt_cache_header
+    from edgepack.errors import EdgepackError
+
+    assert tensorrt_cache_header("8.6.1") == "TRT-8601-EntropyCalibration2"
+    assert tensorrt_cache_header("10.3", "minmax") == "TRT-100300-MinMaxCalibration"
+    ranges = Ranges("entropy", {"x": (-1.0, 2.0)})
+    with pytest.raises(EdgepackError, match="TensorRT 11.4.1 does not have.*hint: use `edgepack quantize"):
+        ranges.to_tensorrt_cache(tmp_path / "c.cache", tensorrt_version="11.4.1")
+    assert not (tmp_path / "c.cache").exists()
+    ranges.to_tensorrt_cache(tmp_path / "c.cache", tensorrt_version="10.3.0")
+    assert (tmp_path / "c.cache").read_text().splitlines()[0] == "TRT-100300-EntropyCalibration2"
+
+
+def test_calibrate_cli_refuses_a_cache_for_tensorrt_11(tmp_path, capsys):
+    from edgepack.cli import main
+
+    code = main(["calibrate", str(example_model()), "--data", str(data_dir("calibration") / "digits"),
+                 "-o", str(tmp_path / "r.json"), "--tensorrt-cache", str(tmp_path / "c.cache"),
+                 "--target", "jetson-agx-thor"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(err) == 1
+    assert "--tensorrt-cache" in err[0] and "jetson-agx-thor" in err[0] and "edgepack quantize" in err[0]
+    assert not list(tmp_path.iterdir())  # refused before calibrating: nothing written
