@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
+from edgepack import outputs
 from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             hint="the file may be corrupt or of another format",
         )
     _refuse_escaping_external_data(model, path)
+    outputs.add_input(path)
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            outputs.add_input(tensor.path, f"the external data file of the input {path}")
     if check:
         try:
             onnx.checker.check_model(str(path))  # by path: resolves external data, any size
@@ -63,15 +68,14 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
 
 
 def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Write `model` atomically: a temporary folder beside `path`, then rename.
+    """Write `model` atomically: a temporary folder beside `path`, then rename. The output must
+    not be an input (see outputs.py); missing parent folders are created.
 
     Weights go to one data file `<name>.data` beside the model when they exceed the protobuf
     limit, when the model already had external data, or when `external_data=True`.
     """
-    path = Path(path)
+    path = outputs.check_output(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
     threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
     if external_data is None:
         external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
@@ -80,7 +84,9 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     data_name = path.name + ".data"
     if external_data:
         _refuse_overwriting_own_weights(model, folder / data_name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+        outputs.check_output(folder / data_name, what="weights file")
+    outputs.clean_stale_temps(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=outputs.temp_prefix(), dir=folder))
     try:
         tmp_model = tmp / path.name
         with _progress(model) as callback:
@@ -99,8 +105,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write a file via a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    path = outputs.check_output(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    outputs.clean_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=outputs.temp_prefix(), dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)

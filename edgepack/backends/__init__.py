@@ -124,8 +124,10 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                         hint="leave it out")
             from edgepack.backends import ort
 
+            from edgepack.io import has_external_data
+
             manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
-                                 weights_nbytes=weights_nbytes(graph))
+                                 weights_nbytes=weights_nbytes(graph), external_data=has_external_data(graph))
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic

@@ -264,8 +264,9 @@ def unpack_model(path: str | Path) -> tuple[ir.Model, dict]:
         if entries[name]["raw_length"] != sizes[name]:
             raise EdgepackError(f"{where}: stream '{name}' declares {entries[name]['raw_length']} bytes, "
                                 f"its tensors {sizes[name]}", hint="the file is corrupt or not from `edgepack pack`")
+    graph = _stream(entries, payload, "graph", where)
     try:
-        proto = onnx.ModelProto.FromString(_stream(entries, payload, "graph", where))
+        proto = onnx.ModelProto.FromString(graph)
     except Exception:  # protobuf's DecodeError and friends
         raise EdgepackError(f"{where}: the graph stream is not an ONNX model", hint="the file is corrupt") from None
     _refuse_external_tensors(proto, where)
