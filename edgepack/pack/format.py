@@ -171,9 +171,10 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + bytes(payload)
     output = Path(output)
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise EdgepackError(f"output folder does not exist: {output.parent}", hint="create it first")
-    io.write_atomic(output, blob)
+    from edgepack import outputs
+
+    with outputs.command([model_path]):  # the model is never overwritten, also from the Python API
+        io.write_atomic(output, blob)  # creates missing folders
     seconds = time.perf_counter() - started
     logger.info("packed %s in %.2f s", model_path, seconds)
     original = io.files_nbytes(model_path, model)
@@ -556,7 +557,10 @@ def unpack(path: str | Path, output: str | Path) -> dict:
     """Write the model in an .epk file to `output` (ONNX); returns a short report."""
     started = time.perf_counter()
     model, header = unpack_model(path)
-    io.save(model, output)
+    from edgepack import outputs
+
+    with outputs.command([path]):  # the package is never overwritten, also from the Python API
+        io.save(model, output)
     return {"schema": "edgepack.unpack/1", "package": str(path), "output": str(output),
             "mode": header["mode"], "model_sha256": header["model_sha256"],
             "weights_sha256": header["weights_sha256"], "seconds": time.perf_counter() - started}
