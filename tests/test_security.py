@@ -397,6 +397,15 @@ def test_no_output_may_be_an_input(ext_model, tmp_path, argv, capsys):
     assert snapshot(folder) == before
 
 
+def test_two_outputs_naming_one_file_are_refused(ext_model, tmp_path, capsys):
+    out = tmp_path / "new" / "o.onnx"
+    code, err = cli(capsys, "prune", ext_model, "-o", out, "--json", out.parent / ".." / "new" / "o.onnx",
+                    "--sparsity", "0.5")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "name the same file" in lines[0], err
+    assert not out.exists()
+
+
 def test_unpack_onto_its_package_is_refused(tmp_path, capsys):
     onnx.save(matmul_model(numpy_helper.from_array(weights(), "W")), tmp_path / "m.onnx")
     assert cli(capsys, "pack", tmp_path / "m.onnx", "-o", tmp_path / "p.epk")[0] == 0

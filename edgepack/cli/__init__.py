@@ -10,7 +10,7 @@ import os
 import pkgutil
 import sys
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, UsageError
 
 # The order of `edgepack --help`; modules not listed here follow alphabetically.
 ORDER = ["inspect", "optimize", "prune", "compress", "pack", "unpack", "calibrate", "quantize",
@@ -51,10 +51,17 @@ def command_paths(args: argparse.Namespace):
               for v in (value if isinstance(value, list) else [value])
               if isinstance(v, str) and v and v != "-" and os.path.isfile(v)]
     with outputs.command(inputs):
+        written: dict[str, str] = {}
         for dest in OUTPUT_OPTIONS:
             value = values.get(dest)
             if isinstance(value, str) and value and value != "-":
-                outputs.check_output(value, what=f"--{dest.replace('_', '-')}" if dest != "output" else "-o")
+                flag = f"--{dest.replace('_', '-')}" if dest != "output" else "-o"
+                outputs.check_output(value, what=flag)
+                key = os.path.realpath(value)
+                if key in written:
+                    raise UsageError(f"{written[key]} and {flag} name the same file {value}",
+                                     hint="give each output its own file")
+                written[key] = flag
         yield
 
 
