@@ -465,7 +465,8 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     argv += _argv_options(options, parser)
     if "json" in dests:
         report = folder / f"{step.id}.json"
-        argv += ["--json", str(report)]
+        if report != artifact:  # calibrate: its artifact is the JSON ranges already
+            argv += ["--json", str(report)]
     result.argv, result.artifact = argv, str(artifact) if artifact else None
     result.report = str(report) if report else None
 
@@ -502,7 +503,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         result.status = "failed"
         result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
         return result
-    produced = [p for p in (artifact, report) if p is not None]
+    produced = list(dict.fromkeys(p for p in (artifact, report) if p is not None))
     absent = [str(p) for p in produced if not p.is_file()]
     if absent:
         result.status, result.note = "failed", f"did not write {absent[0]}"
