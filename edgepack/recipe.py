@@ -232,7 +232,8 @@ def _output_option(value: Any, key: str, folder: Path, out_dir: Path, step_id: s
     target = target if target.is_absolute() else folder / target
     if not allow_outside and not target.resolve().is_relative_to(out_dir.resolve()):
         raise EdgepackError(f"step '{step_id}': {key} = {str(value)!r} writes outside the output folder "
-                            f"{out_dir}; refused", hint="use a path inside it, or pass --allow-outside to `edgepack run`")
+                            f"{out_dir}; refused",
+                            hint="use a path inside it, or pass --allow-outside to `edgepack run`")
     return str(target)
 
 

@@ -339,7 +339,8 @@ def test_recipes_write_only_under_the_output_folder(tmp_path, text, needle, caps
 def test_recipe_outputs_resolve_in_the_output_folder_unless_allowed_outside(tmp_path, capsys):
     victim = tmp_path / "victim.cache"
     path = recipe(tmp_path / "r", '[[step]]\nrun = "calibrate"\ntensorrt_cache = "calib.cache"\n'
-                                  f'[[step]]\nid = "c2"\nrun = "calibrate"\ninput = "model"\ntensorrt_cache = "{victim}"\n')
+                                  f'[[step]]\nid = "c2"\nrun = "calibrate"\ninput = "model"\n'
+                                  f'tensorrt_cache = "{victim}"\n')
     assert_refused(*cli(capsys, "run", path, "-o", tmp_path / "out"), "writes outside")
     code, err = cli(capsys, "run", path, "-o", tmp_path / "out", "--allow-outside")
     assert code == 0, err

@@ -306,7 +306,8 @@ def _stream_entries(header: dict, payload_bytes: int, where: str) -> dict[str, d
     entries: dict[str, dict] = {}
     for entry in streams:
         if not isinstance(entry, dict) or entry.get("name") not in STREAMS or entry["name"] in entries:
-            raise _corrupt(where, f"unknown or repeated stream {entry.get('name') if isinstance(entry, dict) else entry!r}")
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            raise _corrupt(where, f"unknown or repeated stream {name!r}")
         numbers = [entry.get(k) for k in ("offset", "length", "raw_length")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) \
                 or not isinstance(entry.get("codec"), str):
@@ -422,7 +423,8 @@ def _check_table(table: list[dict], where: str) -> dict[str, int]:
         total += nbytes
         if total > MAX_WEIGHT_BYTES:
             raise EdgepackError(f"{where}: its tensors declare over {MAX_WEIGHT_BYTES:,} bytes of weights, more "
-                                "than `edgepack pack` writes; refused", hint="the file is corrupt or a decompression bomb")
+                                "than `edgepack pack` writes; refused",
+                                hint="the file is corrupt or a decompression bomb")
         itemsize = entry["itemsize"]
         elements, remainder = divmod(nbytes, itemsize)
         if remainder:
