@@ -138,7 +138,7 @@ def zeros_compressed(codec: str, size: int) -> bytes:
     chunk = bytes(min(size, 16 << 20))
     if codec == "zstd":
         import zstandard
-        comp = zstandard.ZstdCompressor(level=1).compressobj()
+        comp = zstandard.ZstdCompressor(level=1).compressobj(size=size)  # the size in the frame, as zstd writes it
     else:
         comp = zlib.compressobj(9) if codec == "zlib" else lzma.LZMACompressor(preset=1)
     return b"".join(comp.compress(chunk) for _ in range(size // len(chunk))) + comp.flush()
