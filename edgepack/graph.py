@@ -96,5 +96,8 @@ def node_label(node: ir.Node) -> str:
 
 
 def copy_model(model: ir.Model) -> ir.Model:
-    """An independent deep copy (through protobuf): passes that report a cost keep the original."""
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    """An independent deep copy (through protobuf): passes that report a cost keep the original.
+    External data is still read from the original model's folder."""
+    from edgepack.io import copy_model as copy
+
+    return copy(model)

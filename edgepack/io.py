@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
+from edgepack import outputs
 from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             hint="the file may be corrupt or of another format",
         )
     _refuse_escaping_external_data(model, path)
+    outputs.add_input(path)
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            outputs.add_input(tensor.path, f"the external data file of the input {path}")
     if check:
         try:
             onnx.checker.check_model(str(path))  # by path: resolves external data, any size
@@ -63,15 +68,14 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
 
 
 def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Write `model` atomically: a temporary folder beside `path`, then rename.
+    """Write `model` atomically: a temporary folder beside `path`, then rename. The output must
+    not be an input (see outputs.py); missing parent folders are created.
 
     Weights go to one data file `<name>.data` beside the model when they exceed the protobuf
     limit, when the model already had external data, or when `external_data=True`.
     """
-    path = Path(path)
+    path = outputs.check_output(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
     threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
     if external_data is None:
         external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
@@ -80,7 +84,9 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     data_name = path.name + ".data"
     if external_data:
         _refuse_overwriting_own_weights(model, folder / data_name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+        outputs.check_output(folder / data_name, what="weights file")
+    outputs.clean_stale_temps(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=outputs.temp_prefix(), dir=folder))
     try:
         tmp_model = tmp / path.name
         with _progress(model) as callback:
@@ -99,8 +105,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write a file via a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    path = outputs.check_output(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    outputs.clean_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=outputs.temp_prefix(), dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
@@ -158,36 +166,88 @@ def files_nbytes(path: str | os.PathLike, model: ir.Model | None = None) -> int:
 
 
 def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
-    """Every weight: initializers of all graphs and the tensors of Constant nodes."""
-    graphs = [model.graph, *model.graph.subgraphs()]
-    for graph in graphs:
+    """Every tensor the model holds: the initializers of every graph and the tensors of every
+    TENSOR/TENSORS attribute (Constant's and ConstantOfShape's `value`, any other), in subgraphs
+    at any depth."""
+    for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 yield value.const_value
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
-            yield node.attributes["value"].as_tensor()
+        for attr in node.attributes.values():
+            if attr.is_ref() or attr.value is None:
+                continue
+            if attr.type == ir.AttributeType.TENSOR:
+                yield attr.value
+            elif attr.type == ir.AttributeType.TENSORS:
+                yield from attr.value
+
+
+def external_base_dir(model: ir.Model) -> str | None:
+    """The folder a model's external data is read from (set by `load`), or None without any."""
+    folders = {str(t.base_dir) for t in _tensors(model) if isinstance(t, ir.ExternalTensor)}
+    if len(folders) > 1:  # never made by edgepack: one model is loaded from one file
+        raise EdgepackError(f"the model reads external data from several folders ({', '.join(sorted(folders))})",
+                            hint="save it with `edgepack.save` first")
+    return folders.pop() if folders else None
+
+
+def has_external_data(model: ir.Model) -> bool:
+    return any(isinstance(t, ir.ExternalTensor) for t in _tensors(model))
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent deep copy (through protobuf) whose external data is still read from the
+    original model's folder (a plain protobuf round trip would read it from the working folder)."""
+    return from_proto(ir.serde.serialize_model(model), base_dir=external_base_dir(model))
+
+
+def from_proto(proto: onnx.ModelProto, *, base_dir: str | None) -> ir.Model:
+    """A model from a ModelProto made from one of ours: its external data read from `base_dir`."""
+    model = ir.serde.deserialize_model(proto)
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            if base_dir is None:
+                raise EdgepackError(f"tensor '{tensor.name}' reads external data from {tensor.location!r}, "
+                                    "but the model has no folder to read it from; refused")
+            tensor.base_dir = base_dir
+    return model
 
 
 def _refuse_escaping_external_data(model: ir.Model, path: Path) -> None:
+    """Every external tensor must read a regular file inside the model's folder, within its size;
+    then its reads are anchored there (absolute base_dir), whatever the working folder is."""
     base = path.parent.resolve()
     for tensor in _tensors(model):
         if not isinstance(tensor, ir.ExternalTensor):
             continue
-        location = Path(tensor.location)
-        target = (path.parent / location).resolve()
+        where = f"{path}: tensor '{tensor.name}' reads external data from {tensor.location!r}"
+        try:
+            location = Path(tensor.location)
+            target = (base / location).resolve()
+            info = target.stat() if target.is_file() else None
+        except (ValueError, OSError):  # NUL bytes, names too long
+            raise EdgepackError(f"{where}, which is not a valid file name; refused",
+                                hint="external data must be a relative path inside the model's folder") from None
         if location.is_absolute() or ".." in location.parts or not target.is_relative_to(base):
-            raise EdgepackError(
-                f"{path}: tensor '{tensor.name}' reads external data from '{tensor.location}', "
-                "outside the model's folder; refused",
-                hint="external data must be a relative path inside the model's folder",
-            )
-        if not target.is_file():
+            raise EdgepackError(f"{where}, outside the model's folder; refused",
+                                hint="external data must be a relative path inside the model's folder")
+        if info is None:
             raise EdgepackError(
                 f"{path}: tensor '{tensor.name}' needs external data file '{tensor.location}', "
                 "which is missing",
                 hint="copy the .data file next to the model",
             )
+        if info.st_nlink > 1:
+            raise EdgepackError(f"{where}, a file with {info.st_nlink} hard links; refused (a hard link can "
+                                "bring any file into the model's folder)",
+                                hint="copy the data file instead of linking it")
+        offset, length, nbytes = tensor.offset or 0, tensor.length, tensor.nbytes
+        if offset < 0 or (length is not None and length < nbytes) or offset + max(length or 0, nbytes) > info.st_size:
+            raise EdgepackError(f"{where}: {nbytes} bytes at offset {offset} do not fit the tensor or "
+                                f"the {info.st_size}-byte file; refused",
+                                hint="the model and its data file do not belong together")
+        tensor.base_dir = str(base)
 
 
 def _refuse_overwriting_own_weights(model: ir.Model, data_path: Path) -> None:

@@ -51,6 +51,8 @@ RECIPE_KEYS = {"model", "targets", "data", "baseline", "description", "step"}
 STEP_KEYS = {"id", "run", "input", "per_target"}
 # Options the engine sets itself; a recipe may not.
 ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "command", "run"}
+# Step options naming files the step writes: resolved against the output folder, and kept in it.
+OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
 STEP_SCHEMA = "edgepack.step/1"
 RUN_SCHEMA = "edgepack.run/1"
 
@@ -106,12 +108,18 @@ def _expand(text: str, base: Path) -> Path:
 
 
 def _is_path_option(action: argparse.Action) -> bool:
+    if action.dest in OUTPUT_OPTIONS:
+        return False
     return action.dest in {"data", "ranges", "baseline", "labels_file"} or (
         action.metavar in {"FILE", "D", "DIR", "PATH"} and action.dest != "json")
 
 
-def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe:
-    """Parse and check a recipe: every step known, every option accepted by its command."""
+def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_outside: bool = False) -> Recipe:
+    """Parse and check a recipe: every step known, every option accepted by its command.
+
+    A recipe names targets by name, or as .toml files in its own folder (`--targets` on the
+    command line may name any file); `allow_outside` lifts the folder rule.
+    """
     path = Path(path)
     if not path.is_file():
         raise EdgepackError(f"recipe not found: {path}", hint="pass the path of a .toml recipe")
@@ -134,8 +142,11 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe
     if isinstance(chosen, str):
         chosen = [chosen]
     from edgepack.targets import load_target
+    if not targets:
+        chosen = [_recipe_target(str(t), base, path, allow_outside) for t in chosen]
     for name in chosen:
         load_target(name)  # refuses an unknown target, naming it
+        _target_folder(name)
     data = raw.get("data")
     if data is not None:
         data = str(_expand(str(data), base))
@@ -175,6 +186,8 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe
         options = {k: v for k, v in table.items() if k not in STEP_KEYS}
         if command.replace("-", "_") in parsers:
             options = _check_options(step_id, command, options, parsers[command.replace("-", "_")], base, where)
+        if isinstance(options.get("target"), str):
+            options["target"] = _recipe_target(options["target"], base, path, allow_outside)
         per_target = bool(table.get("per_target", command in PER_TARGET))
         steps.append(Step(step_id, command, inputs, options, per_target))
     if any(s.per_target for s in steps) and not chosen:
@@ -182,6 +195,46 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe
                             hint='add targets = ["x86-cpu"] or pass --targets')
     return Recipe(path, model, tuple(chosen), data, baseline, tuple(steps),
                   hashlib.sha256(raw_bytes).hexdigest())
+
+
+def _recipe_target(text: str, base: Path, recipe: Path, allow_outside: bool) -> str:
+    """A target as a recipe names it: a plain name, or a .toml file under the recipe's folder
+    (resolved against it), never a path that reaches elsewhere."""
+    from edgepack.targets import is_target_name
+
+    if is_target_name(text):
+        return text
+    if not text.endswith(".toml"):
+        raise EdgepackError(f"recipe {recipe}: target '{text}' is neither a target name nor a .toml file",
+                            hint="name a target from `edgepack targets`, or a .toml file beside the recipe")
+    file = _expand(text, base).resolve()
+    if not allow_outside and not file.is_relative_to(base.resolve()):
+        raise EdgepackError(f"recipe {recipe}: target file '{text}' is outside the recipe's folder; refused",
+                            hint="copy it beside the recipe, or pass --allow-outside to `edgepack run`")
+    return str(file)
+
+
+def _target_folder(target: str) -> str:
+    """The sub-folder of the output folder for a target's steps: its name, or its file's stem."""
+    from edgepack.targets import is_target_name
+
+    name = target if is_target_name(target) else Path(target).stem
+    if not is_target_name(name):
+        raise EdgepackError(f"target file '{target}': '{name}' cannot name a folder",
+                            hint="rename the file to letters, digits, '.', '_' and '-'")
+    return name
+
+
+def _output_option(value: Any, key: str, folder: Path, out_dir: Path, step_id: str, allow_outside: bool) -> str:
+    """A file a step writes (e.g. tensorrt_cache): relative to the step's output folder, and
+    refused outside the output folder unless the user passed --allow-outside."""
+    target = Path(str(value)).expanduser()
+    target = target if target.is_absolute() else folder / target
+    if not allow_outside and not target.resolve().is_relative_to(out_dir.resolve()):
+        raise EdgepackError(f"step '{step_id}': {key} = {str(value)!r} writes outside the output folder "
+                            f"{out_dir}; refused",
+                            hint="use a path inside it, or pass --allow-outside to `edgepack run`")
+    return str(target)
 
 
 def _command_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -288,8 +341,11 @@ def _extension(command: str, target: str | None) -> str:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = False,
-               force: bool = False) -> list[StepResult]:
+               force: bool = False, allow_outside: bool = False) -> list[StepResult]:
     """Run the steps in order; a step whose inputs and options are unchanged is skipped.
+
+    Every file a step writes stays under `out_dir` (options such as tensorrt_cache are relative
+    to the step's folder) unless `allow_outside`.
 
     allow_missing: a step whose command is not in this installation is reported "unavailable"
     (with the steps that need its output) instead of refusing the recipe.
@@ -307,11 +363,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, allow_missing: bool = Fal
     reports: dict[tuple[str, str | None], Path] = {}  # JSON reports: the input of e.g. `check`
     results: list[StepResult] = []
     plan = [(s, t) for s in recipe.steps for t in (recipe.targets if s.per_target else (None,))]
+    for step, target in plan:  # refused before anything runs
+        folder = out_dir / _target_folder(target) if target else out_dir
+        for key in OUTPUT_OPTIONS & set(step.options):
+            _output_option(step.options[key], key, folder, out_dir, step.id, allow_outside)
     try:
         for number, (step, target) in enumerate(plan, 1):
             label = f"[{number}/{len(plan)}] {step.id}" + (f" ({target})" if target else "")
             print(f"{label:<40}", end=" ", file=sys.stderr, flush=True)
-            result = _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force)
+            result = _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force,
+                               allow_outside)
             results.append(result)
             # the step's artifact; None: unavailable; False: the step writes no artifact
             outputs[(step.id, target)] = (None if result.status == "unavailable" else
@@ -370,7 +431,8 @@ def _resolve_inputs(refs, step, target, recipe, outputs, reports) -> list[Path] 
     return paths
 
 
-def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force) -> StepResult:
+def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force,
+              allow_outside=False) -> StepResult:
     result = StepResult(step.id, step.command, target, "unavailable")
     parser = parsers.get(step.command.replace("-", "_"))
     if parser is None:
@@ -383,7 +445,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     if isinstance(inputs, str):
         result.note = inputs
         return result
-    folder = out_dir / target if target else out_dir
+    folder = out_dir / _target_folder(target) if target else out_dir
     folder.mkdir(parents=True, exist_ok=True)
     if len(inputs) != len(positionals):
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
@@ -395,6 +457,8 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         artifact = folder / f"{step.id}{_extension(step.command, target)}"
         argv += ["-o", str(artifact)]
     options = dict(step.options)
+    for key in OUTPUT_OPTIONS & set(options):
+        options[key] = _output_option(options[key], key, folder, out_dir, step.id, allow_outside)
     if "target" in dests and "target" not in options and (target or recipe.targets):
         options["target"] = target or recipe.targets[0]
     if "data" in dests and "data" not in options and recipe.data:
@@ -402,13 +466,14 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     argv += _argv_options(options, parser)
     if "json" in dests:
         report = folder / f"{step.id}.json"
-        argv += ["--json", str(report)]
+        if report != artifact:  # calibrate: its artifact is the JSON ranges already
+            argv += ["--json", str(report)]
     result.argv, result.artifact = argv, str(artifact) if artifact else None
     result.report = str(report) if report else None
 
     hashed = {str(p): sha256_path(p) for p in inputs}
     hashed.update({str(v): sha256_path(v) for k, v in options.items()
-                   if isinstance(v, str) and k != "target" and Path(v).exists()})
+                   if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and Path(v).exists()})
     if "target" in options:  # a changed target file changes the step
         from edgepack.targets import load_target
         target_file = load_target(options["target"]).path
@@ -439,7 +504,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         result.status = "failed"
         result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
         return result
-    produced = [p for p in (artifact, report) if p is not None]
+    produced = list(dict.fromkeys(p for p in (artifact, report) if p is not None))
     absent = [str(p) for p in produced if not p.is_file()]
     if absent:
         result.status, result.note = "failed", f"did not write {absent[0]}"

@@ -24,7 +24,14 @@ def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: 
         options.enable_mem_pattern = False
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else str(model)
+    source = str(model)
+    if isinstance(model, ir.Model):
+        from edgepack.io import external_base_dir
+
+        source = ir.serde.serialize_model(model).SerializeToString()
+        base = external_base_dir(model)
+        if base is not None:  # ORT reads a byte model's external data relative to this, else the working folder
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -158,6 +158,11 @@ def list_targets() -> list[Target]:
     return [load_target(p) for p in sorted(target_dir().glob("*.toml"))]
 
 
+def is_target_name(text: str) -> bool:
+    """A plain name (of a file in targets/), not a path: no '/', '\\' or '..'."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) is not None and ".." not in text
+
+
 def load_target(name_or_path: str | Path | Target) -> Target:
     """A target by name (a file in targets/) or by the path of a TOML file."""
     if isinstance(name_or_path, Target):
@@ -165,6 +170,9 @@ def load_target(name_or_path: str | Path | Target) -> Target:
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith(".toml") or path.is_file()):
+        if not is_target_name(text):  # "../x", "a/b": a name may not reach outside targets/
+            raise EdgepackError(f"target '{text}' is neither a target name nor a .toml file",
+                                hint="a name is letters, digits, '.', '_' and '-' (see `edgepack targets`)")
         path = target_dir() / f"{text}.toml"
         if not path.is_file():
             known = ", ".join(p.stem for p in sorted(target_dir().glob("*.toml")))

@@ -129,8 +129,10 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                         hint="leave it out")
             from edgepack.backends import ort
 
+            from edgepack.io import has_external_data
+
             manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
-                                 weights_nbytes=weights_nbytes(graph))
+                                 weights_nbytes=weights_nbytes(graph), external_data=has_external_data(graph))
             if qdq and runtime_check:
                 manifest["runtime_check"] = _check_runtime(model_path, output, target, data)
     if isinstance(model, ir.Model):

@@ -118,10 +118,12 @@ def _check_profile(name: str, dims: tuple[int | None, ...], *shapes: Shape) -> N
 @contextlib.contextmanager
 def staging(output: Path) -> Iterator[Path]:
     """A temporary folder beside `output`; the caller moves finished files out with `publish`."""
+    from edgepack import outputs
+
+    output = outputs.check_output(output)
     folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder))
+    outputs.clean_stale_temps(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=outputs.temp_prefix(), dir=folder))
     try:
         yield tmp
     finally:
@@ -129,5 +131,7 @@ def staging(output: Path) -> Iterator[Path]:
 
 
 def publish(staged: Path, final: Path) -> Path:
-    os.replace(staged, final)
+    from edgepack import outputs
+
+    os.replace(staged, outputs.check_output(final))
     return final

@@ -72,7 +72,7 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort_format: bool = False,
-                    weights_nbytes: int = 0):
+                    weights_nbytes: int = 0, external_data: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -84,7 +84,8 @@ def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort
         if ort_format:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.save_model_format", "ORT")
-        elif weights_nbytes > _ORT_FORMAT_LIMIT:
+        elif weights_nbytes > _ORT_FORMAT_LIMIT or external_data:
+            # an input's external data file stays beside the input: the artifact gets its own
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                              optimized_path.name + ".data")
             options.add_session_config_entry(
@@ -93,7 +94,7 @@ def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort
 
 
 def build(model_path: Path, output: Path, target, *, precision: str, threads: int | None = None,
-          weights_nbytes: int = 0) -> dict[str, Any]:
+          weights_nbytes: int = 0, external_data: bool = False) -> dict[str, Any]:
     """Optimize `model_path` for `target` and write the artifact, its companion and the manifest."""
     import onnxruntime as ort
 
@@ -111,7 +112,7 @@ def build(model_path: Path, output: Path, target, *, precision: str, threads: in
                 continue
             staged = tmp / path.name
             options = session_options(threads=threads, optimized_path=staged, ort_format=as_ort,
-                                      weights_nbytes=weights_nbytes)
+                                      weights_nbytes=weights_nbytes, external_data=external_data)
             disabled = ["NchwcTransformer"] if as_ort and block is None else []
             try:
                 ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
@@ -123,10 +124,11 @@ def build(model_path: Path, output: Path, target, *, precision: str, threads: in
             if data.exists():
                 written[data] = path.with_name(data.name)
         seconds = time.perf_counter() - start
+        runner = OrtRunner(tmp / artifact.name, threads=threads)  # loads before anything is published
+        io = {"inputs": [t.summary() for t in runner.inputs], "outputs": [t.summary() for t in runner.outputs]}
+        runner.close()
         for staged, final in written.items():
             publish(staged, final)
-    runner = OrtRunner(artifact, threads=threads)
-    io = {"inputs": [t.summary() for t in runner.inputs], "outputs": [t.summary() for t in runner.outputs]}
     return mf.make_manifest(
         backend="onnxruntime", target=target, precision=precision, model_path=model_path,
         artifact=artifact, versions={"onnxruntime": ort.__version__}, device=cpu_info(target),

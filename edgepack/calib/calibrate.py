@@ -118,7 +118,9 @@ def _with_outputs(model: ir.Model, tensors: list[ir.Value]) -> ir.Model:
     for v in tensors:
         if v.name not in existing and v.name not in inputs:
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(v.name))
-    return ir.serde.deserialize_model(proto)
+    from edgepack.io import external_base_dir, from_proto
+
+    return from_proto(proto, base_dir=external_base_dir(model))
 
 
 def _progress(enabled: bool, total: int | None):

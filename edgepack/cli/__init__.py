@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, UsageError
 
 # The order of `edgepack --help`; modules not listed here follow alphabetically.
 ORDER = ["inspect", "optimize", "prune", "compress", "pack", "unpack", "calibrate", "quantize",
@@ -33,6 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options naming files a command writes (the profile history and the timing cache are read too,
+# and updated in place by design); every other option naming an existing file is an input.
+OUTPUT_OPTIONS = ("output", "json", "tensorrt_cache", "report", "history_db", "timing_cache")
+
+
+@contextlib.contextmanager
+def command_paths(args: argparse.Namespace):
+    """The one output check of every command: no output may be an input (named on the command
+    line, or read later, such as a model's external data file; see edgepack/outputs.py)."""
+    from edgepack import outputs
+
+    values = {dest: value for dest, value in vars(args).items() if dest not in ("run", "command")}
+    inputs = [v for dest, value in values.items() if dest not in OUTPUT_OPTIONS
+              for v in (value if isinstance(value, list) else [value])
+              if isinstance(v, str) and v and v != "-" and os.path.isfile(v)]
+    with outputs.command(inputs):
+        written: dict[str, str] = {}
+        for dest in OUTPUT_OPTIONS:
+            value = values.get(dest)
+            if isinstance(value, str) and value and value != "-":
+                flag = f"--{dest.replace('_', '-')}" if dest != "output" else "-o"
+                outputs.check_output(value, what=flag)
+                key = os.path.realpath(value)
+                if key in written:
+                    raise UsageError(f"{written[key]} and {flag} name the same file {value}",
+                                     hint="give each output its own file")
+                written[key] = flag
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.ERROR if args.quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.run(args) or 0)
+        with command_paths(args):
+            return int(args.run(args) or 0)
     except EdgepackError as exc:
         if args.debug:
             raise

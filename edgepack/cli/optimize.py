@@ -31,8 +31,6 @@ def summary(report: dict) -> dict:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from edgepack import io, runtime
     from edgepack.errors import EdgepackError
     from edgepack.inspection import inspect_model
@@ -40,9 +38,6 @@ def run(args) -> int:
     from edgepack.passes.pipeline import build_pipeline, run_timed
     from edgepack.targets import load_target
 
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        raise EdgepackError(f"-o {args.output} is the input model; edgepack never overwrites an input",
-                            hint="write the optimized model to another file")
     target = load_target(args.target) if args.target else None
     model = io.load(args.model)
     before = summary(inspect_model(model, args.model))

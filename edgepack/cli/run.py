@@ -19,6 +19,9 @@ def register(subparsers):
                         help="targets for the per-target steps, replacing the recipe's `targets`")
     parser.add_argument("--force", action="store_true", help="run every step, even unchanged ones")
     parser.add_argument("--report", metavar="HTML", help="also write the HTML report of the run")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="let the recipe write outside the output folder and read target files outside "
+                             "its own folder (refused by default: see docs/security.md)")
     common.add_json(parser)
     return parser
 
@@ -27,10 +30,10 @@ def run(args) -> int:
     from edgepack.recipe import format_results, load_recipe, run_recipe
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    recipe = load_recipe(args.recipe, targets=targets)
+    recipe = load_recipe(args.recipe, targets=targets, allow_outside=args.allow_outside)
     name = recipe.path.name.removesuffix(".toml").removesuffix(".recipe")
     out_dir = Path(args.output) if args.output else Path(f"{name}-out")
-    results = run_recipe(recipe, out_dir, force=args.force)
+    results = run_recipe(recipe, out_dir, force=args.force, allow_outside=args.allow_outside)
     if args.report:
         from edgepack.report.html import write_report
         write_report(out_dir, args.report)

@@ -50,7 +50,7 @@ class OnnxSimplifyPass(ir.passes.InPlacePass):
             logger.info("onnxsim skipped: weights over %d MiB; using edgepack's own passes",
                            ONNXSIM_MAX_BYTES >> 20)
             return ir.passes.PassResult(model, modified=False)
-        if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        if io.has_external_data(model):  # onnxsim would read it relative to the working folder
             logger.info("onnxsim skipped: the model keeps its weights in external data; "
                            "using edgepack's own passes")
             return ir.passes.PassResult(model, modified=False)

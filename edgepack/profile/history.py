@@ -47,7 +47,9 @@ class History:
                                 hint="run `edgepack profile` first, or point --history-db / EDGEPACK_HISTORY at it")
         try:
             if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                from edgepack import outputs
+
+                outputs.check_output(self.path, what="profile history")  # never an input; folders made
             connection = sqlite3.connect(self.path, timeout=30)
             connection.executescript(_SCHEMA)
             return connection
