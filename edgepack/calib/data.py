@@ -7,6 +7,7 @@ Arrays are streamed: an `.npz` member is decompressed batch by batch, an `.npy` 
 """
 from __future__ import annotations
 
+import logging
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,15 +47,28 @@ class Dataset:
 
     def __init__(self, source: Any, specs: list[InputSpec], *, batch_size: int = 32,
                  limit: int | None = None, labels: str | None = None):
-        self.source, self.specs, self.batch_size, self.limit = source, specs, batch_size, limit
+        self.source, self.specs, self.limit = source, specs, limit
         self.label_key = labels
         self.description = str(source) if isinstance(source, (str, Path)) else type(source).__name__
+        self.model_batch = _fixed_batch(specs)
+        if self.model_batch:  # read whole model batches; feed exactly that many at a time
+            batch_size = max(self.model_batch, batch_size // self.model_batch * self.model_batch)
+        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for batch in self.batches(with_labels=False):
             yield batch
 
     def batches(self, with_labels: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Checked batches; for a model with a fixed batch dimension B, batches of exactly B
+        samples (a remainder of fewer than B samples is dropped, with a warning)."""
+        checked = self._checked_batches(with_labels)
+        if not self.model_batch:
+            yield from checked
+            return
+        yield from _rebatched(checked, self.model_batch, self.description)
+
+    def _checked_batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         seen = 0
         for raw in _raw_batches(self.source, self.specs, self.batch_size, self.label_key if with_labels else None):
             if self.limit is not None:
@@ -89,6 +105,32 @@ class Dataset:
         if "__labels__" in raw:
             batch["__labels__"] = np.asarray(raw["__labels__"])
         return batch
+
+
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size a model's inputs fix (a positive int first dim), or None when dynamic."""
+    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    if len(fixed) > 1:
+        raise EdgepackError(f"the model's inputs fix different batch sizes {sorted(fixed)}",
+                            hint="export the model with one batch dimension for all inputs")
+    return fixed.pop() if fixed else None
+
+
+def _rebatched(batches: Iterable[dict[str, np.ndarray]], size: int, description: str):
+    """Re-cut batches of any size into batches of exactly `size` samples."""
+    pending: dict[str, np.ndarray] | None = None
+    for batch in batches:
+        if pending is not None:
+            batch = {k: np.concatenate([pending[k], v]) for k, v in batch.items()}
+        count = len(next(iter(batch.values())))
+        whole = count // size * size
+        for start in range(0, whole, size):
+            yield {k: v[start:start + size] for k, v in batch.items()}
+        pending = {k: v[whole:] for k, v in batch.items()} if whole < count else None
+    if pending is not None:
+        left = len(next(iter(pending.values())))
+        logger.warning("%s: dropped the last %d sample(s): the model takes batches of exactly %d",
+                       description, left, size)
 
 
 def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, limit: int | None = None,
