@@ -5,12 +5,14 @@ from edgepack.cli import common
 
 
 def add_calibration_args(parser) -> None:
-    parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz or .npy")
+    parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz "
+                        "(FILE.npz:ARRAY picks an array) or .npy")
     parser.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="entropy",
                         help="how a range is chosen from the observed values (default: entropy)")
     parser.add_argument("--percentile", type=float, default=99.99, metavar="P",
                         help="for --method percentile (default 99.99)")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
+    common.add_preprocess_args(parser)
 
 
 def register(subparsers):
@@ -29,13 +31,14 @@ def register(subparsers):
 def run(args) -> int:
     from edgepack import io
     from edgepack.calib import calibrate
+    from edgepack.calib.preprocess import Preprocess
     from edgepack.errors import UsageError
 
     if not args.data:
         raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
     model = io.load(args.model)
     ranges = calibrate(model, args.data, method=args.method, percentile=args.percentile, limit=args.limit,
-                       symmetric=args.symmetric, progress=not args.quiet)
+                       symmetric=args.symmetric, progress=not args.quiet, preprocess=Preprocess.from_args(args))
     ranges.save(args.output)
     if args.tensorrt_cache:
         ranges.to_tensorrt_cache(args.tensorrt_cache)

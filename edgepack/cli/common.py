@@ -45,6 +45,33 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
+    """The preprocessing flags, on every command that reads data (see docs/data.md); read back with Preprocess.from_args."""
+    from edgepack.calib.preprocess import CHANNEL_ORDERS
+
+    group = parser.add_argument_group(
+        "preprocessing", "applied to arrays and image folders alike, in this order: resize, crop, "
+                         "scale, channel order, mean/std, layout")
+    group.add_argument("--layout", metavar="DATA:MODEL",
+                       help="transpose the data: NHWC:NCHW (NCHW alone means the same), NCHW:NHWC")
+    group.add_argument("--scale", metavar="S", help="multiply by S first, e.g. 1/255 (needed for integer data "
+                                                     "feeding a float input; --scale 1 keeps the values)")
+    group.add_argument("--mean", metavar="M,...", help="subtract per channel, e.g. 0.485,0.456,0.406")
+    group.add_argument("--std", metavar="S,...", help="then divide per channel, e.g. 0.229,0.224,0.225")
+    group.add_argument("--channel-order", metavar="ORDER", type=str.upper, choices=CHANNEL_ORDERS,
+                       help="BGR: swap the stored RGB channels (default RGB: keep)")
+    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX (bilinear)")
+    group.add_argument("--crop", type=int, metavar="PX", help="centre crop PX x PX")
+
+
+def data_arg(args: argparse.Namespace):
+    """`--data` carrying the preprocessing flags (for APIs that take only `data`)."""
+    from edgepack.calib.data import with_preprocess
+    from edgepack.calib.preprocess import Preprocess
+
+    return with_preprocess(getattr(args, "data", None), Preprocess.from_args(args))
+
+
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print `text` for people, or `data` as JSON when --json was given (to stdout or a file)."""
     target = getattr(args, "json", None)

@@ -39,8 +39,10 @@ def register(subparsers):
 def run(args) -> int:
     from edgepack import io
     from edgepack.calib import Ranges, calibrate
+    from edgepack.calib.preprocess import Preprocess
     from edgepack.errors import EdgepackError, UsageError
     from edgepack.quant.check_qdq import check_qdq
+    from edgepack.quant.origin import stamp_quantized
     from edgepack.graph import copy_model
     from edgepack.quant.prepare import prepare
     from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
@@ -60,23 +62,28 @@ def run(args) -> int:
                                     bias_correction=not args.no_bias_correction)
     model = io.load(args.model)
     prepare(model)
+    preprocess = Preprocess.from_args(args)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
         symmetric=policy.symmetric_activations, progress=not args.quiet,
-        only=tensors_to_calibrate(model, policy))
+        only=tensors_to_calibrate(model, policy), preprocess=preprocess)
+    if preprocess is None and ranges.preprocess:  # the ranges file says how its data was prepared
+        preprocess = Preprocess.from_manifest(ranges.preprocess, f"{args.ranges}: preprocess")
     sensitivity, sqnr = None, None
     if mixed:
-        sensitivity = layer_sensitivity(model, ranges, policy, args.data, progress=not args.quiet)
+        sensitivity = layer_sensitivity(model, ranges, policy, args.data, progress=not args.quiet,
+                                        preprocess=preprocess)
     if args.max_error is not None or args.min_agreement is not None:
         result, sqnr, _ = keep_sensitive_float(model, ranges, policy, args.data, sensitivity,
                                                min_sqnr_db=args.max_error, min_agreement=args.min_agreement,
-                                               exclude=set(args.exclude))
+                                               exclude=set(args.exclude), preprocess=preprocess)
     else:
         result = insert_qdq(model, ranges, policy, exclude=set(args.exclude))
     problems = check_qdq(result.model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
+    stamp_quantized(result.model, target, preprocess)
     io.save(result.model, args.output)
     report = {"schema": SCHEMA, "target": target.name, "method": ranges.method, "output": args.output,
               "quantized_nodes": result.quantized, "float_nodes": [n for n, _ in result.skipped],

@@ -51,21 +51,25 @@ class _Stats:
 
 
 def compare(a, b, data, *, limit: int | None = None, layers: bool = True, labels: bool = True,
-            label_key: str = "labels") -> dict:
+            label_key: str = "labels", preprocess=None) -> dict:
     """`compare_models` for models given as paths or onnx-ir models (the public API)."""
     from edgepack import io
 
     a = io.load(a) if not isinstance(a, ir.Model) else a
     b = io.load(b) if not isinstance(b, ir.Model) else b
-    return compare_models(a, b, data, limit=limit, layers=layers, labels=labels, label_key=label_key)
+    return compare_models(a, b, data, limit=limit, layers=layers, labels=labels, label_key=label_key,
+                          preprocess=preprocess)
 
 
 def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, layers: bool = True,
-                   labels: bool = True, batch_size: int = 64, label_key: str = "labels") -> dict:
+                   labels: bool = True, batch_size: int = 64, label_key: str = "labels",
+                   preprocess=None) -> dict:
     """Run A and B on the same data; statistics per output and per shared intermediate tensor.
 
     Top-1 accuracy is computed when `labels` and the data holds an array named `label_key` (an
-    .npz) or is a calibration folder whose manifest names an evaluation file and its labels."""
+    .npz), `data` is `FILE.npz:ARRAY:LABELS`, `label_key` names another file (`FILE.npz:ARRAY`),
+    or `data` is a calibration folder whose manifest names an evaluation file and its labels.
+    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data."""
     from edgepack import io
 
     outputs = [o.name for o in a.graph.outputs]
@@ -83,7 +87,8 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
     stats = {n: _Stats() for n in names}
     reshaped: set[str] = set()  # same name, other shape (e.g. channels removed by optimize)
     dataset = open_dataset(data, input_specs_of(sa), batch_size=batch_size, limit=limit,
-                           labels=label_key if labels and has_labels(data, label_key) else None)
+                           labels=label_key if labels and has_labels(data, label_key) else None,
+                           preprocess=preprocess)
     for batch in dataset.batches(with_labels=dataset.label_key is not None):
         y = batch.pop("__labels__", None)
         ra = dict(zip([o.name for o in sa.get_outputs()], sa.run(None, batch)))

@@ -18,8 +18,11 @@ logger = logging.getLogger(__name__)
 def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | None = None,
              method: str = "entropy", percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True,
-             limit: int | None = None, progress: bool = False) -> QuantizeResult:
-    """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`."""
+             limit: int | None = None, progress: bool = False, preprocess=None) -> QuantizeResult:
+    """QDQ post-training quantization of `model` in place. Give calibration `data` or `ranges`.
+
+    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data; it is recorded, with
+    the target, in the model's metadata (quant/origin.py)."""
     target = load_target(target)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8", hint="build it with --precision fp16")
@@ -31,8 +34,15 @@ def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | N
                                 hint="pass --data D or --ranges ranges.json")
         ranges = calibrate(model, data, method=method, percentile=percentile, limit=limit,
                            symmetric=policy.symmetric_activations, progress=progress,
-                           only=tensors_to_calibrate(model, policy))
+                           only=tensors_to_calibrate(model, policy), preprocess=preprocess)
+    if preprocess is None and ranges.preprocess:
+        from edgepack.calib.preprocess import Preprocess
+
+        preprocess = Preprocess.from_manifest(ranges.preprocess, "ranges: preprocess")
     result = insert_qdq(model, ranges, policy, exclude=set(exclude))
+    from edgepack.quant.origin import stamp_quantized
+
+    stamp_quantized(result.model, target, preprocess)
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}")
