@@ -437,7 +437,9 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
             result.log = capture.renamed(capture.text[-4000:])
         errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
         result.status = "failed"
-        result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
+        lines = [line.strip() for line in capture.text.splitlines() if line.strip()]
+        result.note = (errors[-1][len("error: "):] if errors
+                       else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
         return result
     produced = [p for p in (artifact, report) if p is not None]
     absent = [str(p) for p in produced if not p.is_file()]

@@ -8,6 +8,54 @@ import sys
 from pathlib import Path
 from typing import Any
 
+class GuidingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors say what was probably meant: `did you mean --method?` for a
+    mistyped option (from this parser's own options), the nearest command for a mistyped one."""
+
+    def error(self, message: str):
+        hint = suggestion(self, message)
+        if hint is None:  # e.g. "--rank is required" because it was typed --rnk
+            unknown = [w for w in getattr(self, "_seen", []) if w.startswith("--")
+                       and w.split("=")[0] not in option_strings(self)]
+            hint = suggestion(self, f"unrecognized arguments: {' '.join(unknown)}") if unknown else None
+        super().error(f"{message}{'; ' + hint if hint else ''}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings]
+
+
+def suggestion(parser: argparse.ArgumentParser, message: str) -> str | None:
+    """`did you mean ...?` for argparse's unknown-option and invalid-choice messages."""
+    import difflib
+    import re
+
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        options = [c.strip().strip("'") for c in choice[2].split(",")]
+        near = difflib.get_close_matches(choice[1], options, n=2, cutoff=0.5)
+        return f"did you mean {' or '.join(near)}?" if near else None
+    unknown = re.search(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        hints = []
+        for word in unknown[1].split():
+            if word.startswith("-"):
+                near = difflib.get_close_matches(word.split("=")[0], option_strings(parser), n=1, cutoff=0.6)
+                if near:
+                    hints.append(f"did you mean {near[0]}?")
+        return " ".join(hints) or None
+    return None
+
+
+def parser_of(namespace: argparse.Namespace, default: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The (sub)command parser that parsed `namespace` (set by `add_command`)."""
+    return getattr(namespace, "_parser", None) or default
+
+
 # Options every subcommand takes, so they work after the command name: `edgepack inspect m --debug`.
 COMMON = argparse.ArgumentParser(add_help=False)
 _group = COMMON.add_argument_group("general")
@@ -17,10 +65,12 @@ _group.add_argument("-q", "--quiet", action="store_true", help="only errors on s
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
+    parser = subparsers.add_parser(
         name, help=help, description=description or help, parents=[COMMON],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(_parser=parser)  # unknown options are reported with this command's usage
+    return parser
 
 
 def add_model(parser: argparse.ArgumentParser, help: str = "input ONNX model") -> None:

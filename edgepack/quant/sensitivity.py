@@ -34,7 +34,7 @@ def layer_sensitivity(model: ir.Model, ranges: Ranges, policy: QuantPolicy, data
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(layers, desc="sensitivity", unit="layer", leave=False)
+        iterator = tqdm(layers, desc="sensitivity", unit="layer", leave=False, disable=None)
     op_of = {n.name: n.op_type for n in model.graph}
     for name in iterator:
         single = insert_qdq(copy_model(model), ranges, policy, exclude=set(layers) - {name})
