@@ -132,3 +132,18 @@ def test_cli_quantize_and_compare_take_array_data_with_preprocessing(tmp_path):
                             "--json")
     assert compared.returncode == 0, compared.stderr
     assert json.loads(compared.stdout)["accuracy"]["samples"] == 16
+
+
+def test_a_recipe_takes_array_data_and_preprocessing_keys(tmp_path):
+    from edgepack.recipe import load_recipe, run_recipe
+
+    np.savez(tmp_path / "d.npz", images=_images(8), labels=np.zeros(8, np.int64))
+    save_text_model(POOL, tmp_path / "m.onnx")
+    (tmp_path / "r.toml").write_text(
+        'model = "m.onnx"\ntargets = ["x86-cpu"]\ndata = "d.npz:images"\n'
+        '[[step]]\nrun = "calibrate"\nmethod = "minmax"\nscale = "1/255"\n'
+        'mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nlayout = "NHWC:NCHW"\n')
+    (result,) = run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "out")
+    assert result.status == "done", result.note
+    saved = json.loads(next((tmp_path / "out").rglob("calibrate.json")).read_text())
+    assert saved["preprocess"]["mean"] == list(MEAN) and saved["samples"] == 8
