@@ -135,6 +135,10 @@ class Preprocess:
     def apply(self, batch: np.ndarray, where: str = "data") -> np.ndarray:
         """Preprocess a batch (first axis = sample). Integer data stays integer unless scaled."""
         src, dst = _split(self.layout)
+        if batch.dtype.kind in "ui" and self.scale is None and (self.mean is not None or self.std is not None):
+            raise EdgepackError(f"{where}: {batch.dtype} data with --mean/--std but no --scale",
+                                hint="add --scale 1/255 when mean/std are for 0..1 values, or --scale 1 "
+                                     "when they are in the data's own units")
         channelwise = self.mean is not None or self.std is not None or self.channel_order == "BGR"
         if batch.ndim != 4 and (self.layout or self.spatial or self.channel_order == "BGR"):
             raise EdgepackError(f"{where}: samples of shape {list(batch.shape[1:])} are not images",

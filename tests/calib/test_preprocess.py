@@ -59,6 +59,12 @@ def test_integer_data_for_a_float_input_is_refused_with_a_scale_hint(tmp_path):
     np.testing.assert_array_equal(batch["x"], np.load(tmp_path / "d.npy").astype(np.float32))
 
 
+def test_mean_and_std_on_integer_data_need_an_explicit_scale():
+    with pytest.raises(EdgepackError, match="no --scale.*--scale 1/255"):
+        Preprocess(mean=MEAN, std=STD).apply(_images())
+    np.testing.assert_allclose(Preprocess(scale=1, mean=(128,), std=(64,)).apply(np.full((1, 2), 192, np.uint8)), 1.0)
+
+
 def test_layout_mistake_gets_a_layout_hint(tmp_path):
     np.savez(tmp_path / "d.npz", images=_images())
     with pytest.raises(EdgepackError, match="--layout NHWC:NCHW"):
