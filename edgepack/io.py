@@ -69,9 +69,7 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     limit, when the model already had external data, or when `external_data=True`.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
+    folder = output_folder(path)
     threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
     if external_data is None:
         external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
@@ -97,9 +95,23 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     return path
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """The folder an output goes to, created (with its parents) when missing."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgepackError(f"cannot create output folder {folder}: {exc.strerror or exc}",
+                                hint="choose another -o path") from None
+        logger.info("created output folder %s", folder)
+    return folder
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write a file via a temporary file in the same folder, then rename: never half-written."""
     path = Path(path)
+    output_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     try:
         with os.fdopen(fd, "wb") as handle:

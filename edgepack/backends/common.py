@@ -116,9 +116,9 @@ def _check_profile(name: str, dims: tuple[int | None, ...], *shapes: Shape) -> N
 @contextlib.contextmanager
 def staging(output: Path) -> Iterator[Path]:
     """A temporary folder beside `output`; the caller moves finished files out with `publish`."""
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
+    from edgepack.io import output_folder
+
+    folder = output_folder(output)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder))
     try:
         yield tmp

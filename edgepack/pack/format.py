@@ -184,9 +184,7 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + bytes(payload)
     output = Path(output)
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise EdgepackError(f"output folder does not exist: {output.parent}", hint="create it first")
-    io.write_atomic(output, blob)
+    io.write_atomic(output, blob)  # creates a missing output folder
     seconds = time.perf_counter() - started
     logger.info("packed %s in %.2f s", model_path, seconds)
     original = io.files_nbytes(model_path, model)
