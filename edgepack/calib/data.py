@@ -61,7 +61,8 @@ class Dataset:
         self.preprocess = _stored_preprocess(self.source).merged(preprocess) if spec else preprocess
         if self.preprocess is not None and not self.preprocess.to_json():
             self.preprocess = None
-        self._images = spec is not None and spec.path.is_dir() and "images" in read_manifest(spec.path)
+        self._images = (spec is not None and (spec.path / "manifest.toml").is_file()
+                        and "images" in read_manifest(spec.path))
         self.model_batch = _fixed_batch(specs)
         if self.model_batch:  # read whole model batches; feed exactly that many at a time
             batch_size = max(self.model_batch, batch_size // self.model_batch * self.model_batch)
@@ -109,7 +110,8 @@ class Dataset:
                                     f"(has {', '.join(sorted(raw)) or 'nothing'})",
                                     hint="name each array after the model input it feeds")
             array = np.asarray(raw[spec.name])
-            if self.preprocess is not None:  # image files were resized and cropped one by one
+            if self.preprocess is not None and np.issubdtype(spec.dtype, np.floating):
+                # (inputs such as token ids are not preprocessed; image files were resized and cropped one by one)
                 steps = replace(self.preprocess, resize=None, crop=None) if self._images else self.preprocess
                 array = steps.apply(array, f"{self.description}: input '{spec.name}'")
             expected = spec.shape

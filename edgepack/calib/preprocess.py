@@ -56,14 +56,19 @@ class Preprocess:
         if self.channel_order is not None:
             order = str(self.channel_order).upper()
             if order not in CHANNEL_ORDERS:
-                raise UsageError(f"channel order '{self.channel_order}'", hint="use RGB or BGR")
+                raise UsageError(f"unknown channel order '{self.channel_order}'", hint="use RGB or BGR")
             set_("channel_order", order)
         for name in ("resize", "crop"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, bool) or int(value) != value or int(value) <= 0:
+                try:
+                    pixels = int(value)
+                    ok = not isinstance(value, bool) and pixels == float(value) and pixels > 0
+                except (TypeError, ValueError):
+                    ok = False
+                if not ok:
                     raise UsageError(f"{name} {value!r}: expected a positive number of pixels")
-                set_(name, int(value))
+                set_(name, pixels)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -102,15 +107,6 @@ class Preprocess:
     def with_image_defaults(self) -> "Preprocess":
         """Decoded image files: x/255, RGB, NHWC->NCHW unless said otherwise."""
         return Preprocess(layout="NHWC:NCHW", scale=1 / 255).merged(self)
-
-    def flags(self) -> str:
-        """The command-line flags that give this spec (for hints and docs)."""
-        out = []
-        for key, value in self.to_json().items():
-            text = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else (
-                f"{value:g}" if isinstance(value, float) else str(value))
-            out.append(f"--{key.replace('_', '-')} {text}")
-        return " ".join(out)
 
     # ------------------------------------------------------------ application
     @property
@@ -211,7 +207,7 @@ def parse_layout(value: str) -> str:
     if len(parts) == 1:
         parts = ["NHWC", parts[0]]
     if len(parts) != 2 or any(p not in LAYOUTS for p in parts):
-        raise UsageError(f"layout '{value}'", hint="use NHWC:NCHW (data:model), NCHW:NHWC, NCHW or NHWC")
+        raise UsageError(f"unknown layout '{value}'", hint="use NHWC:NCHW (data:model), NCHW:NHWC, NCHW or NHWC")
     return ":".join(parts)
 
 
