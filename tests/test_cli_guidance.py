@@ -129,3 +129,16 @@ def test_the_quantized_model_records_its_target_and_preprocessing(cpu_int8):
     quantize(model, data, target="jetson-orin-nano", method="minmax", preprocess=Preprocess(scale="1/255"))
     assert stored_preprocess(model) == {"scale": pytest.approx(1 / 255)}
     assert qdq_origin(ir.serde.deserialize_model(ir.serde.serialize_model(model))).form == "tensorrt"
+
+
+def test_the_build_manifest_says_how_to_feed_the_artifact(tmp_path):
+    from edgepack.backends import build
+    from edgepack.calib.preprocess import Preprocess
+
+    model = model_from_text(GEMM)
+    data = [{"x": np.random.default_rng(0).integers(0, 255, (8, 3)).astype(np.uint8)}]
+    quantize(model, data, target="x86-cpu", method="minmax", preprocess=Preprocess(scale="1/255", mean=0.5))
+    io.save(model, tmp_path / "q.onnx")
+    manifest = build(tmp_path / "q.onnx", "x86-cpu", output=tmp_path / "out" / "q.opt.onnx").manifest
+    assert manifest["quantized_for"] == "x86-cpu"
+    assert manifest["preprocess"] == {"scale": pytest.approx(1 / 255), "mean": [0.5]}
