@@ -9,7 +9,8 @@ def register(subparsers):
         subparsers, "check-qdq", "check a QDQ model against a target's quantization rules",
         "TensorRT: int8 only with zero point 0, finite positive scales, per-channel axis and scale count\n"
         "right, every QuantizeLinear followed by DequantizeLinear, no QOperator ops (QLinearConv...).\n"
-        "Exit 1 when a rule is broken.")
+        "Findings are grouped: one line per rule with its count and first node (-v lists every node),\n"
+        "and the cause when the model was quantized for another target. Exit 1 when a rule is broken.")
     common.add_model(parser)
     common.add_target(parser)
     common.add_json(parser)
