@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -41,16 +40,15 @@ def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> l
 
     specs = [InputSpec(v.name, tuple(v.shape or ()), np.dtype(_NP_DTYPES.get(v.dtype, np.float32)))
              for v in graph_inputs(model)]
-    path = Path(spec)
-    labels = "labels" if has_labels(path) else None
-    dataset = open_dataset(path, specs, batch_size=batch, limit=limit, labels=labels)
+    labels = "labels" if has_labels(spec) else None
+    dataset = open_dataset(spec, specs, batch_size=batch, limit=limit, labels=labels)
     feeds = []
     for item in dataset.batches(with_labels=labels is not None):
         if "__labels__" in item:
             item["labels"] = item.pop("__labels__")
         feeds.append(item)
     if not feeds:
-        raise EdgepackError(f"{path}: holds no samples", hint="pass data with at least one sample")
+        raise EdgepackError(f"{spec}: holds no samples", hint="pass data with at least one sample")
     return feeds
 
 

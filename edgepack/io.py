@@ -267,7 +267,7 @@ def _progress(model: ir.Model):
         return
     from tqdm import tqdm
 
-    with tqdm(desc="saving weights", unit="tensor", leave=False) as bar:
+    with tqdm(desc="saving weights", unit="tensor", leave=False, disable=None) as bar:
 
         def callback(tensor, info):
             bar.total = info.total

@@ -150,7 +150,9 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
     data = raw.get("data")
     if data is not None:
         data = str(_expand(str(data), base))
-        if not Path(data).exists():
+        from edgepack.calib.data import parse_data
+
+        if not parse_data(data).path.exists():  # FILE.npz:ARRAY[:LABELS] names a file too
             raise EdgepackError(f"recipe {path}: data not found: {data}")
     baseline = _expand(str(raw["baseline"]), base) if raw.get("baseline") else None
     raw_steps = raw.get("step", [])
@@ -258,8 +260,12 @@ def _check_options(step_id, command, options, parser, base, where) -> dict[str, 
         if action is None or action.dest in ENGINE_OPTIONS:
             valid = sorted({a.option_strings[-1].lstrip("-") for a in parser._actions
                             if a.option_strings and a.dest not in ENGINE_OPTIONS})
+            import difflib
+
+            near = difflib.get_close_matches(key.replace("_", "-"), valid, n=1, cutoff=0.6)
             raise EdgepackError(f"{where} ('{step_id}'): unknown option '{key}' for `edgepack {command}`",
-                                hint=f"its options are: {', '.join(valid)}")
+                                hint=(f"did you mean {near[0]}? " if near else "")
+                                + f"its options are: {', '.join(valid)}")
         if action.nargs == 0 and not isinstance(value, bool):
             raise EdgepackError(f"{where} ('{step_id}'): option '{key}' is a switch",
                                 hint=f"write {key} = true or false")
@@ -280,6 +286,8 @@ def _argv_options(options: dict[str, Any], parser: argparse.ArgumentParser) -> l
         flag = by_dest[dest].option_strings[-1]
         if isinstance(value, bool):
             argv += [flag] if value else []
+        elif isinstance(value, list) and by_dest[dest].nargs is None:  # mean = [0.485, 0.456, 0.406]
+            argv += [flag, ",".join(map(str, value))]
         elif isinstance(value, list):
             argv += [flag, *map(str, value)]
         else:
@@ -472,8 +480,10 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     result.report = str(report) if report else None
 
     hashed = {str(p): sha256_path(p) for p in inputs}
-    hashed.update({str(v): sha256_path(v) for k, v in options.items()
-                   if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and Path(v).exists()})
+    from edgepack.calib.data import parse_data
+
+    hashed.update({str(v): sha256_path(parse_data(v).path) for k, v in options.items()
+                   if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and parse_data(v).path.exists()})
     if "target" in options:  # a changed target file changes the step
         from edgepack.targets import load_target
         target_file = load_target(options["target"]).path
@@ -502,7 +512,9 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
             result.log = capture.renamed(capture.text[-4000:])
         errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
         result.status = "failed"
-        result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
+        lines = [line.strip() for line in capture.text.splitlines() if line.strip()]
+        result.note = (errors[-1][len("error: "):] if errors
+                       else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
         return result
     produced = list(dict.fromkeys(p for p in (artifact, report) if p is not None))
     absent = [str(p) for p in produced if not p.is_file()]

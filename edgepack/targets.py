@@ -175,8 +175,16 @@ def load_target(name_or_path: str | Path | Target) -> Target:
                                 hint="a name is letters, digits, '.', '_' and '-' (see `edgepack targets`)")
         path = target_dir() / f"{text}.toml"
         if not path.is_file():
-            known = ", ".join(p.stem for p in sorted(target_dir().glob("*.toml")))
-            raise EdgepackError(f"unknown target '{text}'", hint=f"use one of: {known}, or a .toml path")
+            import difflib
+
+            names = [p.stem for p in sorted(target_dir().glob("*.toml"))]
+            near = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+            if near:
+                raise EdgepackError(f"unknown target '{text}'",
+                                    hint=f"did you mean {' or '.join(near)}? (all: {', '.join(names)}, "
+                                         "or a .toml path; `edgepack targets` lists them)")
+            raise EdgepackError(f"unknown target '{text}'",
+                                hint=f"use one of: {', '.join(names)}, or a .toml path")
     if not path.is_file():
         raise EdgepackError(f"target file not found: {path}")
     try:

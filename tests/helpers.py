@@ -1,6 +1,7 @@
 """Shared test utilities: models from ONNX text, running them in ONNX Runtime, the shared data."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,15 @@ import onnxruntime as ort
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+#: the real models and data: $EDGEPACK_SHARED, else ../shared beside this checkout
+SHARED = Path(os.environ.get("EDGEPACK_SHARED") or REPO.parent / "shared").expanduser()
 SHARED_MODELS = SHARED / "models"
 SHARED_DATA = SHARED / "data"
+SHARED_HOWTO = (f"the real models and data are not at {SHARED}: put the shared/ folder (models/ and data/, "
+                "described in its README.md and data/SOURCES.md) beside this checkout as ../shared, or "
+                "point EDGEPACK_SHARED at it, e.g. EDGEPACK_SHARED=/data/edgepack-shared pytest")
 
-requires_shared = pytest.mark.skipif(
-    not SHARED_MODELS.is_dir(), reason="../shared (real models and data) is not beside this checkout"
-)
+requires_shared = pytest.mark.skipif(not SHARED_MODELS.is_dir(), reason=SHARED_HOWTO)
 
 
 def model_from_text(text: str) -> ir.Model:

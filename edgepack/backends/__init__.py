@@ -108,6 +108,8 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
         graph = load(model_path)
         qdq = has_qdq(graph)
+        if qdq:
+            _say_if_quantized_for_another_target(graph, target)
         resolved = resolve_precision(target, precision, qdq)
         output = Path(output) if output is not None else _default_output(model_path, target)
         _refuse_overwriting_input(model_path, output)
@@ -135,6 +137,12 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                  weights_nbytes=weights_nbytes(graph), external_data=has_external_data(graph))
             if qdq and runtime_check:
                 manifest["runtime_check"] = _check_runtime(model_path, output, target, data)
+    from edgepack.quant.origin import QUANTIZED_FOR, stored_preprocess
+
+    if graph.metadata_props.get(QUANTIZED_FOR):
+        manifest["quantized_for"] = graph.metadata_props[QUANTIZED_FOR]
+    if stored_preprocess(graph):  # how inputs are prepared, for whoever deploys the artifact
+        manifest["preprocess"] = stored_preprocess(graph)
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic
@@ -150,6 +158,19 @@ def _check_runtime(model_path: Path, artifact: Path, target, data) -> dict[str, 
     if not check.ok:
         logger.warning("%s", check.message)
     return {**check.to_json(), "data": "random inputs" if data is None else f"samples of {data}"}
+def _say_if_quantized_for_another_target(graph: ir.Model, target) -> None:
+    """TensorRT refuses the ONNX Runtime QDQ form: say so before anything else; an ONNX Runtime
+    target runs a model quantized for another target, with a warning."""
+    from edgepack.quant.origin import target_mismatch
+
+    mismatch = target_mismatch(graph, target)
+    if mismatch is None:
+        return
+    if target.is_tensorrt:
+        raise EdgepackError(f"the model was {mismatch}; TensorRT takes int8 with zero point 0 only",
+                            hint=f"re-quantize the float model with `edgepack quantize -t {target.name}`")
+    logger.warning("the model was %s; it runs on %s, but re-quantizing with -t %s gives its best form",
+                   mismatch, target.name, target.name)
 
 
 def _build_tensorrt(model_path, output, target, graph, qdq, precision, resolved, *, dla, sparsity, shapes,

@@ -414,7 +414,7 @@ def _progress_monitor(trt):
         def phase_start(self, phase_name, parent_phase, num_steps):
             with self._lock:
                 self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=False,
-                                              position=len(self._bars))
+                                              position=len(self._bars), disable=None)
 
         def step_complete(self, phase_name, step):
             with self._lock:

@@ -29,8 +29,10 @@ def observable_tensors(model: ir.Model) -> list[ir.Value]:
 
 def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: float = 99.99,
               batch_size: int = 32, limit: int | None = None, symmetric: bool = False,
-              progress: bool = True, only: set[str] | None = None) -> Ranges:
+              progress: bool = True, only: set[str] | None = None, preprocess=None) -> Ranges:
     """Observe every float tensor over `data` (a path or an iterable of {input: array}).
+
+    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data (stored in the ranges).
 
     `only`: observe just these tensor names (what a quantizer needs). Fewer extra graph outputs
     leave ONNX Runtime free to fuse (Conv+Relu), so the calibration run is faster.
@@ -47,8 +49,9 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     probe = _with_outputs(model, tensors)
     session = runtime.session(probe, lean=True)  # graph outputs survive ORT fusions
     specs = input_specs_of(session)
-    batch_size = _batch_for_budget(session, open_dataset(data, specs, batch_size=1, limit=1), batch_size)
-    dataset = open_dataset(data, specs, batch_size=batch_size, limit=limit)
+    first = open_dataset(data, specs, batch_size=1, limit=1, preprocess=preprocess)
+    batch_size = _batch_for_budget(session, first, batch_size)
+    dataset = open_dataset(data, specs, batch_size=batch_size, limit=limit, preprocess=preprocess)
     observers = {n: HistogramObserver() for n in names}
     means = {n: ChannelMeanObserver() for n in _weighted_op_inputs(model) if n in observers}
     need_hist = method != "minmax"
@@ -76,7 +79,8 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     if samples == 0:
         raise EdgepackError(f"{dataset.description}: no calibration samples")
     ranges = Ranges(method, symmetric=symmetric, samples=samples,
-                    percentile=percentile if method == "percentile" else None)
+                    percentile=percentile if method == "percentile" else None,
+                    preprocess=dataset.preprocess.to_json() if dataset.preprocess is not None else None)
     for name, obs in observers.items():
         ranges.tensors[name] = tuple(float(v) for v in obs.range(method, symmetric=symmetric, percentile=percentile))
     ranges.means = {name: m for name, obs in means.items() if (m := obs.mean()) is not None}

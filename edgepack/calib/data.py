@@ -1,22 +1,30 @@
 """Calibration and evaluation data: read in batches, checked against the model's inputs.
 
 Sources: a calibration folder (`manifest.toml` + `.npz`, or images with a preprocessing spec), a
-single `.npz` (one array per input, first axis = sample) or `.npy` (single-input models), or any
-Python iterable of `{input_name: array}` (ONNX Runtime `CalibrationDataReader` objects too).
-Arrays are streamed: an `.npz` member is decompressed batch by batch, an `.npy` is memory-mapped.
+single `.npz` (one array per input, first axis = sample; `FILE.npz:ARRAY[:LABELS]` picks the array
+of a single-input model and its labels; an .npz with one array is used whatever its name) or `.npy`
+(single-input models), or any Python iterable of `{input_name: array}` (ONNX Runtime
+`CalibrationDataReader` objects too). Arrays are streamed: an `.npz` member is decompressed batch
+by batch, an `.npy` is memory-mapped. A `Preprocess` (calib/preprocess.py) turns stored samples
+(e.g. uint8 HWC images) into the model's input; integer data never silently feeds a float input.
 """
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgepack.calib.preprocess import Preprocess
 from edgepack.errors import EdgepackError
+
+logger = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,18 +51,49 @@ class Dataset:
     """Batches of `{input_name: array}` from one source; iterable more than once."""
 
     def __init__(self, source: Any, specs: list[InputSpec], *, batch_size: int = 32,
-                 limit: int | None = None, labels: str | None = None):
-        self.source, self.specs, self.batch_size, self.limit = source, specs, batch_size, limit
-        self.label_key = labels
+                 limit: int | None = None, labels: str | None = None, preprocess: Preprocess | None = None):
+        spec = parse_data(source)
+        self.specs, self.limit = specs, limit
+        self.source = spec.path if spec else source
+        self.array = spec.array if spec else None
+        self.label_key = (spec.labels if spec and spec.labels else labels) if labels else None
         self.description = str(source) if isinstance(source, (str, Path)) else type(source).__name__
+        self.preprocess = _stored_preprocess(self.source).merged(preprocess) if spec else preprocess
+        if self.preprocess is not None and not self.preprocess.to_json():
+            self.preprocess = None
+        self._images = (spec is not None and (spec.path / "manifest.toml").is_file()
+                        and "images" in read_manifest(spec.path))
+        self.model_batch = _fixed_batch(specs)
+        if self.model_batch:  # read whole model batches; feed exactly that many at a time
+            batch_size = max(self.model_batch, batch_size // self.model_batch * self.model_batch)
+        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for batch in self.batches(with_labels=False):
             yield batch
 
     def batches(self, with_labels: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Checked batches; for a model with a fixed batch dimension B, batches of exactly B
+        samples (a remainder of fewer than B samples is dropped, with a warning)."""
+        checked = self._checked_batches(with_labels)
+        if not self.model_batch:
+            yield from checked
+            return
+        yield from _rebatched(checked, self.model_batch, self.description)
+
+    def _checked_batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         seen = 0
-        for raw in _raw_batches(self.source, self.specs, self.batch_size, self.label_key if with_labels else None):
+        label_key = self.label_key if with_labels else None
+        external = _load_external_labels(label_key) if label_key and _is_file_ref(label_key) else None
+        raw_batches = _raw_batches(self.source, self.specs, self.batch_size,
+                                   None if external is not None else label_key, self.array, self.preprocess)
+        for raw in raw_batches:
+            if external is not None:
+                count = len(next(iter(raw.values())))
+                if seen + count > len(external):
+                    raise EdgepackError(f"{label_key}: {len(external)} labels for more samples in "
+                                        f"{self.description}", hint="give one label per sample")
+                raw["__labels__"] = external[seen:seen + count]
             if self.limit is not None:
                 if seen >= self.limit:
                     return
@@ -71,12 +110,25 @@ class Dataset:
                                     f"(has {', '.join(sorted(raw)) or 'nothing'})",
                                     hint="name each array after the model input it feeds")
             array = np.asarray(raw[spec.name])
+            if self.preprocess is not None and np.issubdtype(spec.dtype, np.floating):
+                # (inputs such as token ids are not preprocessed; image files were resized and cropped one by one)
+                steps = replace(self.preprocess, resize=None, crop=None) if self._images else self.preprocess
+                array = steps.apply(array, f"{self.description}: input '{spec.name}'")
             expected = spec.shape
             if array.ndim != len(expected) or any(
                     isinstance(e, int) and e > 0 and a != e for a, e in zip(array.shape[1:], expected[1:])):
                 raise EdgepackError(f"{self.description}: input '{spec.name}' has samples of shape "
-                                    f"{list(array.shape[1:])}, the model expects {list(expected[1:])}")
+                                    f"{list(array.shape[1:])}, the model expects {list(expected[1:])}",
+                                    hint=_shape_hint(array.shape[1:], expected[1:]))
             if array.dtype != spec.dtype:
+                if (np.issubdtype(spec.dtype, np.floating) and np.issubdtype(array.dtype, np.integer)
+                        and (self.preprocess is None or self.preprocess.scale is None)):
+                    raise EdgepackError(
+                        f"{self.description}: input '{spec.name}' gets {array.dtype} data, the model "
+                        f"expects {spec.dtype}",
+                        hint="say how to scale it: --scale 1/255 (pixels 0..255 -> 0..1) or --scale 1 "
+                             "(the values as they are), plus --mean/--std/--layout as the model was "
+                             "trained (docs/data.md)")
                 if np.issubdtype(spec.dtype, np.floating) and np.issubdtype(array.dtype, np.number):
                     array = array.astype(spec.dtype)
                 else:
@@ -91,24 +143,150 @@ class Dataset:
         return batch
 
 
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size a model's inputs fix (a positive int first dim), or None when dynamic."""
+    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    if len(fixed) > 1:
+        raise EdgepackError(f"the model's inputs fix different batch sizes {sorted(fixed)}",
+                            hint="export the model with one batch dimension for all inputs")
+    return fixed.pop() if fixed else None
+
+
+def _rebatched(batches: Iterable[dict[str, np.ndarray]], size: int, description: str):
+    """Re-cut batches of any size into batches of exactly `size` samples."""
+    pending: dict[str, np.ndarray] | None = None
+    for batch in batches:
+        if pending is not None:
+            batch = {k: np.concatenate([pending[k], v]) for k, v in batch.items()}
+        count = len(next(iter(batch.values())))
+        whole = count // size * size
+        for start in range(0, whole, size):
+            yield {k: v[start:start + size] for k, v in batch.items()}
+        pending = {k: v[whole:] for k, v in batch.items()} if whole < count else None
+    if pending is not None:
+        left = len(next(iter(pending.values())))
+        logger.warning("%s: dropped the last %d sample(s): the model takes batches of exactly %d",
+                       description, left, size)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data path with, for an .npz, the array that feeds a single-input model and its labels."""
+
+    path: Path
+    array: str | None = None
+    labels: str | None = None
+
+
+_SPEC = re.compile(r"^(?P<path>.+?\.(?:npz|npy))(?::(?P<array>[^:]*))?(?::(?P<labels>[^:]*))?$", re.IGNORECASE)
+
+
+def parse_data(source: Any) -> DataSpec | None:
+    """`FILE.npz:ARRAY:LABELS` -> DataSpec; a plain path -> DataSpec(path); None for iterables."""
+    if not isinstance(source, (str, Path)):
+        return None
+    if isinstance(source, Path) or Path(source).exists():
+        return DataSpec(Path(source))
+    match = _SPEC.match(str(source))
+    if not match:
+        return DataSpec(Path(source))
+    return DataSpec(Path(match["path"]), match["array"] or None, match["labels"] or None)
+
+
+@dataclass(frozen=True)
+class PreprocessedData:
+    """A data source with its preprocessing, passed where only `data` travels (prune, compress,
+    profile): `open_dataset` unwraps it."""
+
+    source: Any
+    preprocess: Preprocess | None = None
+
+    def __str__(self) -> str:
+        return str(self.source)
+
+
+def with_preprocess(source: Any, preprocess: Preprocess | None) -> Any:
+    """`source` carrying `preprocess` (unchanged when there is none)."""
+    if preprocess is None or source is None:
+        return source
+    return PreprocessedData(source, preprocess)
+
+
+def _is_file_ref(key: str) -> bool:
+    return bool(re.search(r"\.(npz|npy)(:|$)", key, re.IGNORECASE))
+
+
+def _load_external_labels(ref: str) -> np.ndarray:
+    """Labels from another file: `FILE.npy`, `FILE.npz:ARRAY` or a single-array `FILE.npz`."""
+    spec = parse_data(ref)
+    if not spec.path.is_file():
+        raise EdgepackError(f"labels not found: {spec.path}", hint="pass --labels FILE.npz:ARRAY or FILE.npy")
+    try:
+        loaded = np.load(spec.path, allow_pickle=False)
+    except Exception:
+        raise EdgepackError(f"{spec.path}: not a readable .npz/.npy file") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        names = loaded.files
+        name = spec.array or (names[0] if len(names) == 1 else "labels" if "labels" in names else None)
+        if name not in names:
+            raise EdgepackError(f"{spec.path}: no labels array '{name or ''}' (has {', '.join(sorted(names))})",
+                                hint=f"pick one: --labels {spec.path}:ARRAY")
+        return loaded[name]
+
+
+def _stored_preprocess(path: Path) -> Preprocess:
+    """The preprocessing a calibration folder's manifest declares ([images] or [preprocess])."""
+    if path.is_dir() and (path / "manifest.toml").is_file():
+        manifest = read_manifest(path)
+        where = str(path / "manifest.toml")
+        if "images" in manifest:
+            return Preprocess.from_manifest(manifest["images"], where).with_image_defaults()
+        if "preprocess" in manifest:
+            return Preprocess.from_manifest(manifest["preprocess"], where)
+    return Preprocess()
+
+
+def _shape_hint(got: tuple, expected: tuple) -> str | None:
+    if len(got) == 3 and len(expected) == 3:
+        if tuple(got) == (expected[1], expected[2], expected[0]):
+            return "the data is NHWC and the model NCHW: add --layout NHWC:NCHW"
+        if tuple(got) == (expected[2], expected[0], expected[1]):
+            return "the data is NCHW and the model NHWC: add --layout NCHW:NHWC"
+        if isinstance(expected[1], int) and expected[1] > 0:
+            return "resize/crop the images with --resize and --crop"
+    return None
+
+
 def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, limit: int | None = None,
-                 labels: str | None = None) -> Dataset:
-    """A Dataset for a path (folder, .npz, .npy) or an iterable; errors name the file at fault."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
+                 labels: str | None = None, preprocess: Preprocess | None = None) -> Dataset:
+    """A Dataset for a path (folder, .npz, .npy, `FILE.npz:ARRAY[:LABELS]`) or an iterable;
+    errors name the file at fault. `preprocess` turns stored samples into the model's input (it
+    overrides the keys a calibration folder's manifest sets)."""
+    if isinstance(source, PreprocessedData):
+        source, preprocess = source.source, source.preprocess.merged(preprocess)
+    spec = parse_data(source)
+    if spec is not None:
+        path = spec.path
         if not path.exists():
-            raise EdgepackError(f"data not found: {path}", hint="pass a calibration folder, .npz or .npy")
-        if path.is_file() and path.suffix not in (".npz", ".npy"):
+            raise EdgepackError(f"data not found: {path}",
+                                hint="pass a calibration folder, .npz (FILE.npz:ARRAY picks an array) or .npy")
+        if path.is_file() and path.suffix.lower() not in (".npz", ".npy"):
             raise EdgepackError(f"{path}: unsupported data file", hint="use .npz, .npy or a calibration folder")
         if path.is_dir() and not (path / "manifest.toml").is_file():
             raise EdgepackError(f"{path}: no manifest.toml in this calibration folder",
                                 hint="see calibration/digits/manifest.toml for the format")
-        if path.suffix == ".npy" and len(specs) != 1:
+        if path.suffix.lower() == ".npy" and len(specs) != 1:
             raise EdgepackError(f"{path}: a bare .npy feeds single-input models only; this one has "
                                 f"{len(specs)} inputs", hint="use an .npz with one array per input")
+        if spec.array and len(specs) != 1:
+            raise EdgepackError(f"{source}: one array feeds single-input models only; this one has inputs "
+                                f"{', '.join(s.name for s in specs)}",
+                                hint=f"pass {path} with one array named after each input")
     elif not isinstance(source, Iterable) and not hasattr(source, "get_next"):
         raise EdgepackError(f"calibration data of type {type(source).__name__} is not iterable")
-    return Dataset(source, specs, batch_size=batch_size, limit=limit, labels=labels)
+    return Dataset(source, specs, batch_size=batch_size, limit=limit, labels=labels, preprocess=preprocess)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -120,11 +298,19 @@ def read_manifest(folder: Path) -> dict:
 
 def has_labels(source: Any, key: str = "labels") -> bool:
     """Whether evaluation labels come with `source`: a calibration folder whose manifest names an
-    evaluation file and its labels, or an .npz holding an array `key`. Unreadable sources answer
-    False, so that `open_dataset` reports them with its own error."""
-    if not isinstance(source, (str, Path)):
+    evaluation file and its labels, `FILE.npz:ARRAY:LABELS`, an .npz holding an array `key`, or
+    `key` naming another file (`FILE.npz:ARRAY`, `FILE.npy`). Unreadable sources answer False,
+    so that `open_dataset` reports them with its own error."""
+    if isinstance(source, PreprocessedData):
+        source = source.source
+    spec = parse_data(source)
+    if spec is None:
         return False
-    path = Path(source)
+    if spec.labels:
+        return True
+    if key and _is_file_ref(key):
+        return True
+    path = spec.path
     if path.is_dir():
         if not (path / "manifest.toml").is_file():
             return False
@@ -146,13 +332,13 @@ def dataset_file(folder: Path, role: str = "calibration") -> Path:
 
 
 # ---------------------------------------------------------------- sources
-def _raw_batches(source, specs, batch_size, label_key) -> Iterator[dict[str, np.ndarray]]:
+def _raw_batches(source, specs, batch_size, label_key, array=None, preprocess=None) -> Iterator[dict[str, np.ndarray]]:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
             manifest = read_manifest(path)
             if "images" in manifest:
-                yield from _image_batches(path, manifest["images"], specs, batch_size)
+                yield from _image_batches(path, manifest["images"], specs, batch_size, preprocess)
                 return
             path = dataset_file(path, "evaluation" if label_key else "calibration")
             label_key = label_key and manifest.get("files", {}).get("labels", label_key)
@@ -161,7 +347,7 @@ def _raw_batches(source, specs, batch_size, label_key) -> Iterator[dict[str, np.
             for start in range(0, len(array), batch_size):
                 yield {specs[0].name: np.array(array[start:start + batch_size])}
         else:
-            yield from _npz_batches(path, [s.name for s in specs], batch_size, label_key)
+            yield from _npz_batches(path, [s.name for s in specs], batch_size, label_key, array)
         return
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         while (item := source.get_next()) is not None:
@@ -174,7 +360,7 @@ def _raw_batches(source, specs, batch_size, label_key) -> Iterator[dict[str, np.
         yield item
 
 
-def _npz_batches(path: Path, names: list[str], batch_size: int, label_key: str | None):
+def _npz_batches(path: Path, names: list[str], batch_size: int, label_key: str | None, array: str | None = None):
     """Reads each member of an .npz incrementally (zip streams decompress as they are read)."""
     try:
         archive = zipfile.ZipFile(path)
@@ -182,20 +368,36 @@ def _npz_batches(path: Path, names: list[str], batch_size: int, label_key: str |
         raise EdgepackError(f"{path}: not a valid .npz file") from None
     with archive:
         members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
-        wanted = names + ([label_key] if label_key else [])
-        for name in wanted:
+        feeds = {name: name for name in names}  # model input -> array
+        if array is not None:
+            feeds = {names[0]: array}
+        elif len(names) == 1 and names[0] not in members:
+            others = sorted(set(members) - {label_key, "labels"})
+            if len(others) == 1:  # one data array: whatever its name
+                feeds = {names[0]: others[0]}
+            else:
+                raise EdgepackError(f"{path}: no array '{names[0]}' (has {', '.join(sorted(members))})",
+                                    hint=f"pick the array: --data {path}:{_likely_array(others)}")
+        for name in [*feeds.values(), *([label_key] if label_key else [])]:
             if name not in members:
                 raise EdgepackError(f"{path}: no array '{name}' (has {', '.join(sorted(members))})",
-                                    hint="name each array after the model input it feeds")
-        streams = {name: _NpyStream(archive.open(members[name]), path, name) for name in wanted}
+                                    hint="name each array after the model input it feeds, or pick one "
+                                         f"with --data {path}:ARRAY")
+        streams = {inp: _NpyStream(archive.open(members[name]), path, name) for inp, name in feeds.items()}
+        if label_key:
+            streams["__labels__"] = _NpyStream(archive.open(members[label_key]), path, label_key)
         counts = {s.count for s in streams.values()}
         if len(counts) != 1:
             raise EdgepackError(f"{path}: arrays have different sample counts {sorted(counts)}")
         for _ in range(0, counts.pop(), batch_size):
-            batch = {name: s.read(batch_size) for name, s in streams.items()}
-            if label_key:
-                batch["__labels__"] = batch.pop(label_key)
-            yield batch
+            yield {name: s.read(batch_size) for name, s in streams.items()}
+
+
+def _likely_array(names: list[str]) -> str:
+    for name in ("images", "image", "x", "data", "inputs", "input"):
+        if name in names:
+            return name
+    return names[0] if names else "ARRAY"
 
 
 class _NpyStream:
@@ -221,9 +423,11 @@ class _NpyStream:
         return np.frombuffer(data, self.dtype).reshape(got, *self.shape[1:])
 
 
-def _image_batches(folder: Path, spec: dict, specs: list[InputSpec], batch_size: int):
-    """Images preprocessed as the manifest's [images] table says:
-    folder, resize (shorter side), crop (center, square), scale, mean, std, channel_order, layout."""
+def _image_batches(folder: Path, spec: dict, specs: list[InputSpec], batch_size: int,
+                   preprocess: Preprocess | None = None):
+    """Image files as decoded uint8 RGB (HWC), resized and cropped one by one so that a batch
+    stacks; the rest of the preprocessing (scale, mean/std, layout) is applied to the batch by
+    the Dataset, with the manifest's [images] keys merged under the command's flags."""
     from PIL import Image
 
     files = sorted(p for p in (folder / spec.get("folder", ".")).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -231,26 +435,16 @@ def _image_batches(folder: Path, spec: dict, specs: list[InputSpec], batch_size:
         raise EdgepackError(f"{folder}: no images found", hint="set [images] folder in manifest.toml")
     if len(specs) != 1:
         raise EdgepackError(f"{folder}: image folders feed single-input models only")
-    mean = np.array(spec.get("mean", [0.0, 0.0, 0.0]), np.float32)
-    std = np.array(spec.get("std", [1.0, 1.0, 1.0]), np.float32)
     for start in range(0, len(files), batch_size):
         arrays = []
         for file in files[start:start + batch_size]:
             try:
-                image = Image.open(file).convert("RGB")
+                image = np.asarray(Image.open(file).convert("RGB"))
             except Exception:
                 raise EdgepackError(f"{file}: not a readable image") from None
-            if "resize" in spec:
-                w, h = image.size
-                ratio = spec["resize"] / min(w, h)
-                image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), Image.BILINEAR)
-            if "crop" in spec:
-                w, h, c = *image.size, spec["crop"]
-                left, top = (w - c) // 2, (h - c) // 2
-                image = image.crop((left, top, left + c, top + c))
-            x = np.asarray(image, np.float32) * float(spec.get("scale", 1 / 255))
-            if spec.get("channel_order", "RGB").upper() == "BGR":
-                x = x[..., ::-1]
-            x = (x - mean) / std
-            arrays.append(x.transpose(2, 0, 1) if spec.get("layout", "NCHW").upper() == "NCHW" else x)
-        yield {specs[0].name: np.stack(arrays).astype(np.float32)}
+            arrays.append(preprocess.resize_crop(image) if preprocess is not None else image)
+        sizes = {a.shape for a in arrays}
+        if len(sizes) > 1:
+            raise EdgepackError(f"{folder}: images of different sizes {sorted(sizes)[:3]}",
+                                hint="set resize and crop in [images] of manifest.toml, or --resize/--crop")
+        yield {specs[0].name: np.stack(arrays)}

@@ -22,6 +22,7 @@ class Ranges:
     model_sha256: str | None = None
     percentile: float | None = None
     means: dict[str, list[float]] = field(default_factory=dict)  # per-channel means (bias correction)
+    preprocess: dict | None = None  # Preprocess.to_json() of the data, so a later step reuses it
 
     def __getitem__(self, name: str) -> tuple[float, float]:
         return self.tensors[name]
@@ -32,6 +33,7 @@ class Ranges:
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "method": self.method, "symmetric": self.symmetric, "samples": self.samples,
                 "percentile": self.percentile, "model_sha256": self.model_sha256,
+                **({"preprocess": self.preprocess} if self.preprocess else {}),
                 "tensors": {k: {"min": lo, "max": hi, **({"mean": self.means[k]} if k in self.means else {})}
                             for k, (lo, hi) in self.tensors.items()}}
 
@@ -56,8 +58,13 @@ class Ranges:
             means = {k: [float(m) for m in v["mean"]] for k, v in data["tensors"].items() if "mean" in v}
         except (KeyError, TypeError, ValueError):
             raise EdgepackError(f"{path}: malformed 'tensors' entry") from None
+        preprocess = data.get("preprocess")
+        if preprocess is not None:
+            from edgepack.calib.preprocess import Preprocess
+
+            preprocess = Preprocess.from_manifest(preprocess, f"{path}: preprocess").to_json()
         return cls(data["method"], tensors, bool(data.get("symmetric")), int(data.get("samples", 0)),
-                   data.get("model_sha256"), data.get("percentile"), means)
+                   data.get("model_sha256"), data.get("percentile"), means, preprocess)
 
     def to_tensorrt_cache(self, path: str | Path, version: str | None = None, *,
                           tensorrt_version: str = "8.6.1") -> Path:

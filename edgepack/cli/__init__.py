@@ -10,6 +10,7 @@ import os
 import pkgutil
 import sys
 
+from edgepack.cli import common
 from edgepack.errors import EdgepackError, UsageError
 
 # The order of `edgepack --help`; modules not listed here follow alphabetically.
@@ -21,7 +22,7 @@ ORDER = ["inspect", "optimize", "prune", "compress", "pack", "unpack", "calibrat
 def build_parser() -> argparse.ArgumentParser:
     from edgepack import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = common.GuidingParser(
         prog="edgepack",
         description="Take a trained ONNX model to a fast, small, verified engine on an edge device.",
     )
@@ -67,7 +68,9 @@ def command_paths(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # say it with the subcommand's usage, and what was probably meant
+        common.parser_of(args, parser).error(f"unrecognized arguments: {' '.join(extras)}")
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if args.quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

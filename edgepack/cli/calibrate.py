@@ -5,13 +5,15 @@ from edgepack.cli import common
 
 
 def add_calibration_args(parser) -> None:
-    parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz or .npy")
+    parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz "
+                        "(FILE.npz:ARRAY picks an array) or .npy")
     parser.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"],
                         help="how a range is chosen from the observed values (default: the target's "
                              "calibration_method; entropy for calibrate)")
     parser.add_argument("--percentile", type=float, default=99.99, metavar="P",
                         help="for --method percentile (default 99.99)")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
+    common.add_preprocess_args(parser)
 
 
 def register(subparsers):
@@ -35,14 +37,16 @@ def register(subparsers):
 def run(args) -> int:
     from edgepack import io
     from edgepack.calib import calibrate
+    from edgepack.calib.preprocess import Preprocess
     from edgepack.errors import UsageError
 
     if not args.data:
         raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
     tensorrt_version = _cache_tensorrt_version(args)  # refuse a cache TensorRT cannot use before calibrating
     model = io.load(args.model)
-    ranges = calibrate(model, args.data, method=args.method or "entropy", percentile=args.percentile, limit=args.limit,
-                       symmetric=args.symmetric, progress=not args.quiet)
+    ranges = calibrate(model, args.data, method=args.method or "entropy", percentile=args.percentile,
+                       limit=args.limit, symmetric=args.symmetric, progress=not args.quiet,
+                       preprocess=Preprocess.from_args(args))
     ranges.save(args.output)
     if args.tensorrt_cache:
         ranges.to_tensorrt_cache(args.tensorrt_cache, tensorrt_version=tensorrt_version)

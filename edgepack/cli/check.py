@@ -64,7 +64,7 @@ def read_result(path: str) -> dict:
 
 def run(args) -> int:
     from edgepack.profile.history import History
-    from edgepack.profile.regression import check_regression, format_check, validate_profile
+    from edgepack.profile.regression import check_regression, format_check, validate_profile, verdict_line
 
     threshold = parse_threshold(args.threshold)
     current = read_result(args.current)
@@ -81,4 +81,7 @@ def run(args) -> int:
     report = check_regression(current, baseline, threshold=threshold, confidence=args.confidence,
                               metric=args.metric, force=args.force)
     common.emit(args, report, format_check(report))
-    return 1 if report["regression"] else 0
+    if report["regression"]:  # the one line a recipe run (and a CI log) shows for this step
+        common.stderr(f"error: {verdict_line(report)}")
+        return 1
+    return 0

@@ -8,6 +8,54 @@ import sys
 from pathlib import Path
 from typing import Any
 
+class GuidingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors say what was probably meant: `did you mean --method?` for a
+    mistyped option (from this parser's own options), the nearest command for a mistyped one."""
+
+    def error(self, message: str):
+        hint = suggestion(self, message)
+        if hint is None:  # e.g. "--rank is required" because it was typed --rnk
+            unknown = [w for w in getattr(self, "_seen", []) if w.startswith("--")
+                       and w.split("=")[0] not in option_strings(self)]
+            hint = suggestion(self, f"unrecognized arguments: {' '.join(unknown)}") if unknown else None
+        super().error(f"{message}{'; ' + hint if hint else ''}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings]
+
+
+def suggestion(parser: argparse.ArgumentParser, message: str) -> str | None:
+    """`did you mean ...?` for argparse's unknown-option and invalid-choice messages."""
+    import difflib
+    import re
+
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        options = [c.strip().strip("'") for c in choice[2].split(",")]
+        near = difflib.get_close_matches(choice[1], options, n=2, cutoff=0.5)
+        return f"did you mean {' or '.join(near)}?" if near else None
+    unknown = re.search(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        hints = []
+        for word in unknown[1].split():
+            if word.startswith("-"):
+                near = difflib.get_close_matches(word.split("=")[0], option_strings(parser), n=1, cutoff=0.6)
+                if near:
+                    hints.append(f"did you mean {near[0]}?")
+        return " ".join(hints) or None
+    return None
+
+
+def parser_of(namespace: argparse.Namespace, default: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The (sub)command parser that parsed `namespace` (set by `add_command`)."""
+    return getattr(namespace, "_parser", None) or default
+
+
 # Options every subcommand takes, so they work after the command name: `edgepack inspect m --debug`.
 COMMON = argparse.ArgumentParser(add_help=False)
 _group = COMMON.add_argument_group("general")
@@ -17,10 +65,12 @@ _group.add_argument("-q", "--quiet", action="store_true", help="only errors on s
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
+    parser = subparsers.add_parser(
         name, help=help, description=description or help, parents=[COMMON],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(_parser=parser)  # unknown options are reported with this command's usage
+    return parser
 
 
 def add_model(parser: argparse.ArgumentParser, help: str = "input ONNX model") -> None:
@@ -43,6 +93,33 @@ def add_json(parser: argparse.ArgumentParser) -> None:
         "--json", nargs="?", const="-", metavar="FILE",
         help="machine-readable output: to stdout, or to FILE",
     )
+
+
+def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
+    """The preprocessing flags, on every command that reads data (see docs/data.md); read back with Preprocess.from_args."""
+    from edgepack.calib.preprocess import CHANNEL_ORDERS
+
+    group = parser.add_argument_group(
+        "preprocessing", "applied to arrays and image folders alike, in this order: resize, crop, "
+                         "scale, channel order, mean/std, layout")
+    group.add_argument("--layout", metavar="DATA:MODEL",
+                       help="transpose the data: NHWC:NCHW (NCHW alone means the same), NCHW:NHWC")
+    group.add_argument("--scale", metavar="S", help="multiply by S first, e.g. 1/255 (needed for integer data "
+                                                     "feeding a float input; --scale 1 keeps the values)")
+    group.add_argument("--mean", metavar="M,...", help="subtract per channel, e.g. 0.485,0.456,0.406")
+    group.add_argument("--std", metavar="S,...", help="then divide per channel, e.g. 0.229,0.224,0.225")
+    group.add_argument("--channel-order", metavar="ORDER", type=str.upper, choices=CHANNEL_ORDERS,
+                       help="BGR: swap the stored RGB channels (default RGB: keep)")
+    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX (bilinear)")
+    group.add_argument("--crop", type=int, metavar="PX", help="centre crop PX x PX")
+
+
+def data_arg(args: argparse.Namespace):
+    """`--data` carrying the preprocessing flags (for APIs that take only `data`)."""
+    from edgepack.calib.data import with_preprocess
+    from edgepack.calib.preprocess import Preprocess
+
+    return with_preprocess(getattr(args, "data", None), Preprocess.from_args(args))
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

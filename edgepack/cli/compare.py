@@ -15,10 +15,13 @@ def register(subparsers):
         "tensors paired by what they compute.")
     parser.add_argument("model_a", metavar="A", help="reference model (e.g. FP32)")
     parser.add_argument("model_b", metavar="B", help="model to check (e.g. INT8)")
-    parser.add_argument("--data", required=True, metavar="D", help="a calibration folder, .npz or .npy")
+    parser.add_argument("--data", required=True, metavar="D",
+                        help="a calibration folder, .npz (FILE.npz:ARRAY[:LABELS] picks the arrays) or .npy")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
-    parser.add_argument("--labels", default="labels", metavar="KEY",
-                        help="name of the labels array in an .npz (default: labels); gives top-1 accuracy")
+    parser.add_argument("--labels", default="labels", metavar="KEY|FILE",
+                        help="the labels: an array of the --data .npz (default: labels), or another file "
+                             "(FILE.npz:ARRAY, FILE.npy); gives top-1 accuracy")
+    common.add_preprocess_args(parser)
     parser.add_argument("--no-layers", action="store_true", help="outputs only")
     parser.add_argument("-t", "--target", metavar="T",
                         help="the target B is for: TensorRT targets run B as its exact QDQ math (the proxy "
@@ -31,9 +34,11 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from edgepack.calib.preprocess import Preprocess
     from edgepack.quant.compare import compare, format_comparison
 
     result = compare(args.model_a, args.model_b, args.data, target=args.target, runtime_name=args.runtime,
-                     limit=args.limit, layers=not args.no_layers, label_key=args.labels)
+                     limit=args.limit, layers=not args.no_layers, label_key=args.labels,
+                     preprocess=Preprocess.from_args(args))
     common.emit(args, result.to_json(), format_comparison(result))
     return 0

@@ -46,7 +46,9 @@ def _method(methods, name: str, help: str):
         parser.add_argument("--include", nargs="+", default=[], metavar="NODE|OPTYPE")
         parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE")
     parser.add_argument("--data", metavar="D",
-                        help="calibration folder, .npz or .npy for the output error (default: random inputs)")
+                        help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the output error "
+                             "(default: random inputs)")
+    common.add_preprocess_args(parser)
     common.add_json(parser)
     return parser
 
@@ -61,7 +63,7 @@ def run(args) -> int:
         from edgepack.passes.clip_weights import clip_weights
 
         out, report = clip_weights(model, percentile=args.percentile, threshold=args.threshold,
-                                   include=args.include, exclude=args.exclude, data=args.data)
+                                   include=args.include, exclude=args.exclude, data=common.data_arg(args))
         summary = f"clipped {report['moved']:,} weights in {len(report['layers'])} layers"
     elif args.method == "lowrank":
         from edgepack.passes.lowrank import lowrank
@@ -74,7 +76,7 @@ def run(args) -> int:
             except ValueError:
                 raise UsageError(f"--rank {args.rank}: not an integer", hint="e.g. --rank 32 or --rank full") from None
         out, report = lowrank(model, rank=rank, energy=args.energy, min_saving=args.min_saving,
-                              full=full, include=args.include, exclude=args.exclude, data=args.data)
+                              full=full, include=args.include, exclude=args.exclude, data=common.data_arg(args))
         done = [layer for layer in report["layers"] if layer["factorized"]]
         summary = f"factorized {len(done)}/{len(report['layers'])} layers" + "".join(
             f"\n  {layer['node']}: {layer['shape'][0]}x{layer['shape'][1]} -> rank {layer['rank']}, "
@@ -85,7 +87,8 @@ def run(args) -> int:
         if args.data_max <= 0:
             raise UsageError(f"--data-max {args.data_max:g}: must be positive")
         out, report = to_fp16(model, keep_io_float=args.keep_io_float,
-                              block=(*DEFAULT_BLOCK, *args.block), data=args.data, data_max=args.data_max)
+                              block=(*DEFAULT_BLOCK, *args.block), data=common.data_arg(args),
+                              data_max=args.data_max)
         summary = (f"float16: {report['converted_nodes']} nodes converted, "
                    f"{len(report['float32_nodes'])} kept in float32" + "".join(
                        f"\n  {k['node']} ({k['op_type']}): {k['reason']}" for k in report["kept_float32"]))

@@ -29,7 +29,8 @@ def register(subparsers):
     parser.add_argument("--threads", type=int, metavar="K",
                         help="intra-op threads, pinned (default: the target's, else 1)")
     parser.add_argument("--affinity", metavar="CPUS", help="pin to these CPUs: 0 or 0,1 or 2-3")
-    parser.add_argument("--data", metavar="D", help="inputs from a calibration folder, .npz or .npy (first batch)")
+    parser.add_argument("--data", metavar="D", help="inputs from a calibration folder, .npz (FILE.npz:ARRAY) "
+                        "or .npy (first batch; preprocessed by the flags below)")
     parser.add_argument("--shapes", metavar="SPEC", help="shapes of inputs with dynamic dims: input:1x3x224x224,...")
     parser.add_argument("--vs", metavar="B", help="a second artifact timed interleaved with the first; "
                         "the check compares the first (current) with B (baseline)")
@@ -39,6 +40,7 @@ def register(subparsers):
     parser.add_argument("--history-db", metavar="FILE", help="profile history database")
     parser.add_argument("--no-history", action="store_true", help="do not record this run in the history")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_preprocess_args(parser)
     common.add_json(parser)
     return parser
 
@@ -68,7 +70,7 @@ def run(args) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch {args.batch}: must be 1 or more", hint="for example --batch 8")
     options = ProfileOptions(budget=budget, warmup=Budget.parse(args.warmup, "--warmup"), batch=args.batch,
-                             threads=args.threads, data=args.data, shapes=parse_shapes(args.shapes),
+                             threads=args.threads, data=common.data_arg(args), shapes=parse_shapes(args.shapes),
                              layer_runs=max(0, args.layer_runs), progress=not (args.no_progress or args.quiet))
     affinity = parse_cpus(args.affinity) if args.affinity else None
     if args.vs:

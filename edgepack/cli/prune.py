@@ -26,11 +26,12 @@ def register(subparsers):
                         help="leave these nodes / op types as they are")
     parser.add_argument("--no-fold", action="store_true",
                         help="channel: keep the zeroed channels instead of removing them")
-    parser.add_argument("--data", metavar="D", help="calibration folder, .npz or .npy for the output error "
+    parser.add_argument("--data", metavar="D", help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the output error "
                         "(default: random inputs)")
     common.add_target(parser, required=False)
     parser.add_argument("--bias-correction", action="store_true",
                         help="with --data: shift each pruned layer's bias by the mean output change it caused")
+    common.add_preprocess_args(parser)
     common.add_json(parser)
     return parser
 
@@ -56,7 +57,7 @@ def run(args) -> int:
     model = io.load(args.model)
     pruned, report = prune(model, sparsity=0.5 if args.sparsity is None else args.sparsity, granularity=args.granularity,
                            scope=args.scope, norm=args.norm, include=args.include,
-                           exclude=args.exclude, fold=not args.no_fold, data=args.data,
+                           exclude=args.exclude, fold=not args.no_fold, data=common.data_arg(args),
                            bias_correction=args.bias_correction)
     io.save(pruned, args.output)
     report = {"schema": SCHEMA, "model": args.model, "output": args.output,

@@ -41,6 +41,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from edgepack.calib.preprocess import Preprocess
     from edgepack.errors import UsageError
     from edgepack.quant.quantize import format_result, quantize
 
@@ -50,7 +51,8 @@ def run(args) -> int:
                       percentile=args.percentile, exclude=args.exclude, per_tensor=args.per_tensor,
                       bias_correction=not args.no_bias_correction, limit=args.limit, progress=not args.quiet,
                       sensitivity=args.sensitivity, max_error=args.max_error, min_agreement=args.min_agreement,
-                      runtime_check=not args.no_runtime_check, equalize=not args.no_equalize, output=args.output)
+                      runtime_check=not args.no_runtime_check, equalize=not args.no_equalize,
+                      preprocess=Preprocess.from_args(args), output=args.output)
     report = result.to_json()
     common.emit(args, report, format_result(report))
     return 0

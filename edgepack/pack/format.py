@@ -133,7 +133,7 @@ def pack(model_path: str | Path, output: str | Path, *, codebook_bits: int | Non
 
     large = len(proto.graph.initializer) > 50 or proto.ByteSize() > 64 * 2**20
     for position, init in enumerate(tqdm(proto.graph.initializer, desc="packing", unit="tensor",
-                                         leave=False, disable=not large)):
+                                         leave=False, disable=not large or None)):
         if not init.HasField("raw_data") or len(init.raw_data) < _MIN_BYTES:
             continue
         raw = init.raw_data

@@ -51,7 +51,7 @@ class FactorizeLowRankPass(ir.passes.InPlacePass):
         from tqdm import tqdm
 
         nodes = select_nodes(model, self.include, self.exclude, ops=("Gemm", "MatMul", "Conv"))
-        for node in tqdm(nodes, desc="low-rank SVD", unit="layer", leave=False, disable=len(nodes) < 20):
+        for node in tqdm(nodes, desc="low-rank SVD", unit="layer", leave=False, disable=len(nodes) < 20 or None):
             if _MARK in node.metadata_props:
                 continue
             matrix = _as_matrix(node)

@@ -313,7 +313,7 @@ def correct_biases(original: ir.Model, pruned: ir.Model, feeds: list[dict]) -> i
         return 0
     reference = _tap(original, [a for a, _ in pairs], feeds)
     for (a, b), ref in zip(tqdm(pairs, desc="bias correction", unit="layer", leave=False,
-                                disable=len(pairs) < 8), reference):
+                                disable=len(pairs) < 8 or None), reference):
         out = _tap(pruned, [b], feeds)[0]
         shift = (out - ref).mean(axis=tuple(i for i in range(ref.ndim) if i != 1))
         w = const_array(weight_input(b))

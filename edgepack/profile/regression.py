@@ -105,6 +105,16 @@ def _refuse_mismatch(current: dict, baseline: dict) -> None:
                              hint="compare runs of the same model and target, or pass --force")
 
 
+def verdict_line(report: dict) -> str:
+    """One line, with the statistic compared: `latency regression: 1.41x slower at p50 (threshold 1.05x)`."""
+    ratio, limit, metric = report["ratio"], 1.0 + report["threshold"], report["metric"]
+    if report["regression"]:
+        return f"latency regression: {ratio:.2f}x slower at {metric} (threshold {limit:.2f}x)"
+    if report["verdict"] == "faster":
+        return f"latency improved: {1 / ratio:.2f}x faster at {metric} (threshold {limit:.2f}x)"
+    return f"latency unchanged: {ratio:.2f}x at {metric} (threshold {limit:.2f}x)"
+
+
 def format_check(report: dict) -> str:
     lo, hi = report["ci"]
     pct = round(report["confidence"] * 100, 2)
@@ -115,4 +125,4 @@ def format_check(report: dict) -> str:
             f"{report['baseline']['samples']} timings; current: {report['current']['samples']} timings")
     if report["verdict"] == "same" and report["significant"] and report["ratio"] > 1:
         note += "\nslower by a significant margin, but under the threshold: passes"
-    return "\n".join([header, row, note])
+    return "\n".join([header, row, note, verdict_line(report)])

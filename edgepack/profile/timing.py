@@ -126,8 +126,8 @@ def _bar(budget: Budget, progress: bool, label: str):
     from tqdm import tqdm
 
     if budget.runs is not None:
-        return tqdm(total=budget.runs, desc=label, unit="run", leave=False)
-    return tqdm(total=round(budget.seconds, 1), desc=label, unit="s", leave=False,
+        return tqdm(total=budget.runs, desc=label, unit="run", leave=False, disable=None)
+    return tqdm(total=round(budget.seconds, 1), desc=label, unit="s", leave=False, disable=None,
                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s")
 
 

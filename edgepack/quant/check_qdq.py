@@ -1,6 +1,8 @@
 """check-qdq: does a QDQ model follow the target's rules? TensorRT's explicit quantization is strict."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -13,50 +15,80 @@ QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "QLinearSigmoid", "QLinearLeakyRelu", "DynamicQuantizeLinear", "MatMulIntegerToFloat"}
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One broken rule at one node; `rule` is the short text findings are grouped by."""
+
+    rule: str
+    node: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.detail}"
+
+
 def check_qdq(model: ir.Model, target: Target) -> list[str]:
     """Every rule the model breaks, as '<node>: <problem>' (empty list: the model is fine)."""
+    return [str(f) for f in qdq_findings(model, target)]
+
+
+def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
+    """Every rule the model breaks, one Finding per node and rule."""
     policy = QuantPolicy.for_target(target)
-    problems = []
+    problems: list[Finding] = []
     for node in iter_nodes(model):
         label = node_label(node)
+        add = lambda rule, detail: problems.append(Finding(rule, label, detail))  # noqa: E731
         if node.op_type in QOPERATOR_OPS:
-            problems.append(f"{label}: {node.op_type} is a QOperator op; use the QDQ form")
+            add("QOperator op (use the QDQ form)", f"{node.op_type} is a QOperator op; use the QDQ form")
             continue
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
         scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
         zero = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if scale is None:
-            problems.append(f"{label}: scale is not a constant")
+            add("scale is not a constant", "scale is not a constant")
             continue
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            problems.append(f"{label}: scales must be finite and > 0")
+            add("scale not finite and > 0", "scales must be finite and > 0")
         _check_axis(node, label, scale, problems)
         if policy.tensorrt:
             if zero is not None and (zero.dtype != np.int8 or np.any(zero != 0)):
-                problems.append(f"{label}: TensorRT needs int8 zero points equal to 0 "
-                                f"(got {zero.dtype}, max |z| {int(np.abs(zero.astype(np.int64)).max())})")
+                add("zero point not int8 0 (TensorRT)",
+                    f"TensorRT needs int8 zero points equal to 0 "
+                    f"(got {zero.dtype}, max |z| {int(np.abs(zero.astype(np.int64)).max())})")
             if zero is None and node.op_type == "QuantizeLinear":
-                problems.append(f"{label}: no zero point: ONNX then means uint8, TensorRT needs int8")
+                add("no zero point: uint8 (TensorRT needs int8)",
+                    "no zero point: ONNX then means uint8, TensorRT needs int8")
             src = const_array(node.inputs[0]) if node.op_type == "DequantizeLinear" else None
             if src is not None and src.dtype != np.int8:
-                problems.append(f"{label}: dequantizes {src.dtype}; TensorRT takes int8 only "
-                                "(keep biases float)")
+                add(f"dequantizes {src.dtype} (TensorRT takes int8 only)",
+                    f"dequantizes {src.dtype}; TensorRT takes int8 only (keep biases float)")
         if target.int8_saturates and node.op_type == "DequantizeLinear":
             src = const_array(node.inputs[0])
             if src is not None and src.dtype == np.int8 and int(np.abs(src.astype(np.int16)).max(initial=0)) > 64:
-                problems.append(f"{label}: int8 weights on {target.name}, whose CPU adds u8 x s8 product "
-                                "pairs in int16 and saturates; uint8 (U8U8) or 7-bit weights are exact there")
+                add(f"int8 weights (saturate on {target.name}; use uint8)",
+                    f"int8 weights on {target.name}, whose CPU adds u8 x s8 product pairs in int16 and "
+                    "saturates; uint8 (U8U8) or 7-bit weights are exact there")
         if node.op_type == "QuantizeLinear":
             users = node.outputs[0].uses()
             if not users or any(u.node.op_type != "DequantizeLinear" for u in users):
-                problems.append(f"{label}: a QuantizeLinear must feed DequantizeLinear nodes only")
+                add("QuantizeLinear not followed by DequantizeLinear only",
+                    "a QuantizeLinear must feed DequantizeLinear nodes only")
             if node.outputs[0].is_graph_output():
-                problems.append(f"{label}: a quantized tensor is a graph output")
+                add("quantized graph output", "a quantized tensor is a graph output")
     return problems
 
 
-def _check_axis(node: ir.Node, label: str, scale: np.ndarray, problems: list[str]) -> None:
+def grouped(findings: list[Finding]) -> list[tuple[str, int, str]]:
+    """(rule, count, first node) per rule, most frequent first."""
+    counts: dict[str, list[str]] = {}
+    for f in findings:
+        counts.setdefault(f.rule, []).append(f.node)
+    return sorted(((rule, len(nodes), nodes[0]) for rule, nodes in counts.items()), key=lambda r: -r[1])
+
+
+def _check_axis(node: ir.Node, label: str, scale: np.ndarray, problems: list[Finding]) -> None:
     if scale.ndim == 0 or scale.size == 1:
         return
     x = node.inputs[0]
@@ -66,6 +98,7 @@ def _check_axis(node: ir.Node, label: str, scale: np.ndarray, problems: list[str
     if shape is None:
         return
     if not -len(shape) <= axis < len(shape):
-        problems.append(f"{label}: axis {axis} out of range for rank {len(shape)}")
+        problems.append(Finding("axis out of range", label, f"axis {axis} out of range for rank {len(shape)}"))
     elif isinstance(shape[axis], int) and shape[axis] != scale.size:
-        problems.append(f"{label}: {scale.size} scales for {shape[axis]} channels on axis {axis}")
+        problems.append(Finding("scale count != channels", label,
+                                f"{scale.size} scales for {shape[axis]} channels on axis {axis}"))

@@ -107,10 +107,15 @@ def runtime_for(target=None, runtime_name: str | None = None) -> str:
 
 def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: int | None = None,
             layers: bool = True, labels: bool = True, batch_size: int = 64,
-            label_key: str = "labels") -> CompareResult:
+            label_key: str = "labels", preprocess=None) -> CompareResult:
     """Run A and B (paths or onnx-ir models) on the same data; statistics per output, accuracy with
     labels, and per paired intermediate tensor. B runs as `target`'s runtime runs it here (see
-    RUNTIMES; `runtime_name` overrides); A, the reference, runs in ORT as deployed."""
+    RUNTIMES; `runtime_name` overrides); A, the reference, runs in ORT as deployed.
+
+    Top-1 accuracy is computed when `labels` and the data holds an array named `label_key` (an
+    .npz), `data` is `FILE.npz:ARRAY:LABELS`, `label_key` names another file (`FILE.npz:ARRAY`),
+    or `data` is a calibration folder whose manifest names an evaluation file and its labels.
+    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data."""
     from edgepack import io
 
     names = (str(a) if not isinstance(a, ir.Model) else None, str(b) if not isinstance(b, ir.Model) else None)
@@ -122,9 +127,10 @@ def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: 
         raise EdgepackError(f"A has outputs {outputs}, B {[o.name for o in b.graph.outputs]}: the models are "
                             "not comparable", hint="compare a model with its own optimized or quantized version")
     sa, sb = runtime.session(a), runtime.session(b, optimize=how == "ort")
-    use_labels = labels and has_labels(data, label_key)
     dataset = open_dataset(data, input_specs_of(sa), batch_size=batch_size, limit=limit,
-                           labels=label_key if use_labels else None)
+                           labels=label_key if labels and has_labels(data, label_key) else None,
+                           preprocess=preprocess)
+    use_labels = dataset.label_key is not None
     stats = {n: _Stats() for n in outputs}
     for batch in dataset.batches(with_labels=use_labels):
         y = batch.pop("__labels__", None)

@@ -55,7 +55,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
-             runtime_check: bool = True, equalize: bool = True,
+             runtime_check: bool = True, equalize: bool = True, preprocess=None,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -65,7 +65,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     the most sensitive layers float until the output meets them. For ONNX Runtime targets the result
     is run as ORT runs it and compared with its QDQ math (`runtime_check`). `equalize` (with `data`)
     rescales the channels around depthwise convs first, an exact rewrite (quant/equalize.py). With
-    `output`, the model is written there (atomically) once every check passed.
+    `output`, the model is written there (atomically) once every check passed. `preprocess` (an
+    `edgepack.calib.preprocess.Preprocess`) turns the stored samples into the model's input; it is
+    recorded, with the target, in the model's metadata (quant/origin.py).
     """
     from edgepack import io
 
@@ -75,6 +77,13 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
                             hint="build it with --precision fp16 instead of quantizing")
     if isinstance(ranges, (str, os.PathLike)):
         ranges = Ranges.load(ranges)
+    if preprocess is None and ranges is not None and ranges.preprocess:  # how the ranges' data was prepared
+        from edgepack.calib.preprocess import Preprocess
+
+        preprocess = Preprocess.from_manifest(ranges.preprocess, "ranges: preprocess")
+    from edgepack.calib.data import with_preprocess
+
+    data = with_preprocess(data, preprocess)
     if data is None and ranges is None:
         raise EdgepackError("quantize needs calibration data or a ranges file",
                             hint="pass --data D (a calibration folder, .npz or .npy) or --ranges ranges.json")
@@ -112,6 +121,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
+    from edgepack.quant.origin import stamp_quantized
+
+    stamp_quantized(model, target, preprocess)
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
                             scores, sqnr, problems)
     if target.is_tensorrt:

@@ -94,8 +94,11 @@ def test_cli_errors(tmp_path):
                           "nope.onnx")
     assert_one_line_error(edgepack_cli("build", example_model(), "-t", "tpu", "-o", tmp_path / "o.onnx"),
                           "unknown target 'tpu'")
-    created = edgepack_cli("build", example_model(), "-t", "x86-cpu", "-o", tmp_path / "no" / "o.onnx")
-    assert created.returncode == 0 and (tmp_path / "no" / "o.onnx").is_file(), created.stderr  # folders are made
+    created = edgepack_cli("build", example_model(), "-t", "x86-cpu", "-o", tmp_path / "new" / "dir" / "o.onnx")
+    assert created.returncode == 0 and (tmp_path / "new" / "dir" / "o.onnx.manifest.json").is_file(), created.stderr
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(edgepack_cli("build", example_model(), "-t", "x86-cpu", "-o", tmp_path / "file" / "o.onnx"),
+                          "cannot create the output folder")
     assert_one_line_error(edgepack_cli("build", example_model(), "-t", "x86-cpu", "-o", tmp_path / "o.onnx",
                                        "--precision", "fp16"), "does not support --precision fp16")
     model = tmp_path / "m.onnx"

@@ -51,10 +51,16 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, array, message):
         list(open_dataset(tmp_path / "bad.npz", SPEC))
 
 
-def test_missing_input_array(tmp_path):
-    np.savez(tmp_path / "d.npz", pixels=np.zeros((2, 1, 8, 8), np.float32))
-    with pytest.raises(EdgepackError, match="no array 'input'"):
+def test_missing_input_array_names_the_arrays_and_how_to_pick_one(tmp_path):
+    np.savez(tmp_path / "d.npz", pixels=np.zeros((2, 1, 8, 8), np.float32), mask=np.zeros((2, 1)))
+    with pytest.raises(EdgepackError, match=r"no array 'input' \(has mask, pixels\).*--data .*d.npz:"):
         list(open_dataset(tmp_path / "d.npz", SPEC))
+
+
+def test_a_single_array_npz_feeds_a_single_input_model_whatever_its_name(tmp_path):
+    np.savez(tmp_path / "d.npz", pixels=np.ones((3, 1, 8, 8), np.float32), labels=np.zeros(3))
+    (batch,) = list(open_dataset(tmp_path / "d.npz", SPEC))
+    np.testing.assert_array_equal(batch["input"], np.ones((3, 1, 8, 8), np.float32))
 
 
 def test_histogram_grows_exactly_and_memory_is_fixed():

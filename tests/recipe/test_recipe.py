@@ -152,7 +152,7 @@ def test_unknown_target_and_missing_model_are_refused(tmp_path):
 
 def test_failing_step_stops_the_run_naming_it_and_keeps_earlier_artifacts(tmp_path):
     wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, pixels=np.zeros((4, 1, 8, 8), np.float32))  # no array named `input`
+    np.savez(wrong, pixels=np.zeros((4, 1, 8, 8), np.float32), depth=np.zeros((4, 1, 8, 8), np.float32))  # no `input`
     text = RECIPE.replace("{method}", "minmax").replace(f'data = "{CALIB}"', f'data = "{wrong}"', 1)
     out = tmp_path / "out"
     result = edgepack_cli("run", write_recipe(tmp_path, text), "-o", out)
