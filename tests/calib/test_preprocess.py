@@ -118,7 +118,7 @@ def test_calibrate_stores_preprocessing_and_compare_reads_labels_from_the_spec(t
     assert parse_data(source + ":labels").labels == "labels" and has_labels(source + ":labels")
     result = compare_models(model_from_text(POOL), model_from_text(POOL), source + ":labels",
                             layers=False, preprocess=pre)
-    assert result["accuracy"] == {"a": 1.0, "b": 1.0, "samples": 12}
+    assert result["accuracy"] == {"a": 1.0, "b": 1.0, "samples": 12, "top1_agreement": 1.0}
     # labels from another file
     np.save(tmp_path / "y.npy", (labels + 1) % 3)
     result = compare_models(model_from_text(POOL), model_from_text(POOL), source, layers=False,
