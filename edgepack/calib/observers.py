@@ -10,6 +10,10 @@ Ranges for each method are computed from the histogram at the end:
               has the least KL divergence from the clipped distribution
   mse         the T that minimizes expected squared error: rounding error step^2/12 inside
               [-T, T], plus (|x| - T)^2 for clipped values
+
+Only finite values are observed: attention masks carry -inf by design (and a NaN means the
+float model itself produced one). `nonfinite` counts what was left out, so that placement rules
+can keep such tensors float.
 """
 from __future__ import annotations
 
@@ -26,12 +30,20 @@ class HistogramObserver:
         self.radius = 0.0
         self.min, self.max = np.inf, -np.inf
         self.count = 0
+        self.nonfinite = 0  # -inf / +inf / NaN values seen and left out
 
     def update(self, x: np.ndarray, need_histogram: bool = True) -> None:
         x = np.asarray(x, np.float32).reshape(-1)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.min()), float(x.max())  # NaN or inf anywhere shows here
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
         if not need_histogram:
