@@ -61,7 +61,7 @@ class Dataset:
                 raw = {k: v[: self.limit - seen] for k, v in raw.items()}
             batch = self._checked(raw)
             seen += len(next(iter(batch.values())))
-            yield batch
+            yield from _split_to_fixed_batch(batch, self.specs)
 
     def _checked(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = {}
@@ -89,6 +89,18 @@ class Dataset:
         if "__labels__" in raw:
             batch["__labels__"] = np.asarray(raw["__labels__"])
         return batch
+
+
+def _split_to_fixed_batch(batch: dict[str, np.ndarray], specs: list[InputSpec]):
+    """A model exported with a fixed batch (often 1: detectors) takes its samples that many at a
+    time; a remainder smaller than the fixed batch cannot run and is dropped."""
+    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    n = len(next(iter(batch.values())))
+    if len(fixed) != 1 or n == (size := fixed.pop()):
+        yield batch
+        return
+    for start in range(0, n - size + 1, size):
+        yield {k: v[start:start + size] for k, v in batch.items()}
 
 
 def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, limit: int | None = None,
