@@ -21,6 +21,9 @@ def register(subparsers):
     parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE",
                         help="nodes (by name) or op types to keep in float")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    parser.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                        help="migrate activation outliers into the weights before calibrating "
+                             "(SmoothQuant, alpha 0..1, 0.5 usual; transformers)")
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="keep biases as they are (default: subtract the mean output shift that "
                              "weight rounding causes, from the calibrated input means)")
@@ -45,6 +48,8 @@ def run(args) -> int:
     from edgepack.quant.prepare import prepare
     from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
     from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
+    from edgepack.quant.smoothquant import smooth
+    from edgepack.quant.validate import prepare_opset, validate_quantized
     from edgepack.targets import load_target
 
     target = load_target(args.target)
@@ -60,6 +65,11 @@ def run(args) -> int:
                                     bias_correction=not args.no_bias_correction)
     model = io.load(args.model)
     prepare(model)
+    policy = prepare_opset(model, policy)  # per-channel Q/DQ needs opset 13
+    if args.smoothquant is not None:
+        if not args.data:
+            raise UsageError("--smoothquant needs --data", hint="it measures activations before calibrating")
+        smooth(model, args.data, alpha=args.smoothquant, limit=args.limit)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,
         symmetric=policy.symmetric_activations, progress=not args.quiet,
@@ -77,6 +87,7 @@ def run(args) -> int:
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
+    validate_quantized(result.model)  # checker + ONNX Runtime load, before anything is written
     io.save(result.model, args.output)
     report = {"schema": SCHEMA, "target": target.name, "method": ranges.method, "output": args.output,
               "quantized_nodes": result.quantized, "float_nodes": [n for n, _ in result.skipped],

@@ -73,6 +73,10 @@ def default_float_nodes(model: ir.Model, policy, ranges=None) -> dict[ir.Node, s
             mark(node, why)
     for node in _output_tail(graph):
         mark(node, "last op before a graph output stays float")
+    for node in graph:  # shape arithmetic (Concat of int64 dims): nothing to quantize
+        typed = [v for v in node.inputs if v is not None and v.dtype is not None]
+        if typed and all(v.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16) for v in typed):
+            mark(node, "integer tensors (shape arithmetic)")
     return {n: why for n, why in floats.items() if n.domain == "" and n.op_type in policy.ops}
 
 

@@ -223,4 +223,5 @@ def agreement(reference: list, candidate: list, threshold: float = 0.5) -> tuple
 
 
 def detect(session, images: np.ndarray) -> list:
-    return [decode(session.run(None, {"images": images[i:i + 1]})[0][0]) for i in range(len(images))]
+    size = images.shape[-1]
+    return [decode(session.run(None, {"images": images[i:i + 1]})[0][0], size=size) for i in range(len(images))]
