@@ -67,8 +67,9 @@ def run(args) -> int:
     prepare(model)
     policy = prepare_opset(model, policy)  # per-channel Q/DQ needs opset 13
     if args.smoothquant is not None:
-        if not args.data:
-            raise UsageError("--smoothquant needs --data", hint="it measures activations before calibrating")
+        if not args.data or args.ranges:
+            raise UsageError("--smoothquant needs --data and no --ranges",
+                             hint="it changes the activations, so it measures and calibrates them itself")
         smooth(model, args.data, alpha=args.smoothquant, limit=args.limit)
     ranges = Ranges.load(args.ranges) if args.ranges else calibrate(
         copy_model(model), args.data, method=args.method, percentile=args.percentile, limit=args.limit,

@@ -80,6 +80,14 @@ def default_float_nodes(model: ir.Model, policy, ranges=None) -> dict[ir.Node, s
     return {n: why for n, why in floats.items() if n.domain == "" and n.op_type in policy.ops}
 
 
+def exact_ranges(model: ir.Model) -> dict[str, tuple[float, float]]:
+    """Tensors whose range is known exactly and must not be clipped by a range method: the
+    outputs of Softmax and Sigmoid (probabilities in [0, 1]). Entropy and percentile calibration
+    clip the rare large probabilities, which are the ones attention relies on."""
+    return {n.outputs[0].name: (0.0, 1.0) for n in model.graph
+            if n.op_type in ("Softmax", "Sigmoid") and n.domain == "" and n.outputs}
+
+
 def _normalization_nodes(graph: ir.Graph) -> set[ir.Node]:
     """Nodes of written-out RMSNorm/LayerNorm: from a variance (ReduceMean of Pow(x, 2) or x*x),
     forward through the statistics (Add eps, Sqrt, Reciprocal, Pow) to the node that applies them

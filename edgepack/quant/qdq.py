@@ -172,12 +172,14 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
     `float_defaults`: keep the nodes of quant/float_rules.py float (norms, masks, attention
     scores, detection-head outputs); False quantizes everything the policy allows."""
     from edgepack import io
-    from edgepack.quant.float_rules import default_float_nodes
+    from edgepack.quant.float_rules import default_float_nodes, exact_ranges
 
     io.infer_shapes(model)
     result = QuantizeResult(model)
     ins = _Inserter(model, ranges, policy)
     floats = default_float_nodes(model, policy, ranges) if float_defaults else {}
+    if float_defaults:
+        ins.override.update({k: v for k, v in exact_ranges(model).items() if k in ranges})
     result.skipped += [(node_label(n), why) for n, why in floats.items()]
     nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops and n not in floats]
     _share_concat_ranges(nodes, ranges, ins)

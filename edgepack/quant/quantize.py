@@ -34,8 +34,9 @@ def quantize(model: ir.Model, data=None, *, target="x86-cpu", ranges: Ranges | N
     prepare(model)
     policy = prepare_opset(model, policy)
     if smoothquant is not None:
-        if data is None:
-            raise EdgepackError("smoothquant needs calibration data", hint="pass --data D, not only --ranges")
+        if data is None or ranges is not None:
+            raise EdgepackError("smoothquant needs calibration data and recalibrates after smoothing",
+                                hint="pass data and no ranges: ranges of the unsmoothed model no longer fit")
         smooth(model, data, alpha=smoothquant, limit=limit)
     if ranges is None:
         if data is None:

@@ -149,3 +149,14 @@ def test_decomposed_layernorm_nodes_are_found():
     outputs = {n.outputs[0].name: why for n, why in floats.items()}
     assert {"ve", "n", "ng", "nb"} <= set(outputs) and "h" not in outputs  # the residual Add is quantized
     assert all("normalization" in outputs[k] for k in ("ve", "n", "ng", "nb"))
+
+
+def test_probabilities_keep_their_exact_range_with_every_method():
+    # entropy/percentile would clip Softmax's rare large probabilities, the ones attention needs
+    base, calib, _ = _trained()
+    for method in ("entropy", "percentile"):
+        model = copy_model(base)
+        quantize(model, calib, target="jetson-orin-nano", method=method)
+        softmax = next(n for n in model.graph if n.op_type == "Softmax")
+        q = next(u.node for u in softmax.outputs[0].uses() if u.node.op_type == "QuantizeLinear")
+        assert q.inputs[1].const_value.numpy() == np.float32(1 / 127), method
