@@ -69,8 +69,16 @@ def validate_quantized(model: ir.Model, what: str = "quantized model") -> None:
     EdgepackError naming the failure otherwise (nothing should be written then)."""
     import onnx
 
-    from edgepack import runtime
+    from edgepack import io, runtime
 
+    if io.weights_nbytes(model) > io.EXTERNAL_DATA_THRESHOLD:  # beyond protobuf: checker via the io bridge
+        try:
+            io.check_model(model, full_check=True)
+        except Exception as exc:
+            raise EdgepackError(f"the {what} fails the ONNX checker: {first_line(exc)}",
+                                hint="nothing was written; please report the model") from None
+        logger.info("%s over 2 GB: checked; ONNX Runtime loads it from the written file only", what)
+        return
     try:
         proto = ir.serde.serialize_model(model)
         onnx.checker.check_model(proto, full_check=True)
