@@ -158,7 +158,7 @@ def _mask_values(graph: ir.Graph) -> set[ir.Value]:
 
 def _is_mask_constant(value: ir.Value) -> bool:
     array = const_array(value)
-    if array is None or array.dtype.kind != "f" or array.size < 2:
+    if array is None or array.dtype.kind != "f" or array.size == 0:
         return False
     return bool(np.any(~np.isfinite(array)) or array.min() <= MASK_VALUE)
 

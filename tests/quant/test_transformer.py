@@ -160,3 +160,30 @@ def test_probabilities_keep_their_exact_range_with_every_method():
         softmax = next(n for n in model.graph if n.op_type == "Softmax")
         q = next(u.node for u in softmax.outputs[0].uses() if u.node.op_type == "QuantizeLinear")
         assert q.inputs[1].const_value.numpy() == np.float32(1 / 127), method
+
+
+BERT_MASK = """
+<ir_version: 8, opset_import: ["" : 17]>
+att (float[N, 4, 8, 8] s, int64[N, 8] am) => (float[N, 4, 8, 8] p)
+    <float one = {1.0}, float big = {-10000.0}, float sc = {0.5}, int64[2] ax = {1, 2}> {
+  a = Cast<to = 1>(am)
+  u = Unsqueeze(a, ax)
+  inv = Sub(one, u)
+  mk = Mul(inv, big)
+  sd = Mul(s, sc)
+  sm = Add(sd, mk)
+  p = Softmax<axis = -1>(sm)
+}
+"""
+
+
+def test_bert_style_additive_mask_and_scores_stay_float():
+    #   attention_mask -> Cast -> Unsqueeze -> (1 - m) * -10000 ─┐
+    #   scores * 0.5 ─────────────────────────────────────────── Add -> Softmax
+    from edgepack import io
+
+    model = model_from_text(BERT_MASK)
+    io.infer_shapes(model)
+    floats = default_float_nodes(model, QuantPolicy.for_target(load_target("x86-cpu")))
+    reasons = {n.outputs[0].name: why for n, why in floats.items()}
+    assert "mask" in reasons["sm"] and "before Softmax" in reasons["sd"]
