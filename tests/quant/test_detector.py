@@ -104,6 +104,7 @@ def test_an_invalid_quantized_model_is_refused_before_it_is_written():
         validate_quantized(model)
 
 
+@pytest.mark.slow  # a fresh interpreter: ~3 s
 def test_cli_quantizes_an_opset11_batch1_detector(tmp_path):
     model_path = tmp_path / "det.onnx"
     io.save(_detector(), model_path)
@@ -117,6 +118,7 @@ def test_cli_quantizes_an_opset11_batch1_detector(tmp_path):
 
 
 @requires_shared
+@pytest.mark.slow  # 24 images x 3 runs per target: ~2-3 s each
 @pytest.mark.parametrize("target", TARGETS)
 def test_int8_boxes_agree_with_fp32_boxes_on_coco(target):
     images = _images()
