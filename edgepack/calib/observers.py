@@ -154,6 +154,8 @@ class ChannelMeanObserver:
             return
         axes = (0, *range(2, x.ndim))
         total = x.sum(axis=axes, dtype=np.float64)
+        if not np.all(np.isfinite(total)):  # -inf / NaN count as 0: a mean for bias correction stays finite
+            total = np.where(np.isfinite(x), x, 0).sum(axis=axes, dtype=np.float64)
         if self.sum is None or self.sum.shape != total.shape:
             self.sum, self.count = np.zeros_like(total), 0
         self.sum += total

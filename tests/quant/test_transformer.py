@@ -11,7 +11,7 @@ import onnx_ir as ir
 import pytest
 
 from edgepack import runtime
-from edgepack.calib.observers import METHODS, HistogramObserver
+from edgepack.calib.observers import METHODS, ChannelMeanObserver, HistogramObserver
 from edgepack.graph import copy_model
 from edgepack.quant import quantize
 from edgepack.quant.float_rules import default_float_nodes
@@ -55,6 +55,9 @@ def test_observers_skip_inf_and_nan_and_count_them():
     only_inf = HistogramObserver()
     only_inf.update(np.full(8, -np.inf, np.float32))
     assert only_inf.range("entropy", symmetric=True) == (0.0, 0.0) and only_inf.nonfinite == 8
+    means = ChannelMeanObserver()  # bias correction's per-channel means stay finite too
+    means.update(masked.reshape(10, 5, 100))
+    assert np.all(np.isfinite(means.mean()))
 
 
 @pytest.mark.parametrize("target", TARGETS)
