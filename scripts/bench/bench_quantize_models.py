@@ -150,7 +150,7 @@ def bench_decoder(args) -> None:
             t = time.perf_counter()
             s.run(None, feeds)
             times[k].append(time.perf_counter() - t)
-    print(f"\nlatency, 4 x 128 tokens, 1 thread, median of 20 interleaved runs (x86-cpu percentile):")
+    print("\nlatency, 4 x 128 tokens, 1 thread, median of 20 interleaved runs (x86-cpu percentile):")
     fp32 = np.median(times["fp32"])
     for k, t in times.items():
         print(f"  {k:<26} {1000 * np.median(t):7.2f} ms  ({np.median(t) / fp32:.2f}x fp32)")

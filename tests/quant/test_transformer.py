@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 import pytest
 
 from edgepack import runtime
