@@ -10,6 +10,10 @@ Ranges for each method are computed from the histogram at the end:
               has the least KL divergence from the clipped distribution
   mse         the T that minimizes expected squared error: rounding error step^2/12 inside
               [-T, T], plus (|x| - T)^2 for clipped values
+
+Only finite values are observed: attention masks carry -inf by design (and a NaN means the
+float model itself produced one). `nonfinite` counts what was left out, so that placement rules
+can keep such tensors float.
 """
 from __future__ import annotations
 
@@ -26,12 +30,20 @@ class HistogramObserver:
         self.radius = 0.0
         self.min, self.max = np.inf, -np.inf
         self.count = 0
+        self.nonfinite = 0  # -inf / +inf / NaN values seen and left out
 
     def update(self, x: np.ndarray, need_histogram: bool = True) -> None:
         x = np.asarray(x, np.float32).reshape(-1)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.min()), float(x.max())  # NaN or inf anywhere shows here
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
         if not need_histogram:
@@ -142,6 +154,8 @@ class ChannelMeanObserver:
             return
         axes = (0, *range(2, x.ndim))
         total = x.sum(axis=axes, dtype=np.float64)
+        if not np.all(np.isfinite(total)):  # -inf / NaN count as 0: a mean for bias correction stays finite
+            total = np.where(np.isfinite(x), x, 0).sum(axis=axes, dtype=np.float64)
         if self.sum is None or self.sum.shape != total.shape:
             self.sum, self.count = np.zeros_like(total), 0
         self.sum += total

@@ -19,6 +19,9 @@ def register(subparsers):
     parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE",
                         help="nodes (by name) or op types to keep in float")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    parser.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                        help="migrate activation outliers into the weights before calibrating "
+                             "(SmoothQuant, alpha 0..1, 0.5 usual; transformers)")
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="keep biases as they are (default: subtract the mean output shift that "
                              "weight rounding causes, from the calibrated input means)")
@@ -52,7 +55,8 @@ def run(args) -> int:
                       bias_correction=not args.no_bias_correction, limit=args.limit, progress=not args.quiet,
                       sensitivity=args.sensitivity, max_error=args.max_error, min_agreement=args.min_agreement,
                       runtime_check=not args.no_runtime_check, equalize=not args.no_equalize,
-                      preprocess=Preprocess.from_args(args), output=args.output)
+                      preprocess=Preprocess.from_args(args), smoothquant=args.smoothquant,
+                      output=args.output)
     report = result.to_json()
     common.emit(args, report, format_result(report))
     return 0

@@ -157,25 +157,37 @@ class _Inserter:
         if np.any(scale <= 0):
             return
         q = np.clip(np.round(b / scale), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+        if np.all(scale == scale.reshape(-1)[0]):  # per-tensor weights: one scale, no axis (opset < 13)
+            scale = np.array(scale.reshape(-1)[0], np.float32)
         name = node.inputs[2].name
         qv = new_initializer(self.graph, q, f"{name}_quantized")
         sv = new_initializer(self.graph, scale, f"{name}_scale")
         zv = new_initializer(self.graph, np.zeros(scale.shape, np.int32), f"{name}_zero_point")
-        dq = ir.node("DequantizeLinear", [qv, sv, zv], {"axis": 0}, name=f"{name}_DequantizeLinear")
+        dq = ir.node("DequantizeLinear", [qv, sv, zv], {"axis": 0} if scale.ndim else {},
+                     name=f"{name}_DequantizeLinear")
         dq.outputs[0].name = f"{name}_dequantized"
         self.graph.insert_before(node, dq)
         dq.outputs[0].shape, dq.outputs[0].dtype = ir.Shape(b.shape), ir.DataType.FLOAT
         node.replace_input_with(2, dq.outputs[0])
 
 
-def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude: set[str] = frozenset()) -> QuantizeResult:
-    """Rewrites `model` in place with Q/DQ around the nodes the policy quantizes."""
+def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude: set[str] = frozenset(),
+               float_defaults: bool = True) -> QuantizeResult:
+    """Rewrites `model` in place with Q/DQ around the nodes the policy quantizes.
+
+    `float_defaults`: keep the nodes of quant/float_rules.py float (norms, masks, attention
+    scores, detection-head outputs); False quantizes everything the policy allows."""
     from edgepack import io
+    from edgepack.quant.float_rules import default_float_nodes, exact_ranges
 
     io.infer_shapes(model)
     result = QuantizeResult(model)
     ins = _Inserter(model, ranges, policy)
-    nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops]
+    floats = default_float_nodes(model, policy, ranges) if float_defaults else {}
+    if float_defaults:
+        ins.override.update({k: v for k, v in exact_ranges(model).items() if k in ranges})
+    result.skipped += [(node_label(n), why) for n, why in floats.items()]
+    nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops and n not in floats]
     _share_concat_ranges(nodes, ranges, ins)
     _pass_ranges_through(model.graph, ranges, ins)
     for node in nodes:

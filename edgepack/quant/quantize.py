@@ -56,6 +56,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
+             smoothquant: float | None = None, float_defaults: bool = True,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -67,8 +68,14 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     rescales the channels around depthwise convs first, an exact rewrite (quant/equalize.py). With
     `output`, the model is written there (atomically) once every check passed. `preprocess` (an
     `edgepack.calib.preprocess.Preprocess`) turns the stored samples into the model's input; it is
-    recorded, with the target, in the model's metadata (quant/origin.py).
+    recorded, with the target, in the model's metadata (quant/origin.py). `smoothquant`: migrate
+    activation outliers into the weights with this alpha (0..1) before calibrating
+    (quant/smoothquant.py); `float_defaults`: keep norms, masks, attention scores and detection-head
+    outputs float (quant/float_rules.py). Models below opset 13 are upgraded (or get per-tensor
+    weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     """
+    from edgepack.quant.smoothquant import smooth
+    from edgepack.quant.validate import prepare_opset, validate_quantized
     from edgepack import io
 
     target = load_target(target)
@@ -96,6 +103,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     method = method or target.calibration_method
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
+    policy = prepare_opset(model, policy)
+    if smoothquant is not None:
+        if data is None or ranges is not None:
+            raise EdgepackError("smoothquant needs calibration data and recalibrates after smoothing",
+                                hint="pass data and no ranges: ranges of the unsmoothed model no longer fit")
+        smooth(model, data, alpha=smoothquant, limit=limit)
     if equalize and ranges is None:
         from edgepack.quant.equalize import balance_depthwise_outputs, equalize_depthwise_inputs
 
@@ -116,11 +129,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
                                                  min_agreement=min_agreement, exclude=set(exclude))
         model = inserted.model
     else:
-        inserted = insert_qdq(model, ranges, policy, exclude=set(exclude))
+        inserted = insert_qdq(model, ranges, policy, exclude=set(exclude), float_defaults=float_defaults)
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
+    validate_quantized(model)  # checker + ONNX Runtime load, before anything is written
     from edgepack.quant.origin import stamp_quantized
 
     stamp_quantized(model, target, preprocess)
