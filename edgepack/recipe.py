@@ -423,12 +423,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         return result
     manifest_path.unlink(missing_ok=True)
 
-    from edgepack.cli import main
     start = time.perf_counter()
     # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
     capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
-    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture):
-        code = main(argv)
+    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture), _logs_to(capture):
+        code, failure = _call(step.command, parser, argv)
     result.seconds = time.perf_counter() - start
     from edgepack.cli.common import write_text_atomic
     write_text_atomic(folder / f"{step.id}.log", capture.text)
@@ -437,7 +436,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
             result.log = capture.renamed(capture.text[-4000:])
         errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
         result.status = "failed"
-        result.note = errors[-1][len("error: "):] if errors else f"exit code {code}"
+        result.note = failure or (errors[-1][len("error: "):] if errors else f"exit code {code}")
         return result
     produced = [p for p in (artifact, report) if p is not None]
     absent = [str(p) for p in produced if not p.is_file()]
@@ -451,6 +450,60 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         "outputs": {str(p): sha256_path(p) for p in produced}, "versions": env,
         "seconds": result.seconds, "key": key})
     return result
+
+
+def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tuple[int, str | None]:
+    """Run one step: the command's library function (`edgepack.cli.<command>.API`) called with
+    the options its parser reads from `argv`, exactly as the CLI calls it; its JSON goes to the
+    step's report and its text to the log. Returns (exit code, one-line failure or None).
+    A command module without an API function runs through `edgepack.cli.main`."""
+    import importlib
+    import traceback
+
+    from edgepack.cli import common
+
+    module = importlib.import_module(f"edgepack.cli.{command.replace('-', '_')}")
+    spec = getattr(module, "API", None)
+    if spec is None:
+        from edgepack.cli import main
+        return main(argv), None
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as exc:  # argparse printed its usage line
+        return int(exc.code or 2), None
+    args.command, args.quiet = command, True  # no progress bars in logs
+    display = getattr(module, "DISPLAY", ())
+    try:
+        outcome = common.call(spec, args, display)
+    except EdgepackError as exc:
+        print(f"error: {exc}")
+        return exc.exit_code, str(exc)
+    except Exception as exc:  # a bug: the traceback goes to the step's log
+        traceback.print_exc(file=sys.stdout)
+        return 3, (f"internal error in 'edgepack {command}': {type(exc).__name__}: {exc}. "
+                   f"hint: the traceback is in the step's .log; please report it")
+    common.emit(args, outcome.to_json(), outcome.text(**{d: getattr(args, d) for d in display}))
+    code = outcome.exit_code
+    if code and hasattr(outcome, "summary"):  # check: "latency regression: 1.41x slower at p1 (...)"
+        return code, outcome.summary()
+    if code and getattr(outcome, "problems", None):  # check-qdq
+        problems = outcome.problems
+        return code, f"{len(problems)} QDQ problem(s) for {outcome.target}; first: {problems[0]}"
+    return code, None
+
+
+@contextlib.contextmanager
+def _logs_to(stream):
+    """Warnings logged by the step's code go to its log (the root handler keeps the terminal's stderr)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 class _Tee:

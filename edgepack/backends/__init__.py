@@ -52,6 +52,20 @@ class Artifact:
     def manifest_path(self) -> Path:
         return mf.manifest_path(self.path)
 
+    def to_json(self) -> dict[str, Any]:
+        """What `edgepack build --json` prints: the manifest (schema `edgepack.build/1`)."""
+        return dict(self.manifest)
+
+    def text(self) -> str:
+        m = self.manifest
+        files = ", ".join(m.get("files", [m["artifact"]]))
+        return (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+                f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
     def runner(self):
         """A new runtime for this artifact (a context manager): OrtRunner or TensorRTRunner."""
         if self.backend == "tensorrt":

@@ -46,15 +46,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.backends import build
+API = "edgepack.backends:build"  # the library function this command calls (and `edgepack run` too)
 
-    artifact = build(args.model, args.target, output=args.output, precision=args.precision, dla=args.dla,
-                     sparsity=args.sparsity, shapes=args.shapes, timing_cache=args.timing_cache,
-                     workspace_mb=args.workspace_mb, threads=args.threads)
-    m = artifact.manifest
-    files = ", ".join(m.get("files", [m["artifact"]]))
-    text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
-            f"in {m['build_seconds']:.2f} s; manifest: {artifact.manifest_path}")
-    common.emit(args, m, text)
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

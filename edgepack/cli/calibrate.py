@@ -26,19 +26,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack import io
-    from edgepack.calib import calibrate
-    from edgepack.errors import UsageError
+API = "edgepack.commands.calibrate:calibrate"  # the library function this command calls (and `edgepack run` too)
 
-    if not args.data:
-        raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
-    model = io.load(args.model)
-    ranges = calibrate(model, args.data, method=args.method, percentile=args.percentile, limit=args.limit,
-                       symmetric=args.symmetric, progress=not args.quiet)
-    ranges.save(args.output)
-    if args.tensorrt_cache:
-        ranges.to_tensorrt_cache(args.tensorrt_cache)
-    common.emit(args, ranges.to_json(),
-                f"{len(ranges.tensors)} tensor ranges from {ranges.samples} samples ({ranges.method}) -> {args.output}")
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

@@ -16,14 +16,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack import io
-    from edgepack.quant.check_qdq import check_qdq
-    from edgepack.targets import load_target
+API = "edgepack.commands.check_qdq:check_qdq"  # the library function this command calls (and `edgepack run` too)
 
-    target = load_target(args.target)
-    problems = check_qdq(io.load(args.model), target)
-    text = "\n".join([f"{args.model}: {len(problems)} problem(s) for {target.name}", *problems]) if problems \
-        else f"{args.model}: follows the {target.name} QDQ rules"
-    common.emit(args, {"ok": not problems, "target": target.name, "problems": problems}, text)
-    return 1 if problems else 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

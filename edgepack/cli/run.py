@@ -1,7 +1,6 @@
 """edgepack run: a recipe (model, targets, data, ordered steps) through the pipeline, with a cache."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from edgepack.cli import common
 
@@ -23,18 +22,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.recipe import format_results, load_recipe, run_recipe
+API = "edgepack.commands.run:run"  # the library function this command calls (and `edgepack run` too)
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    recipe = load_recipe(args.recipe, targets=targets)
-    name = recipe.path.name.removesuffix(".toml").removesuffix(".recipe")
-    out_dir = Path(args.output) if args.output else Path(f"{name}-out")
-    results = run_recipe(recipe, out_dir, force=args.force)
-    if args.report:
-        from edgepack.report.html import write_report
-        write_report(out_dir, args.report)
-    data = {"schema": "edgepack.run/1", "recipe": str(recipe.path), "output_dir": str(out_dir),
-            "steps": [r.as_dict() for r in results]}
-    common.emit(args, data, format_results(results, out_dir))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

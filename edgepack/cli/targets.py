@@ -11,15 +11,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.targets import list_targets, load_target
+API = "edgepack.commands.targets:targets"  # the library function this command calls (and `edgepack run` too)
 
-    targets = [load_target(args.target)] if args.target else list_targets()
-    rows = [f"{'name':<18} {'backend':<12} {'precisions':<15} {'DLA':>3} {'2:4':>4}  activations"]
-    for t in targets:
-        rows.append(f"{t.name:<18} {t.backend:<12} {','.join(t.precisions):<15} {t.dla_cores:>3} "
-                    f"{'yes' if t.sparsity else 'no':>4}  {t.qdq.activations}")
-    if args.target:
-        rows += ["", targets[0].description, f"file: {targets[0].path}"]
-    common.emit(args, [t.summary() for t in targets], "\n".join(rows))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)
