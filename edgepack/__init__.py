@@ -13,25 +13,29 @@ from edgepack.errors import EdgepackError, InternalError  # noqa: E402
 
 # public name -> module that defines it. The commands (one per `edgepack <command>`, taking the
 # CLI's options as keywords and returning a typed result with to_json()) come from
-# edgepack.commands; the stage-level functions they are built on keep their names.
+# edgepack.commands; the stage-level functions they are built on keep their names. `pack`,
+# `profile`, `report` and `targets` also name subpackages/modules of edgepack (an import replaces
+# such an attribute with the module), so those commands are pack_model, profile_artifact,
+# report_run and describe_targets; `pack` stays for old callers (the format-level function).
 _API = {
     # commands: the same options, files and JSON as the CLI
     "inspect": "edgepack.commands.inspect",
     "optimize": "edgepack.commands.optimize",
     "prune": "edgepack.commands.prune",
     "compress": "edgepack.commands.compress",
-    "pack": "edgepack.commands.pack",
+    "pack_model": "edgepack.commands.pack",
+    "unpack_model": "edgepack.commands.pack",
     "unpack": "edgepack.commands.pack",
     "calibrate": "edgepack.commands.calibrate",
     "quantize": "edgepack.quant.quantize",
     "compare": "edgepack.quant.compare",
     "check_qdq": "edgepack.commands.check_qdq",
     "build": "edgepack.backends",
-    "profile": "edgepack.commands.profile",
+    "profile_artifact": "edgepack.commands.profile",
     "check": "edgepack.commands.profile",
     "history": "edgepack.commands.history",
-    "targets": "edgepack.commands.targets",
-    "report": "edgepack.commands.report",
+    "describe_targets": "edgepack.commands.targets",
+    "report_run": "edgepack.commands.report",
     "run": "edgepack.commands.run",
     "run_demo": "edgepack.demo",
     "CommandResult": "edgepack.commands.result",
@@ -56,6 +60,7 @@ _API = {
     "check_regression": "edgepack.profile.regression",
     "History": "edgepack.profile.history",
     "Budget": "edgepack.profile.timing",
+    "pack": "edgepack.pack.format",
     "load_recipe": "edgepack.recipe",
     "run_recipe": "edgepack.recipe",
     "write_report": "edgepack.report.html",

@@ -19,7 +19,7 @@ def register(subparsers):
     return parser
 
 
-API = "edgepack.commands.pack:pack"  # the library function this command calls (and `edgepack run` too)
+API = "edgepack.commands.pack:pack_model"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:

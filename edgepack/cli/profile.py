@@ -43,7 +43,7 @@ def register(subparsers):
 
 
 DISPLAY = ("top",)  # options that only change the printed text
-API = "edgepack.commands.profile:profile"  # the library function this command calls (and `edgepack run` too)
+API = "edgepack.commands.profile:profile_artifact"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:

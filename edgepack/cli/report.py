@@ -15,7 +15,7 @@ def register(subparsers):
     return parser
 
 
-API = "edgepack.commands.report:report"  # the library function this command calls (and `edgepack run` too)
+API = "edgepack.commands.report:report_run"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:

@@ -11,7 +11,7 @@ def register(subparsers):
     return parser
 
 
-API = "edgepack.commands.targets:targets"  # the library function this command calls (and `edgepack run` too)
+API = "edgepack.commands.targets:describe_targets"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:

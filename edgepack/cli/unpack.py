@@ -12,7 +12,7 @@ def register(subparsers):
     return parser
 
 
-API = "edgepack.commands.pack:unpack"  # the library function this command calls (and `edgepack run` too)
+API = "edgepack.commands.pack:unpack_model"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:

@@ -56,7 +56,7 @@ class UnpackReport(CommandResult):
         return f"{self.package} -> {self.output} ({self.mode}, checksums ok)"
 
 
-def pack(model: str | os.PathLike, output: str | os.PathLike, *, codebook: int | None = None,
+def pack_model(model: str | os.PathLike, output: str | os.PathLike, *, codebook: int | None = None,
          data=None, codebook_bits: int | None = None) -> PackReport:
     """Write `model` as an .epk container. Lossless unless `codebook` (bits: each float layer's
     weights share 2**bits values); then the unpacked model's output error on `data` (default:
@@ -76,10 +76,15 @@ def pack(model: str | os.PathLike, output: str | os.PathLike, *, codebook: int |
     return result
 
 
-def unpack(model: str | os.PathLike, output: str | os.PathLike) -> UnpackReport:
+def unpack_model(model: str | os.PathLike, output: str | os.PathLike) -> UnpackReport:
     """Write the ONNX model inside the .epk file `model` to `output`, checksums verified."""
     from edgepack.pack.format import unpack as write_unpack
 
     report = write_unpack(model, output)
     report.pop("schema")
     return UnpackReport(**report)
+
+
+# `edgepack.pack` also names the subpackage edgepack/pack/ (which replaces the attribute once it
+# is imported), so the public names are pack_model / unpack_model; `unpack` stays as an alias.
+unpack = unpack_model

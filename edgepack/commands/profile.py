@@ -54,7 +54,7 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
-def profile(model: str | os.PathLike, target=None, *, runs: int | str | None = None,
+def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str | None = None,
             duration: float | str | None = None, warmup: int | str = "200ms", batch: int | None = None,
             threads: int | None = None, affinity: str | list[int] | None = None, data=None,
             shapes: str | None = None, vs: str | os.PathLike | None = None, layer_runs: int = 20,

@@ -19,7 +19,7 @@ class ReportResult(CommandResult):
         return f"wrote {self.output}"
 
 
-def report(folder: str | os.PathLike, output: str | os.PathLike) -> ReportResult:
+def report_run(folder: str | os.PathLike, output: str | os.PathLike) -> ReportResult:
     """Write the HTML report of a run folder (from `edgepack run` or `edgepack demo`) to `output`.
     The renderer is `edgepack.write_report`."""
     from edgepack.report.html import write_report

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.commands.result import NOT_JSON, CommandResult
+from edgepack.commands.result import NOT_JSON, CommandResult, plain
 
 
 @dataclass
@@ -15,7 +15,7 @@ class TargetsReport(CommandResult):
     one: bool = field(default=False, metadata=NOT_JSON)
 
     def to_json(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [t.summary() for t in self.targets]
+        return [plain(t.summary()) for t in self.targets]
 
     def text(self) -> str:
         rows = [f"{'name':<18} {'backend':<12} {'precisions':<15} {'DLA':>3} {'2:4':>4}  activations"]
@@ -27,7 +27,7 @@ class TargetsReport(CommandResult):
         return "\n".join(rows)
 
 
-def targets(target=None) -> TargetsReport:
+def describe_targets(target=None) -> TargetsReport:
     """All shipped targets, or the one named (a name or a .toml path)."""
     from edgepack.targets import list_targets, load_target
 
