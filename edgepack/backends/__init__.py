@@ -59,8 +59,14 @@ class Artifact:
     def text(self) -> str:
         m = self.manifest
         files = ", ".join(m.get("files", [m["artifact"]]))
-        return (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+        text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
                 f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
+        check = m.get("runtime_check")  # QDQ models built for ONNX Runtime: as built vs QDQ math
+        if check:
+            text += (f"\nruntime check: the artifact {'matches' if check['ok'] else 'DIFFERS from'} its QDQ math "
+                     f"(SQNR {check['runtime_sqnr_db']:.1f} dB on {check['samples']} {check['data']}; "
+                     f"CPU {check['cpu_flags']})")
+        return text
 
     @property
     def exit_code(self) -> int:

@@ -42,7 +42,7 @@ class CalibrateReport(CommandResult):
 
 
 def calibrate(model: str | os.PathLike | ir.Model, data=None, output: str | os.PathLike | None = None, *,
-              method: str = "entropy", percentile: float = 99.99, limit: int | None = None,
+              method: str | None = "entropy", percentile: float = 99.99, limit: int | None = None,
               symmetric: bool = False, tensorrt_cache: str | os.PathLike | None = None,
               progress: bool = True, batch_size: int = 32, only: set[str] | None = None) -> CalibrateReport:
     """Run `model` over `data` (a calibration folder, .npz, .npy, or an iterable of {input: array})
@@ -54,7 +54,7 @@ def calibrate(model: str | os.PathLike | ir.Model, data=None, output: str | os.P
     if data is None:
         raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
     loaded = model if isinstance(model, ir.Model) else io.load(model)
-    ranges = observe(loaded, data, method=method, percentile=percentile, limit=limit, symmetric=symmetric,
+    ranges = observe(loaded, data, method=method or "entropy", percentile=percentile, limit=limit, symmetric=symmetric,
                      progress=progress, batch_size=batch_size, only=only)
     if output is not None:
         ranges.save(output)

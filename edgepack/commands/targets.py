@@ -27,10 +27,29 @@ class TargetsReport(CommandResult):
         return "\n".join(rows)
 
 
-def describe_targets(target=None) -> TargetsReport:
-    """All shipped targets, or the one named (a name or a .toml path)."""
+@dataclass
+class HostTargetReport(CommandResult):
+    """`targets --host`: the CPU target that fits this machine, and why."""
+
+    target: str
+    why: str
+    cpu_flags: Any
+    int8_saturates: Any
+
+    def text(self) -> str:
+        return f"{self.target}: {self.why} (int8 flags: {self.cpu_flags})"
+
+
+def describe_targets(target=None, *, host: bool = False) -> TargetsReport | HostTargetReport:
+    """All shipped targets, or the one named (a name or a .toml path); with `host`, the CPU
+    target that fits this machine (edgepack.cpu, from /proc/cpuinfo's int8 flags)."""
     from edgepack.targets import list_targets, load_target
 
+    if host:
+        from edgepack.cpu import host_target, int8_dot_saturates, int8_summary
+
+        name, why = host_target()
+        return HostTargetReport(name, why, int8_summary(), int8_dot_saturates())
     if target is not None:
         return TargetsReport([load_target(target)], one=True)
     return TargetsReport(list_targets())
