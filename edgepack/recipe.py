@@ -174,7 +174,17 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None) -> Recipe
                                         "'model' nor an existing file")
         options = {k: v for k, v in table.items() if k not in STEP_KEYS}
         if command.replace("-", "_") in parsers:
-            options = _check_options(step_id, command, options, parsers[command.replace("-", "_")], base, where)
+            parser, sub = parsers[command.replace("-", "_")], None
+            choice = _subcommands(parser)
+            if choice is not None:  # compress: `method = "fp16"` picks the sub-command
+                sub = options.pop(choice.dest, None)
+                if sub not in choice.choices:
+                    raise EdgepackError(f"{where} ('{step_id}'): `edgepack {command}` needs {choice.dest} = one of "
+                                        f"{', '.join(choice.choices)}", hint=f'e.g. {choice.dest} = "{next(iter(choice.choices))}"')
+                parser = choice.choices[sub]
+            options = _check_options(step_id, command, options, parser, base, where)
+            if sub is not None:
+                options = {choice.dest: sub, **options}
         per_target = bool(table.get("per_target", command in PER_TARGET))
         steps.append(Step(step_id, command, inputs, options, per_target))
     if any(s.per_target for s in steps) and not chosen:
@@ -190,6 +200,11 @@ def _command_parsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {name.replace("-", "_"): p for name, p in sub.choices.items()}
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    """The sub-command choice of a command that has one (`compress clip|lowrank|fp16`)."""
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 def _check_options(step_id, command, options, parser, base, where) -> dict[str, Any]:
@@ -376,6 +391,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     if parser is None:
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result
+    command_parser, prefix, options = parser, [], dict(step.options)
+    choice = _subcommands(parser)
+    if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
+        prefix = [options.pop(choice.dest)]
+        parser = choice.choices[prefix[0]]
     dests = {a.dest for a in parser._actions}
     positionals = [a for a in parser._actions if not a.option_strings]
     result.inputs = _input_refs(step, target, outputs, len(positionals))
@@ -389,12 +409,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
                             hint=f'set input = [...] with {len(positionals)} entries')
-    argv = [step.command, *map(str, inputs)]
+    argv = [step.command, *prefix, *map(str, inputs)]
     artifact = report = None
     if "output" in dests:
         artifact = folder / f"{step.id}{_extension(step.command, target)}"
         argv += ["-o", str(artifact)]
-    options = dict(step.options)
     if "target" in dests and "target" not in options and (target or recipe.targets):
         options["target"] = target or recipe.targets[0]
     if "data" in dests and "data" not in options and recipe.data:
@@ -427,7 +446,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
     capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
     with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture), _logs_to(capture):
-        code, failure = _call(step.command, parser, argv)
+        code, failure = _call(step.command, command_parser, argv)
     result.seconds = time.perf_counter() - start
     from edgepack.cli.common import write_text_atomic
     write_text_atomic(folder / f"{step.id}.log", capture.text)

@@ -212,3 +212,19 @@ def test_a_failed_check_in_a_recipe_names_the_slowdown(tmp_path):
     with pytest.raises(EdgepackError) as failure:
         run_recipe(load_recipe(recipe), tmp_path / "out")
     assert "latency regression: 2.00x slower at p50 (threshold 1.05x)" in str(failure.value)
+
+
+def test_a_compress_step_names_its_method(tmp_path):
+    """`compress` has sub-commands: a step picks one with `method = ...`, and gets the API's file."""
+    from edgepack.errors import EdgepackError
+    from edgepack.recipe import load_recipe, run_recipe
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'model = "{MODEL}"\n\n[[step]]\nrun = "compress"\nmethod = "fp16"\nkeep-io-float = true\n')
+    (step,) = run_recipe(load_recipe(recipe), tmp_path / "out")
+    assert step.status == "done" and step.argv[:2] == ["compress", "fp16"]
+    edgepack.compress(MODEL, "fp16", tmp_path / "api.onnx", keep_io_float=True)
+    assert (tmp_path / "out" / "compress.onnx").read_bytes() == (tmp_path / "api.onnx").read_bytes()
+    recipe.write_text(f'model = "{MODEL}"\n\n[[step]]\nrun = "compress"\npercentile = 99\n')
+    with pytest.raises(EdgepackError, match="needs method = one of clip, lowrank, fp16"):
+        load_recipe(recipe)
