@@ -57,15 +57,27 @@ def load_run(folder: str | Path) -> RunData:
         raise EdgepackError(f"{run_file}: not valid JSON ({exc})") from None
     data = RunData(folder, run, run.get("steps", []))
     for step in data.steps:
-        path = step.get("report")
-        if path and Path(path).is_file():
+        path = _step_file(folder, step, step.get("report"))
+        if path is not None:
             try:
-                data.reports[(step["id"], step["target"])] = json.loads(Path(path).read_text())
+                data.reports[(step["id"], step["target"])] = json.loads(path.read_text())
             except ValueError:
                 logger.warning("%s: not valid JSON, left out of the report", path)
     if run.get("baseline") and Path(run["baseline"]).is_file():
         data.baseline = json.loads(Path(run["baseline"]).read_text())
     return data
+
+
+def _step_file(folder: Path, step: dict, recorded: str | None) -> Path | None:
+    """A step's file: as recorded (relative to where `edgepack run` ran), else found in the run
+    folder itself (`DIR/[<target>/]<name>`), so the report works from any directory."""
+    if not recorded:
+        return None
+    name = Path(recorded).name
+    for candidate in (Path(recorded), folder / (step.get("target") or "") / name, folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def summary(data: RunData) -> list[tuple[str, float | None, float | None]]:
@@ -111,10 +123,11 @@ def _table(header: list[str], rows: list[list]) -> str:
         if v is None or isinstance(v, (int, float)):
             return number(v)
         return html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
                                     for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""  # key/value tables need no header
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _figure(svg: str, caption: str) -> str:
@@ -274,7 +287,8 @@ def _layers_section(data: RunData) -> str:
 def _environment_section(data: RunData) -> str:
     env = dict(data.run.get("versions", {}))
     for _, report in data.of("profile"):
-        env.update({k: v for k, v in (report.get("environment") or {}).items() if not isinstance(v, (dict, list))})
+        env.update({k: (" ".join(v) if isinstance(v, list) else v) for k, v in (report.get("environment") or {}).items()
+                    if not isinstance(v, dict) and not (isinstance(v, list) and not all(isinstance(x, str) for x in v))})
         break
     env.setdefault("machine", platform.machine())
     rows = [[k, v] for k, v in env.items()]

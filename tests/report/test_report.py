@@ -136,6 +136,23 @@ def test_summary_pairs_fp32_and_int8(run_folder):
     assert rows["latency p50 (ms)"] == (profile["latency_ms"]["p50"], None)  # FP32 profiled, INT8 not
 
 
+def test_report_finds_step_reports_from_any_directory(run_folder, tmp_path):
+    """run.json records paths as `edgepack run` was given them (relative to where it ran); the
+    report still finds each step's JSON inside the run folder."""
+    import shutil
+
+    out, _ = run_folder
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    run = json.loads((moved / "run.json").read_text())
+    for step in run["steps"]:
+        if step["report"]:
+            step["report"] = str(Path("somewhere-else") / Path(step["report"]).relative_to(out))
+    (moved / "run.json").write_text(json.dumps(run))
+    data = load_run(moved)
+    assert {k[0] for k in data.reports} == {s["id"] for s in run["steps"] if s["report"]}
+
+
 def test_report_of_a_folder_without_a_run_is_refused(tmp_path):
     assert_one_line_error(edgepack_cli("report", tmp_path, "-o", tmp_path / "r.html"), "not a run folder",
                           str(tmp_path))
