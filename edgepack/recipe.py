@@ -501,8 +501,8 @@ def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tup
         traceback.print_exc(file=sys.stdout)
         return 3, (f"internal error in 'edgepack {command}': {type(exc).__name__}: {exc}. "
                    f"hint: the traceback is in the step's .log; please report it")
-    common.emit(args, outcome.to_json(), outcome.text(**{d: getattr(args, d) for d in display}))
-    code = outcome.exit_code
+    common.emit(args, outcome.to_json(), common.result_text(outcome, args, display))
+    code = int(getattr(outcome, "exit_code", 0))
     if code and hasattr(outcome, "summary"):  # check: "latency regression: 1.41x slower at p1 (...)"
         return code, outcome.summary()
     if code and getattr(outcome, "problems", None):  # check-qdq

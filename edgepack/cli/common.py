@@ -103,8 +103,15 @@ def call(spec: str, args: argparse.Namespace, display: tuple[str, ...] = ()):
 def run_api(args: argparse.Namespace, spec: str, display: tuple[str, ...] = ()) -> int:
     """The whole `run` of a command: call its function, print its text or JSON, exit with its code."""
     result = call(spec, args, display)
-    emit(args, result.to_json(), result.text(**{d: getattr(args, d) for d in display}))
-    return result.exit_code
+    emit(args, result.to_json(), result_text(result, args, display))
+    return int(getattr(result, "exit_code", 0))
+
+
+def result_text(result, args: argparse.Namespace, display: tuple[str, ...] = ()) -> str:
+    """What the terminal shows: `result.text()` (a result without one prints its JSON)."""
+    if hasattr(result, "text"):
+        return result.text(**{d: getattr(args, d) for d in display})
+    return json.dumps(result.to_json(), indent=2, default=str)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
