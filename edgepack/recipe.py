@@ -1,5 +1,5 @@
 """Recipes: a TOML file that names a model, its target(s), its data and ordered steps, run
-through the `edgepack` command line with a cache, so an unchanged step is skipped.
+through the commands' library functions with a cache, so an unchanged step is skipped.
 
     model = "digits_cnn.onnx"             # paths are relative to the recipe file;
     targets = ["x86-cpu"]                 # ${calibration} / ${targets} name the bundled data
@@ -16,7 +16,8 @@ through the `edgepack` command line with a cache, so an unchanged step is skippe
     input = "optimize"                    # a step id, "model", a file, or a list of them
 
 Each step becomes `edgepack <run> INPUT... [-o DIR/<id>.<ext>] [--target T] [--data D]
-[--OPTION VALUE...] --json DIR/<id>.json`. Its manifest DIR/<id>.step.json records the inputs'
+[--OPTION VALUE...] --json DIR/<id>.json`, parsed by that command's parser and run by calling the
+command's function (`edgepack.cli.<command>.API`), exactly as the CLI does. Its manifest DIR/<id>.step.json records the inputs'
 sha256, options, versions and time; the step is skipped when they have not changed and its
 outputs are intact. build/profile/check run once per target, in DIR/<target>/.
 """
