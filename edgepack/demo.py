@@ -7,8 +7,10 @@ INT8 -> compare on the held-out set, then writes the HTML report and a summary t
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.commands.result import CommandResult
 from edgepack.resources import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
@@ -16,36 +18,52 @@ logger = logging.getLogger(__name__)
 DEMO_RECIPE = PACKAGE_DIR / "examples" / "digits.recipe.toml"
 
 
-def run_demo(out_dir: Path, *, force: bool = False) -> dict:
+@dataclass
+class DemoReport(CommandResult):
+    """JSON `edgepack.demo/1`: the report page, the steps and the FP32 / INT8 summary."""
+
+    SCHEMA = "edgepack.demo/1"
+    recipe: str
+    output_dir: str
+    report: str
+    steps: list[dict]
+    summary: list[dict]
+
+    def text(self) -> str:
+        from edgepack.report.html import format_summary as table
+
+        rows = [(r["metric"], r["fp32"], r["int8"]) for r in self.summary]
+        lines = [f"edgepack demo: digits CNN ({self.recipe})", "", table(rows), ""]
+        for step in self.steps:
+            if step["status"] == "unavailable":
+                lines.append(f"step '{step['id']}' unavailable: {step['note']}")
+        skipped = sum(s["status"] == "skipped" for s in self.steps)
+        if skipped:
+            lines.append(f"{skipped} of {len(self.steps)} steps skipped (unchanged since the last run)")
+        lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def run_demo(output: str | Path | None = None, *, force: bool = False) -> DemoReport:
+    """Run the bundled digits recipe into `output` (default ./edgepack-demo), write its report."""
     from edgepack.recipe import load_recipe, run_recipe
     from edgepack.report.html import load_run, summary, write_report
 
+    out_dir = Path(output) if output is not None else Path("edgepack-demo")
     recipe = load_recipe(DEMO_RECIPE)
     # a step whose command this installation lacks is reported, not fatal: the demo shows the rest
     results = run_recipe(recipe, out_dir, allow_missing=True, force=force)
     report = write_report(out_dir, out_dir / "report.html")
-    return {
-        "schema": "edgepack.demo/1",
-        "recipe": str(DEMO_RECIPE),
-        "output_dir": str(out_dir),
-        "report": str(report.resolve()),
-        "steps": [r.as_dict() for r in results],
-        "summary": [{"metric": name, "fp32": fp32, "int8": int8,
-                     "ratio": int8 / fp32 if fp32 and int8 is not None else None}
-                    for name, fp32, int8 in summary(load_run(out_dir))],
-    }
+    return DemoReport(
+        recipe=str(DEMO_RECIPE), output_dir=str(out_dir), report=str(report.resolve()),
+        steps=[r.as_dict() for r in results],
+        summary=[{"metric": name, "fp32": fp32, "int8": int8,
+                  "ratio": int8 / fp32 if fp32 and int8 is not None else None}
+                 for name, fp32, int8 in summary(load_run(out_dir))])
 
 
-def format_summary(result: dict) -> str:
-    from edgepack.report.html import format_summary as table
-
-    rows = [(r["metric"], r["fp32"], r["int8"]) for r in result["summary"]]
-    lines = [f"edgepack demo: digits CNN ({result['recipe']})", "", table(rows), ""]
-    for step in result["steps"]:
-        if step["status"] == "unavailable":
-            lines.append(f"step '{step['id']}' unavailable: {step['note']}")
-    skipped = sum(s["status"] == "skipped" for s in result["steps"])
-    if skipped:
-        lines.append(f"{skipped} of {len(result['steps'])} steps skipped (unchanged since the last run)")
-    lines.append(f"report: {result['report']}")
-    return "\n".join(lines)
+def format_summary(result: DemoReport | dict) -> str:
+    """The demo's summary text (kept for callers of the former dict result)."""
+    if isinstance(result, dict):
+        result = DemoReport(**{k: v for k, v in result.items() if k != "schema"})
+    return result.text()

@@ -1,5 +1,5 @@
 """Recipes: a TOML file that names a model, its target(s), its data and ordered steps, run
-through the `edgepack` command line with a cache, so an unchanged step is skipped.
+through the commands' library functions with a cache, so an unchanged step is skipped.
 
     model = "digits_cnn.onnx"             # paths are relative to the recipe file;
     targets = ["x86-cpu"]                 # ${calibration} / ${targets} name the bundled data
@@ -16,7 +16,8 @@ through the `edgepack` command line with a cache, so an unchanged step is skippe
     input = "optimize"                    # a step id, "model", a file, or a list of them
 
 Each step becomes `edgepack <run> INPUT... [-o DIR/<id>.<ext>] [--target T] [--data D]
-[--OPTION VALUE...] --json DIR/<id>.json`. Its manifest DIR/<id>.step.json records the inputs'
+[--OPTION VALUE...] --json DIR/<id>.json`, parsed by that command's parser and run by calling the
+command's function (`edgepack.cli.<command>.API`), exactly as the CLI does. Its manifest DIR/<id>.step.json records the inputs'
 sha256, options, versions and time; the step is skipped when they have not changed and its
 outputs are intact. build/profile/check run once per target, in DIR/<target>/.
 """
@@ -187,7 +188,17 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                                         "'model' nor an existing file")
         options = {k: v for k, v in table.items() if k not in STEP_KEYS}
         if command.replace("-", "_") in parsers:
-            options = _check_options(step_id, command, options, parsers[command.replace("-", "_")], base, where)
+            parser, sub = parsers[command.replace("-", "_")], None
+            choice = _subcommands(parser)
+            if choice is not None:  # compress: `method = "fp16"` picks the sub-command
+                sub = options.pop(choice.dest, None)
+                if sub not in choice.choices:
+                    raise EdgepackError(f"{where} ('{step_id}'): `edgepack {command}` needs {choice.dest} = one of "
+                                        f"{', '.join(choice.choices)}", hint=f'e.g. {choice.dest} = "{next(iter(choice.choices))}"')
+                parser = choice.choices[sub]
+            options = _check_options(step_id, command, options, parser, base, where)
+            if sub is not None:
+                options = {choice.dest: sub, **options}
         if isinstance(options.get("target"), str):
             options["target"] = _recipe_target(options["target"], base, path, allow_outside)
         per_target = bool(table.get("per_target", command in PER_TARGET))
@@ -245,6 +256,11 @@ def _command_parsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {name.replace("-", "_"): p for name, p in sub.choices.items()}
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    """The sub-command choice of a command that has one (`compress clip|lowrank|fp16`)."""
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 def _check_options(step_id, command, options, parser, base, where) -> dict[str, Any]:
@@ -446,6 +462,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     if parser is None:
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result
+    command_parser, prefix, options = parser, [], dict(step.options)
+    choice = _subcommands(parser)
+    if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
+        prefix = [options.pop(choice.dest)]
+        parser = choice.choices[prefix[0]]
     dests = {a.dest for a in parser._actions}
     positionals = [a for a in parser._actions if not a.option_strings]
     result.inputs = _input_refs(step, target, outputs, len(positionals))
@@ -459,12 +480,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
                             hint=f'set input = [...] with {len(positionals)} entries')
-    argv = [step.command, *map(str, inputs)]
+    argv = [step.command, *prefix, *map(str, inputs)]
     artifact = report = None
     if "output" in dests:
         artifact = folder / f"{step.id}{_extension(step.command, target)}"
         argv += ["-o", str(artifact)]
-    options = dict(step.options)
     for key in OUTPUT_OPTIONS & set(options):
         options[key] = _output_option(options[key], key, folder, out_dir, step.id, allow_outside)
     if "target" in dests and "target" not in options and (target or recipe.targets):
@@ -498,12 +518,11 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         return result
     manifest_path.unlink(missing_ok=True)
 
-    from edgepack.cli import main
     start = time.perf_counter()
     # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
     capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
-    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture):
-        code = main(argv)
+    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture), _logs_to(capture):
+        code, failure = _call(step.command, command_parser, argv)
     result.seconds = time.perf_counter() - start
     from edgepack.cli.common import write_text_atomic
     write_text_atomic(folder / f"{step.id}.log", capture.text)
@@ -513,8 +532,8 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
         result.status = "failed"
         lines = [line.strip() for line in capture.text.splitlines() if line.strip()]
-        result.note = (errors[-1][len("error: "):] if errors
-                       else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
+        result.note = failure or (errors[-1][len("error: "):] if errors
+                                  else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
         return result
     produced = list(dict.fromkeys(p for p in (artifact, report) if p is not None))
     absent = [str(p) for p in produced if not p.is_file()]
@@ -528,6 +547,60 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         "outputs": {str(p): sha256_path(p) for p in produced}, "versions": env,
         "seconds": result.seconds, "key": key})
     return result
+
+
+def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tuple[int, str | None]:
+    """Run one step: the command's library function (`edgepack.cli.<command>.API`) called with
+    the options its parser reads from `argv`, exactly as the CLI calls it; its JSON goes to the
+    step's report and its text to the log. Returns (exit code, one-line failure or None).
+    A command module without an API function runs through `edgepack.cli.main`."""
+    import importlib
+    import traceback
+
+    from edgepack.cli import common
+
+    module = importlib.import_module(f"edgepack.cli.{command.replace('-', '_')}")
+    spec = getattr(module, "API", None)
+    if spec is None:
+        from edgepack.cli import main
+        return main(argv), None
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as exc:  # argparse printed its usage line
+        return int(exc.code or 2), None
+    args.command, args.quiet = command, True  # no progress bars in logs
+    display = getattr(module, "DISPLAY", ())
+    try:
+        outcome = common.call(spec, args, display)
+    except EdgepackError as exc:
+        print(f"error: {exc}")
+        return exc.exit_code, str(exc)
+    except Exception as exc:  # a bug: the traceback goes to the step's log
+        traceback.print_exc(file=sys.stdout)
+        return 3, (f"internal error in 'edgepack {command}': {type(exc).__name__}: {exc}. "
+                   f"hint: the traceback is in the step's .log; please report it")
+    common.emit(args, outcome.to_json(), common.result_text(outcome, args, display))
+    code = int(getattr(outcome, "exit_code", 0))
+    if code and hasattr(outcome, "summary"):  # check: "latency regression: 1.41x slower at p1 (...)"
+        return code, outcome.summary()
+    if code and getattr(outcome, "problems", None):  # check-qdq
+        problems = outcome.problems
+        return code, f"{len(problems)} QDQ problem(s) for {outcome.target}; first: {problems[0]}"
+    return code, None
+
+
+@contextlib.contextmanager
+def _logs_to(stream):
+    """Warnings logged by the step's code go to its log (the root handler keeps the terminal's stderr)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 class _Tee:

@@ -52,6 +52,26 @@ class Artifact:
     def manifest_path(self) -> Path:
         return mf.manifest_path(self.path)
 
+    def to_json(self) -> dict[str, Any]:
+        """What `edgepack build --json` prints: the manifest (schema `edgepack.build/1`)."""
+        return dict(self.manifest)
+
+    def text(self) -> str:
+        m = self.manifest
+        files = ", ".join(m.get("files", [m["artifact"]]))
+        text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+                f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
+        check = m.get("runtime_check")  # QDQ models built for ONNX Runtime: as built vs QDQ math
+        if check:
+            text += (f"\nruntime check: the artifact {'matches' if check['ok'] else 'DIFFERS from'} its QDQ math "
+                     f"(SQNR {check['runtime_sqnr_db']:.1f} dB on {check['samples']} {check['data']}; "
+                     f"CPU {check['cpu_flags']})")
+        return text
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
     def runner(self):
         """A new runtime for this artifact (a context manager): OrtRunner or TensorRTRunner."""
         if self.backend == "tensorrt":

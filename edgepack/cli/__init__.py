@@ -1,5 +1,7 @@
 """The `edgepack` command. Each module in this package is a subcommand: it defines
-`register(subparsers)` (which adds its parser and sets `run`) and `run(args) -> int`."""
+`register(subparsers)` (which adds its parser and sets `run`), `API` ("module:function", the
+library function in edgepack.commands the command calls, its options named like the flags) and
+`run(args) -> int`, which is `common.run_api(args, API)`: parse, call, print."""
 from __future__ import annotations
 
 import argparse

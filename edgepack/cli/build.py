@@ -17,11 +17,6 @@ examples:
   edgepack build model.onnx --target jetson-orin-nx -o model.engine --precision fp16 --dla 0
   edgepack build model.onnx --target nvidia-gpu -o model.plan --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
   edgepack build model.onnx --target x86-cpu -o model.opt.onnx      # also writes model.opt.ort
-  edgepack build model.onnx --target jetson-agx-thor -o model.engine --precision fp16 --data calib/
-
-TensorRT 11 (JetPack 7: jetson-agx-thor, jetson-agx-orin-jp7) builds strongly typed networks only:
-fp16 and best convert the model to float16 in ONNX first (fragile ops stay float32), int8 needs a
-QDQ model from `edgepack quantize`. The manifest lists each layer's precision and why.
 """
 
 
@@ -51,26 +46,14 @@ def register(subparsers):
                         help="samples (calibration folder, .npz or .npy): ONNX Runtime QDQ models are checked on "
                              "them as built vs their QDQ math (default: random inputs); TensorRT 11 fp16/best "
                              "keeps nodes whose values leave the float16 range on them in float32")
-    parser.add_argument("--no-runtime-check", action="store_true", help="skip that check")
+    parser.add_argument("--no-runtime-check", action="store_true",
+                        help="skip the runtime check of ONNX Runtime QDQ artifacts")
     common.add_json(parser)
     return parser
 
 
-def run(args) -> int:
-    from edgepack.backends import build
+API = "edgepack.backends:build"  # the library function this command calls (and `edgepack run` too)
 
-    artifact = build(args.model, args.target, output=args.output, precision=args.precision, dla=args.dla,
-                     sparsity=args.sparsity, shapes=args.shapes, timing_cache=args.timing_cache,
-                     workspace_mb=args.workspace_mb, threads=args.threads, data=args.data,
-                     runtime_check=not args.no_runtime_check)
-    m = artifact.manifest
-    files = ", ".join(m.get("files", [m["artifact"]]))
-    text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
-            f"in {m['build_seconds']:.2f} s; manifest: {artifact.manifest_path}")
-    check = m.get("runtime_check")
-    if check:
-        text += (f"\nruntime check: the artifact {'matches' if check['ok'] else 'DIFFERS from'} its QDQ math "
-                 f"(SQNR {check['runtime_sqnr_db']:.1f} dB on {check['samples']} {check['data']}; "
-                 f"CPU {check['cpu_flags']})")
-    common.emit(args, m, text)
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

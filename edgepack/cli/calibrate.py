@@ -34,44 +34,8 @@ def register(subparsers):
     return parser
 
 
+API = "edgepack.commands.calibrate:calibrate"  # the library function this command calls (and `edgepack run` too)
+
+
 def run(args) -> int:
-    from edgepack import io
-    from edgepack.calib import calibrate
-    from edgepack.calib.preprocess import Preprocess
-    from edgepack.errors import UsageError
-
-    if not args.data:
-        raise UsageError("calibrate needs --data", hint="pass a calibration folder, .npz or .npy")
-    tensorrt_version = _cache_tensorrt_version(args)  # refuse a cache TensorRT cannot use before calibrating
-    model = io.load(args.model)
-    ranges = calibrate(model, args.data, method=args.method or "entropy", percentile=args.percentile,
-                       limit=args.limit, symmetric=args.symmetric, progress=not args.quiet,
-                       preprocess=Preprocess.from_args(args))
-    ranges.save(args.output)
-    if args.tensorrt_cache:
-        ranges.to_tensorrt_cache(args.tensorrt_cache, tensorrt_version=tensorrt_version)
-    common.emit(args, ranges.to_json(),
-                f"{len(ranges.tensors)} tensor ranges from {ranges.samples} samples ({ranges.method}) -> {args.output}")
-    return 0
-
-
-def _cache_tensorrt_version(args) -> str:
-    from edgepack.calib.ranges import tensorrt_cache_header
-    from edgepack.errors import EdgepackError
-    from edgepack.targets import load_target
-
-    if args.target is None or not args.tensorrt_cache:  # a recipe passes its target to every step
-        return "8.6.1"
-    target = load_target(args.target)
-    if not target.is_tensorrt:
-        raise EdgepackError(f"--tensorrt-cache: target '{target.name}' uses {target.backend}, not TensorRT",
-                            hint="leave out --tensorrt-cache; `edgepack quantize` makes the model for it")
-    if not target.allows().get("int8_calibrator"):
-        try:
-            tensorrt_cache_header(target.tensorrt_version)
-        except EdgepackError as exc:
-            raise EdgepackError(f"--tensorrt-cache for target '{target.name}': {exc.message}",
-                                hint=f"run `edgepack quantize MODEL --target {target.name} --data ...` (or "
-                                     "--ranges with the ranges file this command writes): TensorRT 11 builds the "
-                                     "Q/DQ model, strongly typed") from None
-    return target.tensorrt_version
+    return common.run_api(args, API)

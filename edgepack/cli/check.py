@@ -1,13 +1,9 @@
 """edgepack check CURRENT.json --baseline BASELINE.json|history: a latency gate for CI."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from edgepack.cli import common
-from edgepack.errors import UsageError
+from edgepack.commands.profile import METRICS
 
-METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 EPILOG = """\
 exit codes: 1 only when CURRENT is slower than the baseline both significantly (the bootstrap
 interval of the ratio lies above 1) and by more than --threshold; 0 otherwise; 2 on bad input,
@@ -37,51 +33,8 @@ def register(subparsers):
     return parser
 
 
-def parse_threshold(text: str) -> float:
-    value = text.strip()
-    try:
-        number = float(value[:-1]) / 100.0 if value.endswith("%") else float(value)
-    except ValueError:
-        raise UsageError(f"--threshold {text!r}: not a percentage", hint="write --threshold 5% or 0.05") from None
-    if number < 0:
-        raise UsageError(f"--threshold {text!r}: must not be negative", hint="write --threshold 5%")
-    return number
-
-
-def read_result(path: str) -> dict:
-    from edgepack.profile.regression import validate_profile
-
-    file = Path(path)
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"profile result not found: {file}", hint="write it with `edgepack profile ... --json FILE`") from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{file}: not a JSON profile result ({exc})",
-                         hint="write it with `edgepack profile ... --json FILE`") from None
-    return validate_profile(data, str(file))
+API = "edgepack.commands.profile:check"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:
-    from edgepack.profile.history import History
-    from edgepack.profile.regression import check_regression, format_check, validate_profile, verdict_line
-
-    threshold = parse_threshold(args.threshold)
-    current = read_result(args.current)
-    if args.baseline == "history":
-        store = History(args.history_db)
-        baseline = store.recent(model_sha256=current["model"]["sha256"], target=current.get("target"),
-                                limit=max(1, args.history_runs), exclude_run_id=current.get("id"))
-        if not baseline:
-            raise UsageError(f"no earlier runs of {current['model']['name']} on target {current.get('target')} "
-                             f"in {store.path}", hint="profile the baseline first, or pass --baseline FILE")
-        baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in baseline]
-    else:
-        baseline = read_result(args.baseline)
-    report = check_regression(current, baseline, threshold=threshold, confidence=args.confidence,
-                              metric=args.metric, force=args.force)
-    common.emit(args, report, format_check(report))
-    if report["regression"]:  # the one line a recipe run (and a CI log) shows for this step
-        common.stderr(f"error: {verdict_line(report)}")
-        return 1
-    return 0
+    return common.run_api(args, API)

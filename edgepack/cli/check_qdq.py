@@ -17,31 +17,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack import io
-    from edgepack.quant.check_qdq import grouped, qdq_findings
-    from edgepack.quant.origin import target_mismatch
-    from edgepack.targets import load_target
+API = "edgepack.commands.check_qdq:check_qdq"  # the library function this command calls (and `edgepack run` too)
 
-    target = load_target(args.target)
-    model = io.load(args.model)
-    findings = qdq_findings(model, target)
-    problems = [str(f) for f in findings]
-    cause = target_mismatch(model, target) if findings else None
-    groups = grouped(findings)
-    if findings:
-        lines = [f"{args.model}: {len(findings)} problem(s) for {target.name}, {len(groups)} rule(s)"]
-        if cause:
-            lines.append(f"cause: {cause}; re-quantize with -t {target.name}")
-        lines += [f"  {count:>5} x {rule} (first: {node})" for rule, count, node in groups]
-        if args.verbose:
-            lines += ["", *problems]
-        else:
-            lines.append("(-v lists every node)")
-        text = "\n".join(lines)
-    else:
-        text = f"{args.model}: follows the {target.name} QDQ rules"
-    common.emit(args, {"ok": not problems, "target": target.name, "problems": problems,
-                       "rules": [{"rule": r, "count": c, "first": n} for r, c, n in groups],
-                       "cause": cause}, text)
-    return 1 if problems else 0
+
+def run(args) -> int:
+    return common.run_api(args, API, display=("verbose",))

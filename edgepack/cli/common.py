@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from edgepack.errors import InternalError
 
 class GuidingParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors say what was probably meant: `did you mean --method?` for a
@@ -134,6 +138,78 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     else:
         write_text_atomic(target, payload + "\n")
         print(text)
+
+
+# argparse dests that are not options of a command's function
+GENERAL = frozenset({"debug", "verbose", "quiet", "json", "command", "run"})
+
+
+def api_function(spec: str) -> Callable:
+    """'edgepack.commands.optimize:optimize' -> the function (imported on first use)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def call_options(function: Callable, args: argparse.Namespace, display: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keyword arguments of `function` from parsed arguments: a dest is the parameter of the
+    same name, `no_X` is `X=not value`; `display` dests only change the printed text. A dest that
+    reaches no parameter is a bug (the CLI would offer an option the API lacks)."""
+    params = inspect.signature(function).parameters
+    kwargs: dict[str, Any] = {}
+    preprocessing = _preprocess_dests()
+    if preprocessing & set(vars(args)):  # the preprocessing flags travel as one Preprocess
+        from edgepack.calib.preprocess import Preprocess
+
+        preprocess = Preprocess.from_args(args)
+        if "preprocess" in params:
+            kwargs["preprocess"] = preprocess
+        elif "data" not in params:
+            raise InternalError(f"edgepack {getattr(args, 'command', '?')}: preprocessing options but "
+                                f"{function.__module__}.{function.__name__} takes no data")
+    for dest, value in vars(args).items():
+        if dest in GENERAL or dest in display or dest in preprocessing or dest.startswith("_"):
+            continue
+        if dest == "data" and "preprocess" not in params and preprocessing & set(vars(args)):
+            kwargs["data"] = data_arg(args)
+            continue
+        if dest in params:
+            kwargs[dest] = value
+        elif dest.startswith("no_") and dest[3:] in params:
+            kwargs[dest[3:]] = not value
+        else:
+            raise InternalError(f"edgepack {getattr(args, 'command', '?')}: option '{dest}' is not a parameter "
+                                f"of {function.__module__}.{function.__name__}")
+    if "progress" in params:
+        kwargs["progress"] = kwargs.get("progress", True) and not getattr(args, "quiet", False)
+    return kwargs
+
+
+def _preprocess_dests() -> set[str]:
+    from dataclasses import fields
+
+    from edgepack.calib.preprocess import Preprocess
+
+    return {f.name for f in fields(Preprocess)}
+
+
+def call(spec: str, args: argparse.Namespace, display: tuple[str, ...] = ()):
+    """Call the command's library function with the parsed arguments; returns its typed result."""
+    function = api_function(spec)
+    return function(**call_options(function, args, display))
+
+
+def run_api(args: argparse.Namespace, spec: str, display: tuple[str, ...] = ()) -> int:
+    """The whole `run` of a command: call its function, print its text or JSON, exit with its code."""
+    result = call(spec, args, display)
+    emit(args, result.to_json(), result_text(result, args, display))
+    return int(getattr(result, "exit_code", 0))
+
+
+def result_text(result, args: argparse.Namespace, display: tuple[str, ...] = ()) -> str:
+    """What the terminal shows: `result.text()` (a result without one prints its JSON)."""
+    if hasattr(result, "text"):
+        return result.text(**{d: getattr(args, d) for d in display})
+    return json.dumps(result.to_json(), indent=2, default=str)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -13,12 +13,12 @@ def register(subparsers):
         "the data carries labels (a `labels` array, or a calibration folder whose manifest names an\n"
         "evaluation file with labels). Per-layer errors come from separate instrumented runs, with\n"
         "tensors paired by what they compute.")
-    parser.add_argument("model_a", metavar="A", help="reference model (e.g. FP32)")
-    parser.add_argument("model_b", metavar="B", help="model to check (e.g. INT8)")
+    parser.add_argument("a", metavar="A", help="reference model (e.g. FP32)")
+    parser.add_argument("b", metavar="B", help="model to check (e.g. INT8)")
     parser.add_argument("--data", required=True, metavar="D",
                         help="a calibration folder, .npz (FILE.npz:ARRAY[:LABELS] picks the arrays) or .npy")
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
-    parser.add_argument("--labels", default="labels", metavar="KEY|FILE",
+    parser.add_argument("--labels", dest="label_key", default="labels", metavar="KEY|FILE",
                         help="the labels: an array of the --data .npz (default: labels), or another file "
                              "(FILE.npz:ARRAY, FILE.npy); gives top-1 accuracy")
     common.add_preprocess_args(parser)
@@ -26,19 +26,15 @@ def register(subparsers):
     parser.add_argument("-t", "--target", metavar="T",
                         help="the target B is for: TensorRT targets run B as its exact QDQ math (the proxy "
                              "for TensorRT), ONNX Runtime targets as ORT deploys it (default)")
-    parser.add_argument("--runtime", choices=["ort", "qdq-math"],
+    parser.add_argument("--runtime", dest="runtime_name", choices=["ort", "qdq-math"],
                         help="how to run B: ort (all optimizations, fused INT8 kernels, as deployed) or "
                              "qdq-math (optimizations off); default: from --target, else ort")
     common.add_json(parser)
     return parser
 
 
-def run(args) -> int:
-    from edgepack.calib.preprocess import Preprocess
-    from edgepack.quant.compare import compare, format_comparison
+API = "edgepack.quant.compare:compare"  # the library function this command calls (and `edgepack run` too)
 
-    result = compare(args.model_a, args.model_b, args.data, target=args.target, runtime_name=args.runtime,
-                     limit=args.limit, layers=not args.no_layers, label_key=args.labels,
-                     preprocess=Preprocess.from_args(args))
-    common.emit(args, result.to_json(), format_comparison(result))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

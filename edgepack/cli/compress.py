@@ -53,46 +53,8 @@ def _method(methods, name: str, help: str):
     return parser
 
 
+API = "edgepack.commands.compress:compress"  # the library function this command calls (and `edgepack run` too)
+
+
 def run(args) -> int:
-    from edgepack import io
-    from edgepack.cost import format_cost
-    from edgepack.errors import UsageError
-
-    model = io.load(args.model)
-    if args.method == "clip":
-        from edgepack.passes.clip_weights import clip_weights
-
-        out, report = clip_weights(model, percentile=args.percentile, threshold=args.threshold,
-                                   include=args.include, exclude=args.exclude, data=common.data_arg(args))
-        summary = f"clipped {report['moved']:,} weights in {len(report['layers'])} layers"
-    elif args.method == "lowrank":
-        from edgepack.passes.lowrank import lowrank
-
-        full = args.rank == "full"
-        rank = None
-        if args.rank is not None and not full:
-            try:
-                rank = int(args.rank)
-            except ValueError:
-                raise UsageError(f"--rank {args.rank}: not an integer", hint="e.g. --rank 32 or --rank full") from None
-        out, report = lowrank(model, rank=rank, energy=args.energy, min_saving=args.min_saving,
-                              full=full, include=args.include, exclude=args.exclude, data=common.data_arg(args))
-        done = [layer for layer in report["layers"] if layer["factorized"]]
-        summary = f"factorized {len(done)}/{len(report['layers'])} layers" + "".join(
-            f"\n  {layer['node']}: {layer['shape'][0]}x{layer['shape'][1]} -> rank {layer['rank']}, "
-            f"{layer['mac_saving']:.0%} fewer MACs" for layer in done)
-    else:
-        from edgepack.passes.fp16 import DEFAULT_BLOCK, to_fp16
-
-        if args.data_max <= 0:
-            raise UsageError(f"--data-max {args.data_max:g}: must be positive")
-        out, report = to_fp16(model, keep_io_float=args.keep_io_float,
-                              block=(*DEFAULT_BLOCK, *args.block), data=common.data_arg(args),
-                              data_max=args.data_max)
-        summary = (f"float16: {report['converted_nodes']} nodes converted, "
-                   f"{len(report['float32_nodes'])} kept in float32" + "".join(
-                       f"\n  {k['node']} ({k['op_type']}): {k['reason']}" for k in report["kept_float32"]))
-    io.save(out, args.output)
-    report = {"schema": SCHEMA, "method": args.method, "model": args.model, "output": args.output, **report}
-    common.emit(args, report, f"{summary}\n-> {args.output}\n{format_cost(report)}")
-    return 0
+    return common.run_api(args, API)

@@ -1,7 +1,6 @@
 """edgepack demo: the bundled digits example through the pipeline, ending in a summary and a report."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from edgepack.cli import common
 
@@ -18,9 +17,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.demo import format_summary, run_demo
+API = "edgepack.demo:run_demo"  # the library function this command calls (and `edgepack run` too)
 
-    result = run_demo(Path(args.output or "edgepack-demo"), force=args.force)
-    common.emit(args, result, format_summary(result))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

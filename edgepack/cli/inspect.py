@@ -14,11 +14,9 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack import io
-    from edgepack.inspection import format_report, inspect_model
+DISPLAY = ("top",)  # options that only change the printed text
+API = "edgepack.commands.inspect:inspect"  # the library function this command calls (and `edgepack run` too)
 
-    model = io.load(args.model, check=not args.no_check)
-    report = inspect_model(model, args.model)
-    common.emit(args, report, format_report(report, top=args.top))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API, DISPLAY)

@@ -19,17 +19,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack import io
-    from edgepack.cost import compare
-    from edgepack.pack.format import pack, unpack_model
+API = "edgepack.commands.pack:pack_model"  # the library function this command calls (and `edgepack run` too)
 
-    report = pack(args.model, args.output, codebook_bits=args.codebook)
-    text = (f"{args.model} ({report['model_bytes']:,} bytes) -> {args.output} ({report['packed_bytes']:,} "
-            f"bytes), {report['ratio']:.2f}x smaller, {report['mode']}")
-    if args.codebook is not None:
-        restored, _ = unpack_model(args.output)
-        report["error"] = compare(io.load(args.model), restored, args.data)
-        text += f"\noutput error after unpacking: max |diff| {report['error']['max_abs_error']:.4g}"
-    common.emit(args, report, text)
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

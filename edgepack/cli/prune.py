@@ -26,45 +26,18 @@ def register(subparsers):
                         help="leave these nodes / op types as they are")
     parser.add_argument("--no-fold", action="store_true",
                         help="channel: keep the zeroed channels instead of removing them")
-    parser.add_argument("--data", metavar="D", help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the output error "
-                        "(default: random inputs)")
+    parser.add_argument("--data", metavar="D", help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the "
+                        "output error (default: random inputs)")
+    common.add_preprocess_args(parser)
     common.add_target(parser, required=False)
     parser.add_argument("--bias-correction", action="store_true",
                         help="with --data: shift each pruned layer's bias by the mean output change it caused")
-    common.add_preprocess_args(parser)
     common.add_json(parser)
     return parser
 
 
+API = "edgepack.commands.prune:prune"  # the library function this command calls (and `edgepack run` too)
+
+
 def run(args) -> int:
-    from edgepack import io
-    from edgepack.cost import format_cost
-    from edgepack.errors import UsageError
-    from edgepack.passes.prune import prune
-
-    if args.sparsity is None and args.granularity != "2:4":
-        raise UsageError(f"--granularity {args.granularity} needs --sparsity", hint="e.g. --sparsity 0.5")
-    if args.bias_correction and not args.data:
-        raise UsageError("--bias-correction needs sample data", hint="pass --data D")
-    target = None
-    if args.target:
-        from edgepack.targets import load_target
-
-        target = load_target(args.target)
-        if args.granularity == "2:4" and not target.sparsity:
-            common.stderr(f"warning: target '{target.name}' does not run 2:4 sparse weights faster "
-                          "(sparsity = false): the zeros will only save space after compression")
-    model = io.load(args.model)
-    pruned, report = prune(model, sparsity=0.5 if args.sparsity is None else args.sparsity, granularity=args.granularity,
-                           scope=args.scope, norm=args.norm, include=args.include,
-                           exclude=args.exclude, fold=not args.no_fold, data=common.data_arg(args),
-                           bias_correction=args.bias_correction)
-    io.save(pruned, args.output)
-    report = {"schema": SCHEMA, "model": args.model, "output": args.output,
-              "target": target.name if target else None,
-              "target_sparsity": target.sparsity if target else None, **report}
-    changed = sum(layer["modified"] for layer in report["layers"])
-    text = (f"pruned {changed}/{len(report['layers'])} layers ({args.granularity}) -> {args.output}\n"
-            + format_cost(report))
-    common.emit(args, report, text)
-    return 0
+    return common.run_api(args, API)

@@ -43,20 +43,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.calib.preprocess import Preprocess
-    from edgepack.errors import UsageError
-    from edgepack.quant.quantize import format_result, quantize
+API = "edgepack.quant.quantize:quantize"  # the library function this command calls (and `edgepack run` too)
 
-    if not args.data and not args.ranges:
-        raise UsageError("quantize needs --data or --ranges", hint="pass a calibration folder, .npz or .npy")
-    result = quantize(args.model, args.data, target=args.target, ranges=args.ranges, method=args.method,
-                      percentile=args.percentile, exclude=args.exclude, per_tensor=args.per_tensor,
-                      bias_correction=not args.no_bias_correction, limit=args.limit, progress=not args.quiet,
-                      sensitivity=args.sensitivity, max_error=args.max_error, min_agreement=args.min_agreement,
-                      runtime_check=not args.no_runtime_check, equalize=not args.no_equalize,
-                      preprocess=Preprocess.from_args(args), smoothquant=args.smoothquant,
-                      output=args.output)
-    report = result.to_json()
-    common.emit(args, report, format_result(report))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

@@ -15,9 +15,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.report.html import write_report
+API = "edgepack.commands.report:report_run"  # the library function this command calls (and `edgepack run` too)
 
-    path = write_report(args.folder, args.output)
-    print(f"wrote {path}")
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

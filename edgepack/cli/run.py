@@ -1,7 +1,6 @@
 """edgepack run: a recipe (model, targets, data, ordered steps) through the pipeline, with a cache."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from edgepack.cli import common
 
@@ -20,24 +19,14 @@ def register(subparsers):
     parser.add_argument("--force", action="store_true", help="run every step, even unchanged ones")
     parser.add_argument("--report", metavar="HTML", help="also write the HTML report of the run")
     parser.add_argument("--allow-outside", action="store_true",
-                        help="let the recipe write outside the output folder and read target files outside "
-                             "its own folder (refused by default: see docs/security.md)")
+                        help="let the recipe write files outside -o DIR (tensorrt_cache, history_db, ...); "
+                             "refused by default, since a recipe may come from someone else")
     common.add_json(parser)
     return parser
 
 
-def run(args) -> int:
-    from edgepack.recipe import format_results, load_recipe, run_recipe
+API = "edgepack.commands.run:run"  # the library function this command calls (and `edgepack run` too)
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    recipe = load_recipe(args.recipe, targets=targets, allow_outside=args.allow_outside)
-    name = recipe.path.name.removesuffix(".toml").removesuffix(".recipe")
-    out_dir = Path(args.output) if args.output else Path(f"{name}-out")
-    results = run_recipe(recipe, out_dir, force=args.force, allow_outside=args.allow_outside)
-    if args.report:
-        from edgepack.report.html import write_report
-        write_report(out_dir, args.report)
-    data = {"schema": "edgepack.run/1", "recipe": str(recipe.path), "output_dir": str(out_dir),
-            "steps": [r.as_dict() for r in results]}
-    common.emit(args, data, format_results(results, out_dir))
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

@@ -12,9 +12,8 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from edgepack.pack.format import unpack
+API = "edgepack.commands.pack:unpack_model"  # the library function this command calls (and `edgepack run` too)
 
-    report = unpack(args.model, args.output)
-    common.emit(args, report, f"{args.model} -> {args.output} ({report['mode']}, checksums ok)")
-    return 0
+
+def run(args) -> int:
+    return common.run_api(args, API)

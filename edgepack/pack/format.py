@@ -193,7 +193,8 @@ def _encode(raw: bytes, data_type: int, streams: _Streams, bits: int | None, spa
     if dtype is None or dtype.newbyteorder("=") not in _NUMERIC or len(raw) % dtype.itemsize:
         return {"encoding": "dense", "itemsize": 1, "dense": streams.add("dense", raw)}
     flat = np.frombuffer(raw, dtype)
-    positions = np.flatnonzero(flat)
+    # non-zero by bytes: a float -0.0 is == 0 but must come back as -0.0 (lossless means bytes)
+    positions = np.flatnonzero(flat.view(f"<u{dtype.itemsize}") if dtype.itemsize in (1, 2, 4, 8) else flat)
     entry: dict = {"itemsize": dtype.itemsize}
     sparse = positions.size < sparse_below * flat.size
     values = flat[positions] if sparse else flat

@@ -82,6 +82,24 @@ def cpu_freqs_khz() -> list[int] | None:
     return values or None
 
 
+# the instruction-set flags that change what ONNX Runtime's kernels do (INT8 above all)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp",
+               "i8mm", "sve")
+
+
+def cpu_flags() -> list[str] | None:
+    """Of SPEED_FLAGS, those /proc/cpuinfo lists (x86 `flags`, Arm `Features`); None where unreadable."""
+    text = _read("/proc/cpuinfo")
+    if text is None:
+        return None
+    present: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present.update(value.split())
+    return [f for f in SPEED_FLAGS if f in present]
+
+
 def environment(*, threads: int | None = None) -> dict:
     """A dict recorded with every profile, so two results can be told apart (or not)."""
     try:
@@ -93,6 +111,7 @@ def environment(*, threads: int | None = None) -> dict:
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "affinity": affinity(),
         "threads": threads,
         "load_average": load,

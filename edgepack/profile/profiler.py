@@ -118,9 +118,9 @@ class OrtRunner:
         return lambda: run(names, feeds)
 
     def layers(self, feeds: dict, runs: int) -> list[dict]:
-        from edgepack.profile.ort_profile import profile_layers
+        from edgepack.profile.ort_profile import model_node_names, profile_layers
 
-        return profile_layers(self.make_session, feeds, runs)
+        return model_node_names(profile_layers(self.make_session, feeds, runs), self.path)
 
     def close(self):
         self.session = None
@@ -328,6 +328,15 @@ def _pin(affinity: list[int] | None) -> None:
                              hint=f"choose among the CPUs {env.affinity()}") from None
 
 
+def layer_label(row: dict) -> str:
+    """A profiled layer as people know it: the model's node name, else ORT's own node marked so."""
+    if row.get("node"):
+        return row["node"]
+    if "node" in row:  # mapped, and not in the model: ORT inserted it
+        return f"{row['name']} (added by ONNX Runtime)"
+    return row["name"]
+
+
 def format_profile(result: dict, top: int = 10) -> str:
     """The summary people read: percentiles, throughput, outliers, the slowest layers."""
     lat = result["latency_ms"]
@@ -343,5 +352,7 @@ def format_profile(result: dict, top: int = 10) -> str:
     if result.get("layers"):
         lines.append(f"\n{'layer':<40} {'op':<16} {'ms':>9} {'%':>6}")
         for row in result["layers"][:top]:
-            lines.append(f"{row['name'][:40]:<40} {row['op_type'][:16]:<16} {row['time_ms']:>9.4f} {row['percent']:>6.1f}")
+            name = layer_label(row)
+            name = name if len(name) <= 40 else "…" + name[-39:]
+            lines.append(f"{name:<40} {row['op_type'][:16]:<16} {row['time_ms']:>9.4f} {row['percent']:>6.1f}")
     return "\n".join(lines)

@@ -91,6 +91,9 @@ class CompareResult:
     def __getitem__(self, key: str):  # dict-style access, as the JSON reads
         return self.to_json()[key]
 
+    def text(self) -> str:
+        return format_comparison(self)
+
 
 def runtime_for(target=None, runtime_name: str | None = None) -> str:
     """How B runs: `runtime_name` if given, else the target's runtime as this machine can run it."""

@@ -11,7 +11,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgepack.calib import Ranges, calibrate
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, UsageError
 from edgepack.graph import copy_model
 from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.prepare import prepare
@@ -49,6 +49,9 @@ class QuantizeResult:
                 "check_qdq": {"ok": not self.problems, "problems": self.problems},
                 "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
                 "accuracy_proxy": self.accuracy_proxy}
+
+    def text(self) -> str:
+        return format_result(self.to_json())
 
 
 def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu", ranges: Ranges | str | None = None,
@@ -92,7 +95,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
 
     data = with_preprocess(data, preprocess)
     if data is None and ranges is None:
-        raise EdgepackError("quantize needs calibration data or a ranges file",
+        raise UsageError("quantize needs calibration data or a ranges file",
                             hint="pass --data D (a calibration folder, .npz or .npy) or --ranges ranges.json")
     mixed = sensitivity or max_error is not None or min_agreement is not None
     if mixed and data is None:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError
 from edgepack.report import charts
+from edgepack.report.numbers import number
+
+CHART_LAYERS = 20  # per-layer / per-tensor charts show the worst 20; the rest go to a table
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +57,27 @@ def load_run(folder: str | Path) -> RunData:
         raise EdgepackError(f"{run_file}: not valid JSON ({exc})") from None
     data = RunData(folder, run, run.get("steps", []))
     for step in data.steps:
-        path = step.get("report")
-        if path and Path(path).is_file():
+        path = _step_file(folder, step, step.get("report"))
+        if path is not None:
             try:
-                data.reports[(step["id"], step["target"])] = json.loads(Path(path).read_text())
+                data.reports[(step["id"], step["target"])] = json.loads(path.read_text())
             except ValueError:
                 logger.warning("%s: not valid JSON, left out of the report", path)
     if run.get("baseline") and Path(run["baseline"]).is_file():
         data.baseline = json.loads(Path(run["baseline"]).read_text())
     return data
+
+
+def _step_file(folder: Path, step: dict, recorded: str | None) -> Path | None:
+    """A step's file: as recorded (relative to where `edgepack run` ran), else found in the run
+    folder itself (`DIR/[<target>/]<name>`), so the report works from any directory."""
+    if not recorded:
+        return None
+    name = Path(recorded).name
+    for candidate in (Path(recorded), folder / (step.get("target") or "") / name, folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def summary(data: RunData) -> list[tuple[str, float | None, float | None]]:
@@ -93,7 +108,7 @@ def summary(data: RunData) -> list[tuple[str, float | None, float | None]]:
 
 def format_summary(rows) -> str:
     def cell(value):
-        return f"{value:>10.4g}" if value is not None else f"{'n/a':>10}"
+        return f"{number(value).replace(',', ''):>10}" if value is not None else f"{'n/a':>10}"
     lines = [f"{'':<18} {'FP32':>10} {'INT8':>10} {'INT8/FP32':>10}"]
     for name, fp32, int8 in rows:
         ratio = cell(int8 / fp32) if fp32 and int8 is not None else cell(None)
@@ -105,17 +120,14 @@ def format_summary(rows) -> str:
 
 def _table(header: list[str], rows: list[list]) -> str:
     def fmt(v):
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:,.4g}"
-        if isinstance(v, int):
-            return f"{v:,}"
+        if v is None or isinstance(v, (int, float)):
+            return number(v)
         return html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
                                     for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""  # key/value tables need no header
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _figure(svg: str, caption: str) -> str:
@@ -130,20 +142,21 @@ def _steps_section(data: RunData) -> str:
     rows = [[s["id"], s["target"] or "", s["command"], s["status"], s["seconds"],
              s.get("size_bytes"), Path(s["artifact"]).name if s.get("artifact") else "", s.get("note", "")]
             for s in data.steps]
-    body = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
-    sized = [s for s in data.steps if s.get("size_bytes")]
-    if sized:
-        labels = ["model"] + [s["id"] + (f"\n{s['target']}" if s["target"] else "") for s in sized]
-        sizes = [data.run.get("model_size_bytes", 0) / 1024] + [s["size_bytes"] / 1024 for s in sized]
-        body += _figure(charts.grouped_bars(labels, {"size": sizes}, ylabel="KiB", title="artifact sizes"),
-                        "Size of each step's artifact (KiB), beside the input model.")
+    tables = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
     optimize = data.of("optimize")
     if optimize:
         rows = [[step["id"], key, report["before"][key], report["after"][key],
                  report["after"][key] / report["before"][key] if report["before"][key] else None]
                 for step, report in optimize for key in ("nodes", "params", "macs", "size_bytes")]
-        body += "<h3>optimize</h3>" + _table(["step", "", "before", "after", "ratio"], rows)
-    return _section("Pipeline", body)
+        tables += "<h3>optimize</h3>" + _table(["step", "", "before", "after", "ratio"], rows)
+    chart = ""
+    sized = [s for s in data.steps if s.get("size_bytes")]
+    if sized:
+        labels = ["model"] + [s["id"] + (f"\n{s['target']}" if s["target"] else "") for s in sized]
+        sizes = [data.run.get("model_size_bytes", 0) / 1024] + [s["size_bytes"] / 1024 for s in sized]
+        chart = _figure(charts.grouped_bars(labels, {"size": sizes}, ylabel="KiB", title="artifact sizes"),
+                        "Size of each step's artifact (KiB), beside the input model.")
+    return _section("Pipeline", f'<div class="grid2"><div>{tables}</div>{chart}</div>')
 
 
 def _accuracy_section(data: RunData) -> str:
@@ -165,7 +178,22 @@ def _accuracy_section(data: RunData) -> str:
                  f"{html.escape(str(report.get('target')))} ({html.escape(str(report.get('method')))}), "
                  f"{len(report.get('float_nodes', []))} kept in float; check-qdq "
                  f"{'ok' if report.get('check_qdq', {}).get('ok') else 'FAILED'}.</p>")
-    return _section("Accuracy", body or "<p>No compare step in this run.</p>")
+    return _section("Accuracy", f'<div class="row">{body}</div>' if body else "<p>No compare step in this run.</p>")
+
+
+def _machine(report: dict) -> str:
+    """The machine a profile ran on, as it was then: what decides whether two latencies compare."""
+    env = report.get("environment") or {}
+    load = env.get("load_average")
+    rows = [["CPU", env.get("cpu_model")], ["CPUs", env.get("cpu_count")],
+            ["CPU flags", " ".join(env["cpu_flags"]) if env.get("cpu_flags") is not None else None],
+            ["load average (1, 5, 15 min)", ", ".join(number(x, 3) for x in load) if load else None],
+            ["threads", report.get("threads")], ["governor", env.get("governor")],
+            ["providers", ", ".join(env.get("providers") or []) or None]]
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return ""
+    return '<aside class="machine"><h4>machine during the runs</h4>' + _table(["", ""], rows) + "</aside>"
 
 
 def _latency_section(data: RunData) -> str:
@@ -187,44 +215,80 @@ def _latency_section(data: RunData) -> str:
              "per second"], rows)
         series = {k: v for k, v in series.items() if v}
         if series:
-            body += _figure(charts.latency(series), "Latency of each run (ms): histogram and cumulative "
-                            "distribution; further left is faster.")
+            machine = _machine(profiles[0][1]) if profiles else _machine(data.baseline or {})
+            body += ('<div class="beside">' + _figure(charts.latency(series), "Latency of each run (ms): "
+                     "histogram and cumulative distribution; further left is faster.") + machine + "</div>")
+        per_layer = ""
         for step, report in profiles:
             layers = report.get("layers") or []
-            layers = sorted(layers, key=lambda l: -l.get("time_ms", 0))[:25]
+            layers = sorted(layers, key=lambda l: -l.get("time_ms", 0))
             if layers:
-                body += _figure(charts.bars([f"{l['name']} [{l.get('op_type', '')}]" for l in layers],
-                                            [l.get("time_ms", 0) for l in layers], xlabel="ms per run",
+                from edgepack.profile.profiler import layer_label
+
+                shown = layers[:CHART_LAYERS]
+                per_layer += "<div>" + _figure(charts.bars([f"{layer_label(l)} [{l.get('op_type', '')}]" for l in shown],
+                                            [l.get("time_ms", 0) for l in shown], xlabel="ms per run",
                                             title=f"per-layer time: {step['id']}"),
-                                f"Time per layer ({step['id']}, {target}), the slowest {len(layers)}.")
+                                f"Time per layer ({step['id']}, {target}), the slowest {len(shown)} of "
+                                f"{len(layers)}; names are the model's nodes (ONNX Runtime's own are marked).")
+                if len(layers) > CHART_LAYERS:
+                    per_layer += _details(f"the other {len(layers) - CHART_LAYERS} layers of {step['id']}", _table(
+                        ["layer", "op", "ms per run", "%"],
+                        [[layer_label(l), l.get("op_type"), l.get("time_ms"), l.get("percent")]
+                         for l in layers[CHART_LAYERS:]]))
+                per_layer += "</div>"
+        if per_layer:
+            body += f'<div class="grid2">{per_layer}</div>'
     return _section("Latency", body or "<p>No profile step in this run.</p>")
 
 
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+
+
 def _layers_section(data: RunData) -> str:
-    body = ""
+    body = ""  # each chart with its table in one grid cell
     for step, report in data.of("quantize"):
-        sensitivity = report.get("sensitivity") or []
+        sensitivity = sorted(report.get("sensitivity") or [], key=lambda s: s["sqnr_db"])
         if sensitivity:
-            body += _figure(charts.bars([f"{s['node']} [{s['op_type']}]" for s in sensitivity],
-                                        [s["sqnr_db"] for s in sensitivity], xlabel="output SQNR (dB), higher is "
+            shown = sensitivity[:CHART_LAYERS]
+            body += "<div>" + _figure(charts.bars([f"{s['node']} [{s['op_type']}]" for s in shown],
+                                        [s["sqnr_db"] for s in shown], xlabel="output SQNR (dB), higher is "
                                         "better", title="sensitivity: model output when only this layer is INT8",
                                         highlight_low=True),
-                            "Per-layer sensitivity: the model output's SQNR when one layer at a time is "
-                            "quantized. The lowest (red) hurt the most: candidates for --exclude.")
+                            f"Per-layer sensitivity: the model output's SQNR when one layer at a time is "
+                            f"quantized, the {len(shown)} most sensitive of {len(sensitivity)}. The lowest (red) "
+                            "hurt the most: candidates for --exclude.")
+            if len(sensitivity) > CHART_LAYERS:
+                body += _details(f"the other {len(sensitivity) - CHART_LAYERS} layers", _table(
+                    ["node", "op", "output SQNR dB"],
+                    [[s["node"], s["op_type"], s["sqnr_db"]] for s in sensitivity[CHART_LAYERS:]]))
+            body += "</div>"
     for step, report in data.of("compare"):
-        layers = [l for l in report.get("layers") or [] if l.get("sqnr_db") is not None]
+        layers = sorted((l for l in report.get("layers") or [] if l.get("sqnr_db") is not None),
+                        key=lambda l: l["sqnr_db"])
         if layers:
-            body += _figure(charts.bars([l["tensor"] for l in layers], [l["sqnr_db"] for l in layers],
+            shown = layers[:CHART_LAYERS]
+            body += "<div>" + _figure(charts.bars([l["tensor"] for l in shown], [l["sqnr_db"] for l in shown],
                                         xlabel="SQNR (dB), higher is better",
-                                        title=f"per-tensor error: {step['id']}", highlight_low=True),
-                            "SQNR of each intermediate tensor of B against A on the evaluation data.")
+                                        title=f"per-tensor error: {step['id']} ({len(shown)} worst of {len(layers)})",
+                                        highlight_low=True),
+                            f"SQNR of the {len(shown)} worst of {len(layers)} intermediate tensors of B against A "
+                            "on the evaluation data; every tensor is in the table below.")
+            body += _details(f"all {len(layers)} tensors, worst first", _table(
+                ["tensor", "SQNR dB", "cosine", "max abs error"],
+                [[l["tensor"], l["sqnr_db"], l.get("cosine"), l.get("max_abs_error")] for l in layers]))
+            body += "</div>"
+    if body:
+        body = f'<div class="grid2">{body}</div>'
     return _section("Per-layer error", body or "<p>No per-layer data (quantize --sensitivity or compare).</p>")
 
 
 def _environment_section(data: RunData) -> str:
     env = dict(data.run.get("versions", {}))
     for _, report in data.of("profile"):
-        env.update({k: v for k, v in (report.get("environment") or {}).items() if not isinstance(v, (dict, list))})
+        env.update({k: (" ".join(v) if isinstance(v, list) else v) for k, v in (report.get("environment") or {}).items()
+                    if not isinstance(v, dict) and not (isinstance(v, list) and not all(isinstance(x, str) for x in v))})
         break
     env.setdefault("machine", platform.machine())
     rows = [[k, v] for k, v in env.items()]
@@ -234,17 +298,43 @@ def _environment_section(data: RunData) -> str:
 
 
 STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1000px;
-padding:1.2rem 1.5rem;color:#222;line-height:1.4}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1800px;
+padding:1.2rem 2rem;color:#222;line-height:1.4}
 h1{font-size:1.5rem;margin:.2rem 0} h2{font-size:1.2rem;border-bottom:2px solid #ddd;padding-bottom:.2rem;
-margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
-th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right}
-th:first-child,td:first-child,td.t{text-align:left} th{background:#f4f4f4}
-figure.chart{margin:.6rem 0 1.2rem} figure.chart svg{max-width:100%;height:auto}
+margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem} h4{font-size:.9rem;margin:.2rem 0}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem;max-width:100%}
+th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right;vertical-align:top}
+th:first-child,td:first-child,td.t{text-align:left;overflow-wrap:anywhere} th{background:#f4f4f4}
+td.n{white-space:nowrap;font-variant-numeric:tabular-nums}
+figure.chart{margin:.6rem 0 1.2rem;flex:1 1 0;min-width:0} figure.chart svg{width:100%;height:auto}
 figcaption{font-size:.8rem;color:#555} .summary td,.summary th{font-size:1rem}
+.beside{display:flex;gap:1.5rem;align-items:flex-start;flex-wrap:wrap}
+.grid2{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1rem 2.5rem;align-items:start}
+.row{display:flex;flex-wrap:wrap;gap:0 2.5rem;align-items:flex-start} .row p{flex-basis:100%}
+.beside figure.chart{flex:3 1 700px} aside.machine{flex:1 1 280px;font-size:.85rem}
+aside.machine td.t:last-child{text-align:left}
+details{margin:.3rem 0 1rem} summary{cursor:pointer;color:#1f4e8c}
+.verdict{display:inline-block;padding:.35rem .8rem;border-radius:.3rem;margin:.2rem .5rem .6rem 0;
+font-size:1rem;font-weight:600} .slower{background:#fde2e1;color:#8b1a14} .same{background:#e6f0e6;color:#1d5a1d}
+.faster{background:#e1ecfa;color:#1f4e8c}
 .muted{color:#666;font-size:.85rem}
 """
+
+
+def _verdicts(data: RunData) -> str:
+    """The answers first: each latency check's verdict and ratio (check steps, profile --vs)."""
+    checks = [(s, r) for s, r in data.of("check") if "verdict" in r]
+    checks += [(s, r["comparison"]) for s, r in data.of("profile") if isinstance(r.get("comparison"), dict)]
+    out = ""
+    for step, r in checks:
+        lo, hi = r.get("ci") or (None, None)
+        where = f" on {step['target']}" if step.get("target") else ""
+        out += (f'<div class="verdict {html.escape(str(r["verdict"]))}">{html.escape(step["id"])}{html.escape(where)}: '
+                f"{html.escape(str(r['verdict']))} · current / baseline {number(r['ratio'])}x at "
+                f"{html.escape(str(r['metric']))} ({number(r['confidence'] * 100, 3)}% interval {number(lo)}–"
+                f"{number(hi)}; threshold {number(1 + r['threshold'])}x) · "
+                f"{number(r['current']['value_ms'])} ms vs {number(r['baseline']['value_ms'])} ms</div>")
+    return out
 
 
 def render(data: RunData) -> str:
@@ -253,7 +343,7 @@ def render(data: RunData) -> str:
                     for name, fp32, int8 in rows]
     summary_html = _table(["", "FP32", "INT8", "INT8 / FP32"], summary_rows).replace("<table>",
                                                                                      '<table class="summary">')
-    sections = [_section("Summary", summary_html), _steps_section(data), _accuracy_section(data),
+    sections = [_section("Summary", _verdicts(data) + summary_html), _steps_section(data), _accuracy_section(data),
                 _latency_section(data), _layers_section(data), _environment_section(data)]
     title = f"edgepack report: {Path(data.run.get('model', '')).name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -62,6 +62,19 @@ def test_lossless_round_trip_is_identical(sparse_model, tmp_path):
     assert header["versions"]["onnx"]
 
 
+def test_negative_zeros_come_back_as_negative_zeros(tmp_path):
+    """-0.0 == 0, so a sparse encoding by value dropped its sign bit (the bundled example's pruned
+    weights hold -0.0 after BatchNorm folding) and unpack refused its own file."""
+    from edgepack.resources import example_model
+
+    out = tmp_path / "m.epk"
+    pack(example_model(), out)
+    unpack(out, tmp_path / "back.onnx")
+    before = {t.name: t.const_value.numpy().tobytes() for t in io.load(example_model()).graph.initializers.values()}
+    after = {t.name: t.const_value.numpy().tobytes() for t in io.load(tmp_path / "back.onnx").graph.initializers.values()}
+    assert before == after
+
+
 def test_external_data_is_packed_too(sparse_model, tmp_path):
     (tmp_path / "ext").mkdir()
     external = io.save(io.load(sparse_model), tmp_path / "ext" / "m.onnx", external_data=True)

@@ -15,6 +15,7 @@ import pytest
 
 from edgepack.recipe import load_recipe, run_recipe
 from edgepack.report.html import load_run, summary
+from edgepack.report.numbers import number
 from edgepack.resources import data_dir, example_model
 from tests.helpers import assert_one_line_error, edgepack_cli
 
@@ -61,6 +62,20 @@ sensitivity = true
 run = "compare"
 input = ["optimize", "quantize"]
 data = "{EVAL}"
+[[step]]
+run = "profile"
+input = "optimize"
+runs = 200
+warmup = "10"
+layer-runs = 5
+no-history = true
+[[step]]
+run = "check"
+input = "profile"
+baseline = "baseline.json"
+metric = "p50"
+threshold = "90%"
+force = true
 """)
     out = folder / "out"
     run_recipe(load_recipe(recipe), out)
@@ -75,17 +90,39 @@ def test_report_is_self_contained_with_every_section_and_chart(run_folder):
     text = html_path.read_text()
     for title in ("Summary", "Pipeline", "Accuracy", "Latency", "Per-layer error", "Environment"):
         assert f"<h2>{title}</h2>" in text
-    # charts: sizes, baseline latency, sensitivity, per-tensor error, each an inline SVG with drawing
+    # charts: sizes, latency (profile + baseline), per-layer time, sensitivity, per-tensor error
     svgs = re.findall(r"<svg.*?</svg>", text, flags=re.S)
-    assert len(svgs) == 4 and all(svg.count("<path") > 5 for svg in svgs)
+    assert len(svgs) == 5 and all(svg.count("<path") > 5 for svg in svgs)
     # nothing to fetch: no external scripts, styles, images or fonts
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<script" not in text
     # the numbers come from the steps' reports
     compare = json.loads((out / "compare.json").read_text())
-    assert f"{100 * compare['accuracy']['b']:,.4g}" in text
+    assert number(100 * compare["accuracy"]["b"]) in text
     sensitivity = json.loads((out / "quantize.json").read_text())["sensitivity"]
-    assert all(s["node"][-25:] in text for s in sensitivity)  # long names are shortened from the left
+    assert all(s["node"] in text for s in sensitivity)  # whole names: wrapped, never cut
+    # plain numbers: no scientific notation anywhere in the tables or on the charts
+    assert not re.search(r"\d\.?\d*e[+-]\d\d", re.sub(r"<svg.*?</svg>", "", text, flags=re.S))
+    assert not re.search(r">[^<]*\de[+-]\d\d[^<]*</text>", text)
+
+
+def test_report_answers_the_check_and_names_the_machine(run_folder):
+    out, html_path = run_folder
+    text = html_path.read_text()
+    check = json.loads((out / "x86-cpu" / "check.json").read_text())
+    verdict = re.search(r'<div class="verdict (\w+)">(.*?)</div>', text)
+    assert verdict and verdict.group(1) == check["verdict"]
+    assert f"{number(check['ratio'])}x at p50" in verdict.group(2)
+    # the profile's layers carry the model's node names, not ONNX Runtime's renamed kernels
+    profile = json.loads((out / "x86-cpu" / "profile.json").read_text())
+    nodes = {n.name for n in __import__("onnx").load(out / "optimize.onnx").graph.node}
+    named = [part for l in profile["layers"] if l["node"] for part in l["node"].split(" + ")]  # fused: A + B
+    assert named and set(named) <= nodes and not any("_nchwc" in n or "_token_" in n for n in named)
+    # beside the latency plot: the machine's load and CPU flags while it ran
+    aside = re.search(r'<div class="beside">.*?<aside class="machine">(.*?)</aside>', text, flags=re.S).group(1)
+    env = profile["environment"]
+    assert "load average" in aside and number(env["load_average"][0], 3) in aside
+    assert env["cpu_flags"] is None or " ".join(env["cpu_flags"]) in aside
 
 
 def test_summary_pairs_fp32_and_int8(run_folder):
@@ -95,7 +132,25 @@ def test_summary_pairs_fp32_and_int8(run_folder):
     assert rows["size (KiB)"] == (sizes["optimize.onnx"], sizes["quantize.onnx"])
     accuracy = json.loads((out / "compare.json").read_text())["accuracy"]
     assert rows["top-1 (%)"] == (100 * accuracy["a"], 100 * accuracy["b"])
-    assert rows["latency p50 (ms)"] == (None, None)  # no profile step in this run
+    profile = json.loads((out / "x86-cpu" / "profile.json").read_text())
+    assert rows["latency p50 (ms)"] == (profile["latency_ms"]["p50"], None)  # FP32 profiled, INT8 not
+
+
+def test_report_finds_step_reports_from_any_directory(run_folder, tmp_path):
+    """run.json records paths as `edgepack run` was given them (relative to where it ran); the
+    report still finds each step's JSON inside the run folder."""
+    import shutil
+
+    out, _ = run_folder
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    run = json.loads((moved / "run.json").read_text())
+    for step in run["steps"]:
+        if step["report"]:
+            step["report"] = str(Path("somewhere-else") / Path(step["report"]).relative_to(out))
+    (moved / "run.json").write_text(json.dumps(run))
+    data = load_run(moved)
+    assert {k[0] for k in data.reports} == {s["id"] for s in run["steps"] if s["report"]}
 
 
 def test_report_of_a_folder_without_a_run_is_refused(tmp_path):
@@ -138,7 +193,7 @@ def test_report_renders_in_headless_chromium(run_folder, chromium, tmp_path):
     dom = subprocess.run([*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.S)
-    assert len(svgs) == 4 and all(svg.count("<path") > 5 for svg in svgs), dom[:500]
+    assert len(svgs) == 5 and all(svg.count("<path") > 5 for svg in svgs), dom[:500]
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={shot}", html_path.as_uri()],
                    capture_output=True, timeout=120)
