@@ -1,6 +1,6 @@
 """'Your own model in five commands', run verbatim from the page that shows them.
 
-The first ```bash block of DOC is split into commands (comments dropped, `\\` continuations
+The ```bash block of DOC's 'Your own model' section is split into commands (comments dropped, `\\` continuations
 joined) and each is run with bash from the repository root, exiting 0. The substitutions, and
 only these: the word `out` as a path (`out/...`, `mkdir -p out`) becomes a temporary folder; a
 leading `edgepack` becomes `python -m edgepack` with this checkout on PYTHONPATH (the `edgepack`
@@ -21,14 +21,17 @@ import pytest
 
 from tests.helpers import REPO, SHARED, requires_shared
 
-#: the page whose first ```bash block is the five commands (the README can take this over)
-DOC = REPO / "docs" / "your-own-model.md"
+#: the page whose ```bash block under its "Your own model" heading is the five commands
+DOC = REPO / "README.md"
 OUT_WORD = re.compile(r"(?<![\w./-])out(?=/|\s|$)")
 
 
 def bash_commands(markdown: str) -> list[str]:
-    """The commands of the first ```bash block: comments dropped, continuations joined."""
-    match = re.search(r"^```bash\n(.*?)^```", markdown, re.S | re.M)
+    """The commands of the first ```bash block after the "Your own model" heading: comments
+    dropped, continuations joined."""
+    section = re.search(r"^#+ Your own model.*", markdown, re.S | re.M)
+    assert section, "no 'Your own model' section"
+    match = re.search(r"^```bash\n(.*?)^```", section[0], re.S | re.M)
     assert match, "no ```bash block"
     text = match[1].replace("\\\n", " ")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
