@@ -147,6 +147,10 @@ def weights_nbytes(model: ir.Model) -> int:
     return sum(t.nbytes for t in _tensors(model))
 
 
+def has_external_data(model: ir.Model) -> bool:
+    return any(isinstance(t, ir.ExternalTensor) for t in _tensors(model))
+
+
 def files_nbytes(path: str | os.PathLike, model: ir.Model | None = None) -> int:
     """Size on disk: the model file plus every external data file it reads."""
     path = Path(path)

@@ -10,20 +10,110 @@ from edgepack.errors import EdgepackError, first_line
 
 
 def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: bool = True):
-    """An ORT CPU session for a model in memory or on disk (a path keeps external data mapped)."""
+    """An ORT CPU session for a model in memory or on disk.
+
+    A model in memory is handed over without copying its weights: the graph goes as bytes with a
+    stub per large initializer, and the weights as OrtValues over the arrays onnx-ir already holds
+    (memory-mapped for external data). Serializing them into one protobuf would cost two copies,
+    and ORT would resolve external data against the current directory instead of the model's folder.
+    """
     import onnxruntime as ort
 
+    quiet_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = bound_threads(threads)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else str(model)
+    keep_alive = None
+    if isinstance(model, ir.Model):
+        source, keep_alive = _graph_bytes_and_weights(model, options)
+    else:
+        source = str(model)
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         where = "" if isinstance(model, ir.Model) else f"{model}: "
         raise EdgepackError(f"{where}ONNX Runtime cannot load the model: {first_line(exc)}") from None
+    sess._edgepack_weights = keep_alive  # the OrtValues borrow these arrays' memory
+    return sess
+
+
+_LIFTED_DTYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8,
+                  ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
+                  ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64, ir.DataType.BOOL}
+_LIFT_MIN_BYTES = 4096
+_STUB = "__edgepack_in_memory__"
+
+
+def _graph_bytes_and_weights(model: ir.Model, options) -> tuple[bytes, list]:
+    """The model's protobuf bytes without its large main-graph initializers, which are added to
+    `options` as external initializers instead. Tensors left in the protobuf that still point at
+    external data are read from the model's folder, not from the current directory."""
+    import onnxruntime as ort
+
+    names, values, swapped = [], [], []
+    try:
+        for name, value in model.graph.initializers.items():
+            tensor = value.const_value
+            if tensor is None or tensor.dtype not in _LIFTED_DTYPES or tensor.nbytes < _LIFT_MIN_BYTES:
+                continue
+            array = tensor.numpy()
+            if not array.flags.c_contiguous:
+                continue
+            names.append(name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            swapped.append((value, tensor))
+            value.const_value = ir.ExternalTensor(_STUB, 0, tensor.nbytes, tensor.dtype,
+                                                  shape=tensor.shape, name=name)
+        data = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    folders = {os.path.dirname(t.path) for t in _external_tensors(model)}
+    if len(folders) == 1:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         folders.pop() or ".")
+    if names:
+        options.add_external_initializers(names, values)
+    return data, values
+
+
+def _external_tensors(model: ir.Model):
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor) and value.const_value.location != _STUB:
+                yield value.const_value
+
+
+# Threads are bounded by the machine: a recipe or target asking for 100000 threads would make ORT
+# spawn them all (minutes, then out of memory).
+MAX_THREADS = max(1, os.cpu_count() or 1) * 4
+
+
+def bound_threads(threads: int) -> int:
+    """`threads` for ORT (0 = ORT's default), clamped to a few per CPU core."""
+    if threads is None or threads <= 0:
+        return 0
+    return min(int(threads), MAX_THREADS)
+
+
+_QUIET = False
+
+
+def quiet_onnxruntime() -> None:
+    """ORT's C++ logger writes warnings to stderr before any session exists: errors only, unless
+    edgepack's own logging is at DEBUG/INFO (--debug / -v)."""
+    global _QUIET
+    if _QUIET:
+        return
+    import logging
+
+    import onnxruntime as ort
+
+    level = logging.getLogger("edgepack").getEffectiveLevel()
+    ort.set_default_logger_severity(0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 3)
+    _QUIET = True
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -99,7 +99,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
     target = load_target(target)
     with _model_file(model) as model_path:
-        from edgepack.io import load, weights_nbytes
+        from edgepack.io import has_external_data, load, weights_nbytes
 
         graph = load(model_path)
         qdq = has_qdq(graph)
@@ -125,7 +125,8 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
             from edgepack.backends import ort
 
             manifest = ort.build(model_path, output, target, precision=resolved, threads=threads,
-                                 weights_nbytes=weights_nbytes(graph))
+                                 weights_nbytes=weights_nbytes(graph),
+                                 external_data=has_external_data(graph))
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic

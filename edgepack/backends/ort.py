@@ -23,6 +23,7 @@ import numpy as np
 
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import publish, staging
+from edgepack.runtime import bound_threads
 from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
@@ -74,19 +75,22 @@ def _cpu_flags() -> set[str]:
 
 
 def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort_format: bool = False,
-                    weights_nbytes: int = 0):
+                    weights_nbytes: int = 0, external_data: bool = False):
+    """`external_data`: the input keeps weights in a data file; the optimized model then gets its
+    own data file beside it (ORT would otherwise keep pointing at the input's, relative to the
+    output's folder)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = bound_threads(threads)
     if optimized_path is not None:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized_path)
         if ort_format:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.save_model_format", "ORT")
-        elif weights_nbytes > _ORT_FORMAT_LIMIT:
+        elif weights_nbytes > _ORT_FORMAT_LIMIT or external_data:
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                              optimized_path.name + ".data")
             options.add_session_config_entry(
@@ -95,7 +99,7 @@ def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort
 
 
 def build(model_path: Path, output: Path, target, *, precision: str, threads: int | None = None,
-          weights_nbytes: int = 0) -> dict[str, Any]:
+          weights_nbytes: int = 0, external_data: bool = False) -> dict[str, Any]:
     """Optimize `model_path` for `target` and write the artifact, its companion and the manifest."""
     import onnxruntime as ort
 
@@ -113,7 +117,7 @@ def build(model_path: Path, output: Path, target, *, precision: str, threads: in
                 continue
             staged = tmp / path.name
             options = session_options(threads=threads, optimized_path=staged, ort_format=as_ort,
-                                      weights_nbytes=weights_nbytes)
+                                      weights_nbytes=weights_nbytes, external_data=external_data)
             disabled = ["NchwcTransformer"] if as_ort and block is None else []
             try:
                 ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
