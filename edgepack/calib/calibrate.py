@@ -90,16 +90,19 @@ def _weighted_op_inputs(model: ir.Model) -> set[str]:
 
 
 def _with_outputs(model: ir.Model, tensors: list[ir.Value]) -> ir.Model:
-    """A copy of the graph proto whose outputs include every observed tensor (weights shared)."""
-    proto = ir.serde.serialize_model(model)
-    existing = {o.name for o in proto.graph.output}
-    inputs = {i.name for i in proto.graph.input}
-    import onnx
+    """A copy of the graph whose outputs include every observed tensor (weights shared, not
+    copied; external data still read from the model's folder)."""
+    from edgepack.graph import copy_model
 
-    for v in tensors:
-        if v.name not in existing and v.name not in inputs:
-            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(v.name))
-    return ir.serde.deserialize_model(proto)
+    probe = copy_model(model)
+    wanted = {v.name for v in tensors}
+    existing = {v.name for v in (*probe.graph.outputs, *probe.graph.inputs)}
+    for node in probe.graph:
+        for value in node.outputs:
+            if value.name in wanted and value.name not in existing:
+                probe.graph.outputs.append(value)
+                existing.add(value.name)
+    return probe
 
 
 def _progress(enabled: bool, total: int | None):
