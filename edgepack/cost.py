@@ -29,9 +29,9 @@ def graph_inputs(model: ir.Model) -> list[ir.Value]:
 
 def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """One batch of seeded random inputs; the first dynamic dim is `batch`."""
-    from edgepack.runtime import random_feeds as session_feeds, session
+    from edgepack.runtime import random_feeds as session_feeds
 
-    return [session_feeds(session(model, optimize=False), batch=batch, seed=seed)]
+    return [session_feeds(model, batch=batch, seed=seed)]
 
 
 def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -53,8 +53,11 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     _refuse_escaping_external_data(model, path)
     if check:
         try:
-            onnx.checker.check_model(str(path))  # by path: resolves external data, any size
-        except onnx.checker.ValidationError as exc:
+            if has_external_data(model):  # by path: the file holds the graph, data is resolved
+                onnx.checker.check_model(str(path))
+            else:  # weights lifted out: by path would parse a second copy of every weight
+                check_model(model)
+        except (onnx.checker.ValidationError, ir.passes.PassError) as exc:
             raise EdgepackError(
                 f"{path}: fails the ONNX checker: {first_line(exc)}",
                 hint="fix the exporter, or run with --no-check to inspect it anyway",
@@ -62,11 +65,16 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     return model
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         check: Callable[[Path], None] | None = None, rebase: bool = False) -> Path:
     """Write `model` atomically: a temporary folder beside `path`, then rename.
 
     Weights go to one data file `<name>.data` beside the model when they exceed the protobuf
     limit, when the model already had external data, or when `external_data=True`.
+    `check(staged_path)` runs on the written files before they replace anything (raise to keep
+    them out). With `rebase`, a model saved with external data then reads its weights from the
+    written file (memory-mapped) and its in-memory copies are freed: one copy, not two, while
+    `check` runs and after.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -74,13 +82,12 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
         raise EdgepackError(f"output folder does not exist: {folder}", hint="create it first")
     threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
     if external_data is None:
-        external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
-            isinstance(t, ir.ExternalTensor) for t in _tensors(model)
-        )
+        external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or has_external_data(model)
     data_name = path.name + ".data"
     if external_data:
         _refuse_overwriting_own_weights(model, folder / data_name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    rebased: list[ir.ExternalTensor] = []
     try:
         tmp_model = tmp / path.name
         with _progress(model) as callback:
@@ -88,13 +95,69 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
                 ir.save(model, tmp_model, external_data=data_name, callback=callback,
                         size_threshold_bytes=threshold)
             else:
-                ir.save(model, tmp_model)
+                _save_embedded(model, tmp_model)
+        if rebase and external_data:
+            rebased = _read_weights_from(model, tmp_model)
+        if check is not None:
+            check(tmp_model)
         if (tmp / data_name).exists():
             os.replace(tmp / data_name, folder / data_name)
         os.replace(tmp_model, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for tensor in rebased:  # the data file now lives beside `path`
+        tensor.base_dir = folder.resolve()
     return path
+
+
+_STREAM_MIN_BYTES = 1 << 20
+
+
+def _save_embedded(model: ir.Model, path: Path) -> None:
+    """One .onnx file holding every weight, written one tensor at a time.
+
+    Protobuf merges a message field that appears twice and appends repeated fields, so the file is
+    the model without its large initializers followed by one `ModelProto{graph{initializer}}`
+    per large weight: parsers read it as one model. Serializing it whole would hold two more
+    copies of the weights (the message and its bytes)."""
+    import onnx
+
+    large = {name: value for name, value in model.graph.initializers.items()
+             if value.const_value is not None and value.const_value.nbytes >= _STREAM_MIN_BYTES}
+    if not large:
+        ir.save(model, path)
+        return
+    for name in large:
+        model.graph.initializers.pop(name)
+    try:
+        head = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for value in large.values():
+            model.graph.register_initializer(value)
+    with open(path, "wb") as handle:
+        handle.write(head)
+        del head
+        for value in large.values():
+            piece = onnx.ModelProto()
+            ir.serde.serialize_tensor_into(piece.graph.initializer.add(), value.const_value)
+            handle.write(piece.SerializeToString())
+
+
+def _read_weights_from(model: ir.Model, written: Path) -> list[ir.ExternalTensor]:
+    """Swap the main graph's initializers for the ones just written to `written`'s data file."""
+    import gc
+
+    saved, swapped = ir.load(written), []
+    for name, value in model.graph.initializers.items():
+        new = saved.graph.initializers.get(name)
+        if new is not None and isinstance(new.const_value, ir.ExternalTensor):
+            value.const_value = new.const_value
+            swapped.append(new.const_value)
+    gc.collect()
+    from edgepack.runtime import trim_memory
+
+    trim_memory()
+    return swapped
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -145,6 +208,22 @@ def _forget_former_io(model: ir.Model) -> None:
 
 def weights_nbytes(model: ir.Model) -> int:
     return sum(t.nbytes for t in _tensors(model))
+
+
+def release_weights(model: ir.Model) -> None:
+    """Unmap every external weight (onnx-ir maps it again on the next read): the pages a pass or
+    a session touched stop counting as this process's memory."""
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            release_tensor(tensor)
+
+
+def release_tensor(tensor) -> None:
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:  # an array over the mapping is still alive: it stays mapped
+            pass
 
 
 def has_external_data(model: ir.Model) -> bool:

@@ -23,8 +23,9 @@ def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = bound_threads(threads)
-    if not optimize:
+    if not optimize:  # run the graph as written, weights as given: no fused or prepacked copies
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
     keep_alive = None
     if isinstance(model, ir.Model):
         source, keep_alive = _graph_bytes_and_weights(model, options)
@@ -121,16 +122,29 @@ _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(do
           "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
+def model_input_specs(model: ir.Model) -> list[tuple[str, list, type]]:
+    """`input_specs` read from the graph itself, without building a session."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.is_initializer():
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+        shape = [d if isinstance(d, int) else str(d) for d in value.shape] if value.shape is not None else []
+        specs.append((value.name, shape, np.dtype(dtype).type))
+    return specs
+
+
 def input_specs(sess) -> list[tuple[str, list, type]]:
     return [(i.name, list(i.shape), _NUMPY.get(i.type, np.float32)) for i in sess.get_inputs()]
 
 
 def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs drawn from N(0, 1) (ints from 0..9): the first dynamic dim is `batch`, others from
-    `dims` by symbol name."""
+    `dims` by symbol name. `sess` is an ORT session or an `ir.Model`."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for name, shape, dtype in input_specs(sess):
+    specs = model_input_specs(sess) if isinstance(sess, ir.Model) else input_specs(sess)
+    for name, shape, dtype in specs:
         concrete = []
         for i, d in enumerate(shape):
             if isinstance(d, int) and d >= 0:
@@ -149,6 +163,31 @@ def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, se
         else:
             feeds[name] = rng.integers(0, 10, concrete).astype(dtype)
     return feeds
+
+
+def run_and_free(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of `model` on `feeds` in a session that is gone (and its memory returned) after."""
+    import gc
+
+    sess = session(model, optimize=False)
+    try:
+        return sess.run(None, feeds)
+    except Exception as exc:  # ORT's errors for bad feeds and failing kernels come in several types
+        raise EdgepackError(f"ONNX Runtime cannot run the model: {first_line(exc)}") from None
+    finally:
+        del sess
+        gc.collect()
+        trim_memory()
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, and it counts as RSS)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def max_abs_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:

@@ -36,7 +36,6 @@ def run(args) -> int:
     from edgepack import io, runtime
     from edgepack.errors import EdgepackError
     from edgepack.inspection import inspect_model
-    from edgepack.passes import verify
     from edgepack.passes.pipeline import build_pipeline, run_timed
     from edgepack.targets import load_target
 
@@ -46,38 +45,57 @@ def run(args) -> int:
     target = load_target(args.target) if args.target else None
     model = io.load(args.model)
     before = summary(inspect_model(model, args.model))
+    external = True if io.has_external_data(model) else None  # the output keeps a data file too
+    # Memory: onnx-ir holds the weights once (memory-mapped when external). ORT checks the outputs
+    # from files (it maps external data too), one session at a time, and mapped pages are released
+    # after each step, so the peak stays near one copy of the weights (scripts/bench/
+    # bench_optimize_memory.py).
+    io.release_weights(model)
     try:
-        feeds = runtime.random_feeds(runtime.session(args.model), batch=2)
+        feeds = runtime.random_feeds(model, batch=2)
+        # from the file when weights are external (ORT maps them); else from memory (ORT copies
+        # them once, where loading the file again would parse a copy and build another)
+        reference = runtime.run_and_free(args.model if external else model, feeds)
     except EdgepackError as exc:  # custom ops (e.g. TensorRT plugins): optimize, but say it is unchecked
         logger.warning("outputs not verified: %s", exc)
-        feeds = None
+        reference = None
+    io.release_weights(model)
     result = run_timed(build_pipeline(target, simplify=not args.no_simplify), model)
+    del model
+    after = summary(inspect_model(result.model))
     error = None
-    in_memory = io.weights_nbytes(result.model) < io.EXTERNAL_DATA_THRESHOLD
-    if feeds is not None and in_memory:  # check before writing anything
-        error = verify.max_abs_error(args.model, result.model, feeds, relative=True)
-        _refuse_if_changed(args, error)
-    io.save(result.model, args.output)
-    if feeds is not None and not in_memory:  # over 2 GB: ORT reads it from the file
-        error = verify.max_abs_error(args.model, args.output, feeds, relative=True)
-        _refuse_if_changed(args, error, written=True)
-    after = summary(inspect_model(io.load(args.output), args.output))
+
+    def check(staged):  # before anything is written where the user can see it
+        nonlocal error
+        if reference is not None:
+            error = _relative_error(reference, runtime.run_and_free(staged if external else result.model, feeds))
+            _refuse_if_changed(args, error)
+
+    if not external:
+        check(None)  # embedded weights: check in memory, then write
+    io.save(result.model, args.output, external_data=external, check=check if external else None, rebase=True)
+    after["size_bytes"] = io.files_nbytes(args.output, result.model)
     report = {"schema": SCHEMA, "model": args.model, "output": args.output, "before": before, "after": after,
               "passes": [vars(r) for r in result.passes], "max_abs_error": error}
     common.emit(args, report, format_report(report))
     return 0
 
 
-def _refuse_if_changed(args, error: float, written: bool = False) -> None:
+def _relative_error(ref, new) -> float:
+    from edgepack import runtime
+
+    if len(ref) != len(new) or any(r.shape != n.shape for r, n in zip(ref, new)):
+        return float("inf")
+    return runtime.max_abs_error(ref, new) / runtime.output_scale(ref)
+
+
+def _refuse_if_changed(args, error: float) -> None:
     from pathlib import Path
 
     from edgepack.errors import EdgepackError
 
     if error <= args.tolerance:
         return
-    if written:
-        for path in (Path(args.output), Path(args.output + ".data")):
-            path.unlink(missing_ok=True)
     raise EdgepackError(
         f"{args.model}: optimized outputs differ by {error:.3g} (relative), over --tolerance {args.tolerance}",
         hint="nothing was written; rerun with --no-simplify, and please report the model")
