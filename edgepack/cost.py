@@ -68,7 +68,9 @@ def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.nda
     def cast(name, array):  # a float16 model (compress fp16) takes the same float samples
         return array.astype(np.float16) if types[name] == "tensor(float16)" else array
 
-    return [session.run(None, {k: cast(k, v) for k, v in f.items() if k in types}) for f in feeds]
+    from edgepack.runtime import run
+
+    return [run(session, None, {k: cast(k, v) for k, v in f.items() if k in types}) for f in feeds]
 
 
 def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],

@@ -165,15 +165,27 @@ def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, se
     return feeds
 
 
+def run(sess, names, feeds: dict[str, np.ndarray], *, where: str = "") -> list[np.ndarray]:
+    """`sess.run`, with ORT's errors for inputs the model cannot take as one `error:` line."""
+    try:
+        return sess.run(names, feeds)
+    except Exception as exc:  # ORT raises InvalidArgument, Fail, RuntimeException...
+        text = first_line(exc)
+        hint = None
+        if "invalid dimensions" in text.lower():
+            hint = ("the data's shape does not fit the model's inputs (a model exported with a fixed "
+                    "batch of 1 takes one sample at a time)")
+        prefix = f"{where}: " if where else ""
+        raise EdgepackError(f"{prefix}ONNX Runtime cannot run the model on this data: {text}", hint=hint) from None
+
+
 def run_and_free(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of `model` on `feeds` in a session that is gone (and its memory returned) after."""
     import gc
 
     sess = session(model, optimize=False)
     try:
-        return sess.run(None, feeds)
-    except Exception as exc:  # ORT's errors for bad feeds and failing kernels come in several types
-        raise EdgepackError(f"ONNX Runtime cannot run the model: {first_line(exc)}") from None
+        return run(sess, None, feeds)
     finally:
         del sess
         gc.collect()

@@ -54,15 +54,15 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     bar = _progress(progress, limit)
     outputs = [o.name for o in session.get_outputs()]
     for batch in dataset:
-        results = session.run(outputs, batch)
+        results = runtime.run(session, outputs, batch, where=dataset.description)
         for name, value in zip(outputs, results):
             if name in observers:
-                observers[name].update(value, need_hist)
+                _observe(observers[name], name, value, need_hist, dataset.description)
             if name in means:
                 means[name].update(value)
         for name in batch:  # graph inputs are observed from the data itself
             if name in observers:
-                observers[name].update(batch[name], need_hist)
+                _observe(observers[name], name, batch[name], need_hist, dataset.description)
             if name in means:
                 means[name].update(batch[name])
         n = len(next(iter(batch.values())))
@@ -81,6 +81,15 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     ranges.model_sha256 = hashlib.sha256(ir.serde.serialize_model(model).graph.SerializeToString()).hexdigest()
     logger.info("calibrated %d tensors on %d samples (%s)", len(names), samples, method)
     return ranges
+
+
+def _observe(observer, name: str, value, need_hist: bool, source: str) -> None:
+    try:
+        observer.update(value, need_hist)
+    except FloatingPointError:
+        raise EdgepackError(f"{source}: tensor '{name}' overflows to NaN or Inf on this data",
+                            hint="check the data's scale and preprocessing (values near 1e38 overflow "
+                                 "float32)") from None
 
 
 def _weighted_op_inputs(model: ir.Model) -> set[str]:

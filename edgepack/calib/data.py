@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+# What a damaged or mislabelled data file raises while being read (zip CRC, zlib, numpy headers,
+# PIL, bad manifest values).
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError,
+                zipfile.BadZipFile, zlib.error, OverflowError)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
 
@@ -53,6 +58,17 @@ class Dataset:
             yield batch
 
     def batches(self, with_labels: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        try:
+            yield from self._batches(with_labels)
+        except EdgepackError:
+            raise
+        except MemoryError:
+            raise EdgepackError(f"{self.description}: too large to read into memory") from None
+        except _READ_ERRORS as exc:  # a file that is not what it says: one line, no traceback
+            raise EdgepackError(f"{self.description}: cannot read the data ({type(exc).__name__}: "
+                                f"{first_line(exc)})", hint="check the file; see calibration/digits for the format") from None
+
+    def _batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         seen = 0
         for raw in _raw_batches(self.source, self.specs, self.batch_size, self.label_key if with_labels else None):
             if self.limit is not None:
@@ -113,9 +129,14 @@ def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, l
 
 def read_manifest(folder: Path) -> dict:
     try:
-        return tomllib.loads((folder / "manifest.toml").read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgepackError(f"{folder / 'manifest.toml'}: not valid TOML ({exc})") from None
+        manifest = tomllib.loads((folder / "manifest.toml").read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgepackError(f"{folder / 'manifest.toml'}: not valid TOML ({first_line(exc)})") from None
+    for key in ("files", "images"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise EdgepackError(f"{folder / 'manifest.toml'}: '{key}' must be a table ([{key}]), "
+                                f"got {manifest[key]!r}", hint="see calibration/digits/manifest.toml")
+    return manifest
 
 
 def has_labels(source: Any, key: str = "labels") -> bool:
@@ -142,7 +163,13 @@ def dataset_file(folder: Path, role: str = "calibration") -> Path:
     files = manifest.get("files", {})
     if role not in files:
         raise EdgepackError(f"{folder / 'manifest.toml'}: no [files] {role} entry")
-    return folder / files[role]
+    if not isinstance(files[role], str):
+        raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} must be a file name, got {files[role]!r}")
+    path = folder / files[role]
+    if not path.is_file():
+        raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} names '{files[role]}', which is missing",
+                            hint="copy the file into the calibration folder or fix the manifest")
+    return path
 
 
 # ---------------------------------------------------------------- sources
@@ -157,7 +184,13 @@ def _raw_batches(source, specs, batch_size, label_key) -> Iterator[dict[str, np.
             path = dataset_file(path, "evaluation" if label_key else "calibration")
             label_key = label_key and manifest.get("files", {}).get("labels", label_key)
         if path.suffix == ".npy":
-            array = np.load(path, mmap_mode="r")
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise EdgepackError(f"{path}: not a readable .npy array ({first_line(exc)})",
+                                    hint="write it with numpy.save; truncated or text files do not load") from None
+            if array.ndim == 0 or array.dtype.hasobject:
+                raise EdgepackError(f"{path}: must be a numeric array with a sample axis")
             for start in range(0, len(array), batch_size):
                 yield {specs[0].name: np.array(array[start:start + batch_size])}
         else:
@@ -187,7 +220,14 @@ def _npz_batches(path: Path, names: list[str], batch_size: int, label_key: str |
             if name not in members:
                 raise EdgepackError(f"{path}: no array '{name}' (has {', '.join(sorted(members))})",
                                     hint="name each array after the model input it feeds")
-        streams = {name: _NpyStream(archive.open(members[name]), path, name) for name in wanted}
+        streams = {}
+        for name in wanted:
+            stream = _NpyStream(archive.open(members[name]), path, name)
+            declared = stream.count * stream.row_bytes
+            if declared > archive.getinfo(members[name]).file_size:  # a header claiming 10^9 samples
+                raise EdgepackError(f"{path}: array '{name}' declares {stream.count} samples "
+                                    f"({declared:,} bytes) but holds fewer", hint="the file is truncated or corrupt")
+            streams[name] = stream
         counts = {s.count for s in streams.values()}
         if len(counts) != 1:
             raise EdgepackError(f"{path}: arrays have different sample counts {sorted(counts)}")
@@ -216,7 +256,7 @@ class _NpyStream:
     def read(self, rows: int) -> np.ndarray:
         data = self.handle.read(rows * self.row_bytes)
         got = len(data) // self.row_bytes if self.row_bytes else rows
-        if len(data) % max(self.row_bytes, 1):
+        if len(data) % max(self.row_bytes, 1) or (rows and self.row_bytes and not data):
             raise EdgepackError(f"{self.path}: array '{self.name}' is truncated")
         return np.frombuffer(data, self.dtype).reshape(got, *self.shape[1:])
 
@@ -246,11 +286,19 @@ def _image_batches(folder: Path, spec: dict, specs: list[InputSpec], batch_size:
                 image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), Image.BILINEAR)
             if "crop" in spec:
                 w, h, c = *image.size, spec["crop"]
+                if not isinstance(c, int) or not 0 < c <= min(w, h):
+                    raise EdgepackError(f"{folder / 'manifest.toml'}: crop {c!r} does not fit {file.name} "
+                                        f"({w}x{h} after resize)", hint="crop at most the resized shorter side")
                 left, top = (w - c) // 2, (h - c) // 2
                 image = image.crop((left, top, left + c, top + c))
             x = np.asarray(image, np.float32) * float(spec.get("scale", 1 / 255))
             if spec.get("channel_order", "RGB").upper() == "BGR":
                 x = x[..., ::-1]
-            x = (x - mean) / std
+            with np.errstate(all="ignore"):  # overflow shows as Inf, refused with the file named
+                x = (x - mean) / std
             arrays.append(x.transpose(2, 0, 1) if spec.get("layout", "NCHW").upper() == "NCHW" else x)
+        if len({a.shape for a in arrays}) > 1:
+            raise EdgepackError(f"{folder}: images of different sizes "
+                                f"({', '.join(sorted({'x'.join(map(str, a.shape)) for a in arrays}))})",
+                                hint="set resize and crop in [images] so every image has one size")
         yield {specs[0].name: np.stack(arrays).astype(np.float32)}

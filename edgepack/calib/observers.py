@@ -32,6 +32,8 @@ class HistogramObserver:
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise FloatingPointError("NaN or Inf")
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
         if not need_histogram:

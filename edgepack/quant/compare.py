@@ -86,8 +86,8 @@ def compare_models(a: ir.Model, b: ir.Model, data, *, limit: int | None = None, 
                            labels=label_key if labels and has_labels(data, label_key) else None)
     for batch in dataset.batches(with_labels=dataset.label_key is not None):
         y = batch.pop("__labels__", None)
-        ra = dict(zip([o.name for o in sa.get_outputs()], sa.run(None, batch)))
-        rb = dict(zip([o.name for o in sb.get_outputs()], sb.run(None, batch)))
+        ra = dict(zip([o.name for o in sa.get_outputs()], runtime.run(sa, None, batch)))
+        rb = dict(zip([o.name for o in sb.get_outputs()], runtime.run(sb, None, batch)))
         for n in names:
             if ra[n].shape != rb[n].shape:
                 if n in outputs:
