@@ -55,6 +55,9 @@ def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> l
 
 
 def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
+    if not graph_inputs(model):
+        raise EdgepackError("the model has no inputs: its output change cannot be measured",
+                            hint="compress a model whose graph takes inputs")
     return random_feeds(model) if data is None else load_feeds(data, model)
 
 

@@ -50,6 +50,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             f"{path}: not an ONNX model (no IR version or opset)",
             hint="the file may be corrupt or of another format",
         )
+    _refuse_malformed(model, path)
     _refuse_escaping_external_data(model, path)
     if check:
         try:
@@ -271,6 +272,52 @@ def _refuse_escaping_external_data(model: ir.Model, path: Path) -> None:
                 "which is missing",
                 hint="copy the .data file next to the model",
             )
+
+
+_MAX_LOCATION = 1024
+
+
+def _refuse_malformed(model: ir.Model, path: Path) -> None:
+    """Names that are not UTF-8 (protobuf hands them over as bytes, and nothing downstream can
+    write them back), and external-data entries no file system or file can satisfy: NUL bytes,
+    names over 1024 characters, offsets and lengths outside the data file."""
+    def bad_name(what: str, name) -> EdgepackError:
+        return EdgepackError(f"{path}: {what} {name!r} is not valid UTF-8",
+                             hint="the file is corrupt, or was written by a broken exporter")
+
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for graph in graphs:
+        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+            if value.name is not None and not isinstance(value.name, str):
+                raise bad_name("value", value.name)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for what, name in (("node", node.name), ("op type", node.op_type), ("domain", node.domain)):
+            if name is not None and not isinstance(name, str):
+                raise bad_name(what, name)
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and value.name is not None and not isinstance(value.name, str):
+                raise bad_name("value", value.name)
+        for attr in node.attributes.values():
+            if not isinstance(attr.name, str):
+                raise bad_name("attribute", attr.name)
+    for tensor in _tensors(model):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        location = str(tensor.location)
+        if "\x00" in location or len(location) > _MAX_LOCATION:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' has an invalid external data location "
+                                f"({'a NUL byte' if chr(0) in location else f'{len(location)} characters'})",
+                                hint="external data must be a short relative file name")
+        try:
+            size = os.path.getsize(path.parent / location)
+        except (OSError, ValueError):
+            continue  # missing or outside: the next check names it
+        offset, length = tensor.offset or 0, tensor.length
+        if offset < 0 or (length is not None and length < 0) or offset + (length or 0) > size \
+                or (length is not None and length != tensor.nbytes) or offset + tensor.nbytes > size:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' reads bytes {offset}..{offset + (length or tensor.nbytes)} "
+                                f"of '{location}', which holds {size} (it needs {tensor.nbytes})",
+                                hint="the data file is truncated or does not belong to this model")
 
 
 def _refuse_overwriting_own_weights(model: ir.Model, data_path: Path) -> None:

@@ -110,6 +110,9 @@ class Dataset:
 def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, limit: int | None = None,
                  labels: str | None = None) -> Dataset:
     """A Dataset for a path (folder, .npz, .npy) or an iterable; errors name the file at fault."""
+    if not specs:
+        raise EdgepackError("the model has no inputs: there is nothing to feed data to",
+                            hint="calibrate a model whose graph takes inputs")
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
