@@ -277,6 +277,26 @@ def _refuse_escaping_external_data(model: ir.Model, path: Path) -> None:
 _MAX_LOCATION = 1024
 
 
+def _refuse_bad_embedded(tensor, path: Path) -> None:
+    """An embedded tensor whose bytes do not match its shape and type (the checker does not look)."""
+    proto = tensor._proto  # onnx-ir's wrapper keeps the TensorProto
+    if any(d < 0 for d in proto.dims):
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' has a negative dimension {list(proto.dims)}",
+                            hint="the file is corrupt")
+    try:
+        expected = tensor.nbytes
+        if proto.HasField("raw_data"):
+            got = len(proto.raw_data)  # one tensor's bytes at a time
+        else:
+            got = tensor.numpy().nbytes if tensor.size <= _STREAM_MIN_BYTES else expected
+    except Exception as exc:  # an unknown data type, or typed fields that do not fit the shape
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' cannot be read ({type(exc).__name__}: "
+                            f"{first_line(exc)})", hint="the file is corrupt") from None
+    if got != expected:
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' holds {got} bytes, its shape and type need "
+                            f"{expected}", hint="the file is corrupt")
+
+
 def _refuse_malformed(model: ir.Model, path: Path) -> None:
     """Names that are not UTF-8 (protobuf hands them over as bytes, and nothing downstream can
     write them back), and external-data entries no file system or file can satisfy: NUL bytes,
@@ -290,6 +310,9 @@ def _refuse_malformed(model: ir.Model, path: Path) -> None:
         for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
             if value.name is not None and not isinstance(value.name, str):
                 raise bad_name("value", value.name)
+            if value.type is not None and value.dtype == ir.DataType.UNDEFINED:
+                raise EdgepackError(f"{path}: '{value.name}' has no element type (UNDEFINED)",
+                                    hint="the file is corrupt, or was written by a broken exporter")
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for what, name in (("node", node.name), ("op type", node.op_type), ("domain", node.domain)):
             if name is not None and not isinstance(name, str):
@@ -301,6 +324,11 @@ def _refuse_malformed(model: ir.Model, path: Path) -> None:
             if not isinstance(attr.name, str):
                 raise bad_name("attribute", attr.name)
     for tensor in _tensors(model):
+        if tensor.dtype == ir.DataType.UNDEFINED:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' has no data type (UNDEFINED)",
+                                hint="the file is corrupt, or was written by a broken exporter")
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            _refuse_bad_embedded(tensor, path)
         if not isinstance(tensor, ir.ExternalTensor):
             continue
         location = str(tensor.location)

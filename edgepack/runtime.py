@@ -138,6 +138,9 @@ def input_specs(sess) -> list[tuple[str, list, type]]:
     return [(i.name, list(i.shape), _NUMPY.get(i.type, np.float32)) for i in sess.get_inputs()]
 
 
+MAX_FEED_BYTES = 1 << 30
+
+
 def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs drawn from N(0, 1) (ints from 0..9): the first dynamic dim is `batch`, others from
     `dims` by symbol name. `sess` is an ORT session or an `ir.Model`."""
@@ -156,6 +159,9 @@ def random_feeds(sess, *, batch: int = 1, dims: dict[str, int] | None = None, se
             else:
                 raise EdgepackError(f"input '{name}' has dynamic dim '{d}' at axis {i}",
                                     hint="give its size with --shapes NAME:D0xD1x...")
+        if int(np.prod(concrete, dtype=np.float64)) * np.dtype(dtype).itemsize > MAX_FEED_BYTES:
+            raise EdgepackError(f"input '{name}' of shape {concrete} is too large for test inputs "
+                                f"(over {MAX_FEED_BYTES >> 20} MiB)", hint="check the model's input shape")
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         elif dtype is np.bool_:
