@@ -95,7 +95,8 @@ def run_case(folder: Path, label: str, layers: int, width: int, external: bool) 
                                                        width=width, external=external)], check=True)
     weights = weights_nbytes(model)
     proc = subprocess.run([sys.executable, "-c", MEASURE.format(root=str(ROOT), model=str(model), out=str(out))],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, cwd=folder)  # cwd: older versions
+                          # resolved external data against it
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for path in folder.glob(f"{label}*"):
         path.unlink()
