@@ -53,9 +53,9 @@ def run(args) -> int:
     io.release_weights(model)
     try:
         feeds = runtime.random_feeds(model, batch=2)
-        # from the file when weights are external (ORT maps them); else from memory (ORT copies
-        # them once, where loading the file again would parse a copy and build another)
-        reference = runtime.run_and_free(args.model if external else model, feeds)
+        # from the file: ORT maps external data and keeps one copy of embedded weights, where a
+        # session from memory would also hold a copy read out of the parsed protobuf
+        reference = runtime.run_and_free(args.model, feeds)
     except EdgepackError as exc:  # custom ops (e.g. TensorRT plugins): optimize, but say it is unchecked
         logger.warning("outputs not verified: %s", exc)
         reference = None
