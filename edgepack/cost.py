@@ -29,9 +29,9 @@ def graph_inputs(model: ir.Model) -> list[ir.Value]:
 
 def random_feeds(model: ir.Model, *, batch: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """One batch of seeded random inputs; the first dynamic dim is `batch`."""
-    from edgepack.runtime import random_feeds as session_feeds, session
+    from edgepack.runtime import random_feeds as session_feeds
 
-    return [session_feeds(session(model, optimize=False), batch=batch, seed=seed)]
+    return [session_feeds(model, batch=batch, seed=seed)]
 
 
 def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> list[dict[str, np.ndarray]]:
@@ -55,6 +55,9 @@ def load_feeds(spec, model: ir.Model, *, limit: int = 256, batch: int = 32) -> l
 
 def sample_feeds(model: ir.Model, data=None) -> list[dict[str, np.ndarray]]:
     """Random inputs, the batches of a path (load_feeds), or a list of {input: array} batches."""
+    if not graph_inputs(model):
+        raise EdgepackError("the model has no inputs: its output change cannot be measured",
+                            hint="compress a model whose graph takes inputs")
     if data is None:
         return random_feeds(model)
     if isinstance(data, (list, tuple)) and all(isinstance(batch, dict) for batch in data):
@@ -72,7 +75,9 @@ def run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.nda
     def cast(name, array):  # a float16 model (compress fp16) takes the same float samples
         return array.astype(np.float16) if types[name] == "tensor(float16)" else array
 
-    return [session.run(None, {k: cast(k, v) for k, v in f.items() if k in types}) for f in feeds]
+    from edgepack.runtime import run
+
+    return [run(session, None, {k: cast(k, v) for k, v in f.items() if k in types}) for f in feeds]
 
 
 def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],

@@ -96,8 +96,19 @@ def node_label(node: ir.Node) -> str:
 
 
 def copy_model(model: ir.Model) -> ir.Model:
-    """An independent deep copy (through protobuf): passes that report a cost keep the original.
-    External data is still read from the original model's folder."""
-    from edgepack.io import copy_model as copy
+    """An independent copy of the graph: passes that report a cost keep the original. Weights are
+    shared, not copied (onnx-ir tensors are immutable; passes replace them), and external data
+    keeps resolving against the model's folder, whatever the current directory."""
+    import copy
 
-    return copy(model)
+    clone = model.clone()
+    # onnx-ir's clone shares each value's type object, and setting `value.dtype` changes that
+    # object in place: give the copy types of its own so a pass on it never retypes the original.
+    graphs = [clone.graph, *clone.graph.subgraphs(), *clone.functions.values()]
+    for graph in graphs:
+        values = [*graph.inputs, *graph.initializers.values()] if isinstance(graph, ir.Graph) else [*graph.inputs]
+        values += [v for node in graph for v in node.outputs]
+        for value in values:
+            if value.type is not None:
+                value.type = copy.deepcopy(value.type)
+    return clone

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -51,6 +51,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             f"{path}: not an ONNX model (no IR version or opset)",
             hint="the file may be corrupt or of another format",
         )
+    _refuse_malformed(model, path)
     _refuse_escaping_external_data(model, path)
     outputs.add_input(path)
     for tensor in _tensors(model):
@@ -58,8 +59,11 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             outputs.add_input(tensor.path, f"the external data file of the input {path}")
     if check:
         try:
-            onnx.checker.check_model(str(path))  # by path: resolves external data, any size
-        except onnx.checker.ValidationError as exc:
+            if has_external_data(model):  # by path: the file holds the graph, data is resolved
+                onnx.checker.check_model(str(path))
+            else:  # weights lifted out: by path would parse a second copy of every weight
+                check_model(model)
+        except (onnx.checker.ValidationError, ir.passes.PassError) as exc:
             raise EdgepackError(
                 f"{path}: fails the ONNX checker: {first_line(exc)}",
                 hint="fix the exporter, or run with --no-check to inspect it anyway",
@@ -67,26 +71,30 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     return model
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         check: Callable[[Path], None] | None = None, rebase: bool = False) -> Path:
     """Write `model` atomically: a temporary folder beside `path`, then rename. The output must
     not be an input (see outputs.py); missing parent folders are created.
 
     Weights go to one data file `<name>.data` beside the model when they exceed the protobuf
     limit, when the model already had external data, or when `external_data=True`.
+    `check(staged_path)` runs on the written files before they replace anything (raise to keep
+    them out). With `rebase`, a model saved with external data then reads its weights from the
+    written file (memory-mapped) and its in-memory copies are freed: one copy, not two, while
+    `check` runs and after.
     """
     path = outputs.check_output(path)
     folder = path.parent if str(path.parent) else Path(".")
     threshold = 0 if external_data else 1024  # asked for: every weight; automatic: skip tiny ones
     if external_data is None:
-        external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or any(
-            isinstance(t, ir.ExternalTensor) for t in _tensors(model)
-        )
+        external_data = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD or has_external_data(model)
     data_name = path.name + ".data"
     if external_data:
         _refuse_overwriting_own_weights(model, folder / data_name)
         outputs.check_output(folder / data_name, what="weights file")
     outputs.clean_stale_temps(folder)
     tmp = Path(tempfile.mkdtemp(prefix=outputs.temp_prefix(), dir=folder))
+    rebased: list[ir.ExternalTensor] = []
     try:
         tmp_model = tmp / path.name
         with _progress(model) as callback:
@@ -94,13 +102,69 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
                 ir.save(model, tmp_model, external_data=data_name, callback=callback,
                         size_threshold_bytes=threshold)
             else:
-                ir.save(model, tmp_model)
+                _save_embedded(model, tmp_model)
+        if rebase and external_data:
+            rebased = _read_weights_from(model, tmp_model)
+        if check is not None:
+            check(tmp_model)
         if (tmp / data_name).exists():
             os.replace(tmp / data_name, folder / data_name)
         os.replace(tmp_model, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for tensor in rebased:  # the data file now lives beside `path`
+        tensor.base_dir = folder.resolve()
     return path
+
+
+_STREAM_MIN_BYTES = 1 << 20
+
+
+def _save_embedded(model: ir.Model, path: Path) -> None:
+    """One .onnx file holding every weight, written one tensor at a time.
+
+    Protobuf merges a message field that appears twice and appends repeated fields, so the file is
+    the model without its large initializers followed by one `ModelProto{graph{initializer}}`
+    per large weight: parsers read it as one model. Serializing it whole would hold two more
+    copies of the weights (the message and its bytes)."""
+    import onnx
+
+    large = {name: value for name, value in model.graph.initializers.items()
+             if value.const_value is not None and value.const_value.nbytes >= _STREAM_MIN_BYTES}
+    if not large:
+        ir.save(model, path)
+        return
+    for name in large:
+        model.graph.initializers.pop(name)
+    try:
+        head = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for value in large.values():
+            model.graph.register_initializer(value)
+    with open(path, "wb") as handle:
+        handle.write(head)
+        del head
+        for value in large.values():
+            piece = onnx.ModelProto()
+            ir.serde.serialize_tensor_into(piece.graph.initializer.add(), value.const_value)
+            handle.write(piece.SerializeToString())
+
+
+def _read_weights_from(model: ir.Model, written: Path) -> list[ir.ExternalTensor]:
+    """Swap the main graph's initializers for the ones just written to `written`'s data file."""
+    import gc
+
+    saved, swapped = ir.load(written), []
+    for name, value in model.graph.initializers.items():
+        new = saved.graph.initializers.get(name)
+        if new is not None and isinstance(new.const_value, ir.ExternalTensor):
+            value.const_value = new.const_value
+            swapped.append(new.const_value)
+    gc.collect()
+    from edgepack.runtime import trim_memory
+
+    trim_memory()
+    return swapped
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -153,6 +217,26 @@ def _forget_former_io(model: ir.Model) -> None:
 
 def weights_nbytes(model: ir.Model) -> int:
     return sum(t.nbytes for t in _tensors(model))
+
+
+def release_weights(model: ir.Model) -> None:
+    """Unmap every external weight (onnx-ir maps it again on the next read): the pages a pass or
+    a session touched stop counting as this process's memory."""
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            release_tensor(tensor)
+
+
+def release_tensor(tensor) -> None:
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:  # an array over the mapping is still alive: it stays mapped
+            pass
+
+
+def has_external_data(model: ir.Model) -> bool:
+    return any(isinstance(t, ir.ExternalTensor) for t in _tensors(model))
 
 
 def files_nbytes(path: str | os.PathLike, model: ir.Model | None = None) -> int:
@@ -248,6 +332,80 @@ def _refuse_escaping_external_data(model: ir.Model, path: Path) -> None:
                                 f"the {info.st_size}-byte file; refused",
                                 hint="the model and its data file do not belong together")
         tensor.base_dir = str(base)
+
+
+_MAX_LOCATION = 1024
+
+
+def _refuse_bad_embedded(tensor, path: Path) -> None:
+    """An embedded tensor whose bytes do not match its shape and type (the checker does not look)."""
+    proto = tensor._proto  # onnx-ir's wrapper keeps the TensorProto
+    if any(d < 0 for d in proto.dims):
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' has a negative dimension {list(proto.dims)}",
+                            hint="the file is corrupt")
+    try:
+        expected = tensor.nbytes
+        if proto.HasField("raw_data"):
+            got = len(proto.raw_data)  # one tensor's bytes at a time
+        else:
+            got = tensor.numpy().nbytes if tensor.size <= _STREAM_MIN_BYTES else expected
+    except Exception as exc:  # an unknown data type, or typed fields that do not fit the shape
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' cannot be read ({type(exc).__name__}: "
+                            f"{first_line(exc)})", hint="the file is corrupt") from None
+    if got != expected:
+        raise EdgepackError(f"{path}: tensor '{tensor.name}' holds {got} bytes, its shape and type need "
+                            f"{expected}", hint="the file is corrupt")
+
+
+def _refuse_malformed(model: ir.Model, path: Path) -> None:
+    """Names that are not UTF-8 (protobuf hands them over as bytes, and nothing downstream can
+    write them back), and external-data entries no file system or file can satisfy: NUL bytes,
+    names over 1024 characters, offsets and lengths outside the data file."""
+    def bad_name(what: str, name) -> EdgepackError:
+        return EdgepackError(f"{path}: {what} {name!r} is not valid UTF-8",
+                             hint="the file is corrupt, or was written by a broken exporter")
+
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for graph in graphs:
+        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+            if value.name is not None and not isinstance(value.name, str):
+                raise bad_name("value", value.name)
+            if value.type is not None and value.dtype == ir.DataType.UNDEFINED:
+                raise EdgepackError(f"{path}: '{value.name}' has no element type (UNDEFINED)",
+                                    hint="the file is corrupt, or was written by a broken exporter")
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for what, name in (("node", node.name), ("op type", node.op_type), ("domain", node.domain)):
+            if name is not None and not isinstance(name, str):
+                raise bad_name(what, name)
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and value.name is not None and not isinstance(value.name, str):
+                raise bad_name("value", value.name)
+        for attr in node.attributes.values():
+            if not isinstance(attr.name, str):
+                raise bad_name("attribute", attr.name)
+    for tensor in _tensors(model):
+        if tensor.dtype == ir.DataType.UNDEFINED:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' has no data type (UNDEFINED)",
+                                hint="the file is corrupt, or was written by a broken exporter")
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            _refuse_bad_embedded(tensor, path)
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        location = str(tensor.location)
+        if "\x00" in location or len(location) > _MAX_LOCATION:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' has an invalid external data location "
+                                f"({'a NUL byte' if chr(0) in location else f'{len(location)} characters'})",
+                                hint="external data must be a short relative file name")
+        try:
+            size = os.path.getsize(path.parent / location)
+        except (OSError, ValueError):
+            continue  # missing or outside: the next check names it
+        offset, length = tensor.offset or 0, tensor.length
+        if offset < 0 or (length is not None and length < 0) or offset + (length or 0) > size \
+                or (length is not None and length != tensor.nbytes) or offset + tensor.nbytes > size:
+            raise EdgepackError(f"{path}: tensor '{tensor.name}' reads bytes {offset}..{offset + (length or tensor.nbytes)} "
+                                f"of '{location}', which holds {size} (it needs {tensor.nbytes})",
+                                hint="the data file is truncated or does not belong to this model")
 
 
 def _refuse_overwriting_own_weights(model: ir.Model, data_path: Path) -> None:

@@ -136,12 +136,18 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                             hint=f"top-level keys are: {', '.join(sorted(RECIPE_KEYS))}")
     if "model" not in raw:
         raise EdgepackError(f"recipe {path}: no 'model'", hint='add model = "path/to/model.onnx"')
-    model = _expand(str(raw["model"]), base)
+    if not isinstance(raw["model"], str):
+        raise EdgepackError(f"recipe {path}: 'model' must be a path, got {raw['model']!r}")
+    model = _expand(raw["model"], base)
     if not model.is_file():
         raise EdgepackError(f"recipe {path}: model not found: {model}", hint="paths are relative to the recipe")
-    chosen = list(targets) if targets else list(raw.get("targets", []))
-    if isinstance(chosen, str):
-        chosen = [chosen]
+    listed = raw.get("targets", [])
+    if isinstance(listed, str):
+        listed = [listed]
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+        raise EdgepackError(f"recipe {path}: 'targets' must be a list of target names, got {listed!r}",
+                            hint='e.g. targets = ["x86-cpu"]')
+    chosen = list(targets) if targets else listed
     from edgepack.targets import load_target
     if not targets:
         chosen = [_recipe_target(str(t), base, path, allow_outside) for t in chosen]
@@ -157,6 +163,12 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
             raise EdgepackError(f"recipe {path}: data not found: {data}")
     baseline = _expand(str(raw["baseline"]), base) if raw.get("baseline") else None
     raw_steps = raw.get("step", [])
+    if not isinstance(raw_steps, list) or not all(isinstance(t, dict) for t in raw_steps):
+        raise EdgepackError(f"recipe {path}: 'step' must be [[step]] tables, got {raw_steps!r}",
+                            hint='write each step as [[step]] followed by run = "optimize", ...')
+    for key in ("model", "data", "baseline", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise EdgepackError(f"recipe {path}: '{key}' must be a string, got {raw[key]!r}")
     if not raw_steps:
         raise EdgepackError(f"recipe {path}: no steps", hint='add [[step]] tables with run = "optimize", ...')
 
@@ -181,7 +193,11 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
         seen.add(step_id)
         inputs = table.get("input")
         if inputs is not None:
-            inputs = (inputs,) if isinstance(inputs, str) else tuple(map(str, inputs))
+            if not isinstance(inputs, (str, list)) or isinstance(inputs, list) and not all(
+                    isinstance(i, str) for i in inputs):
+                raise EdgepackError(f"{where} ('{step_id}'): input must be a step id, 'model', a file, "
+                                    f"or a list of them, got {inputs!r}", hint='e.g. input = "optimize"')
+            inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
             for ref in inputs:
                 if ref not in seen - {step_id} and ref != "model" and not _expand(ref, base).exists():
                     raise EdgepackError(f"{where} ('{step_id}'): input '{ref}' is neither an earlier step, "
@@ -288,6 +304,14 @@ def _check_options(step_id, command, options, parser, base, where) -> dict[str, 
         if action.choices and not isinstance(value, list) and str(value) not in map(str, action.choices):
             raise EdgepackError(f"{where} ('{step_id}'): option '{key}' = {value!r} is not one of "
                                 f"{', '.join(map(str, action.choices))}")
+        if action.type is not None and action.nargs != 0:
+            for item in value if isinstance(value, list) else [value]:
+                try:
+                    action.type(str(item))
+                except (ValueError, TypeError, argparse.ArgumentTypeError):
+                    raise EdgepackError(f"{where} ('{step_id}'): option '{key}' = {item!r} is not a valid "
+                                        f"value for `edgepack {command} {action.option_strings[-1]}`",
+                                        hint=f"see `edgepack {command} --help`") from None
         if isinstance(value, str) and _is_path_option(action) and (
                 _expand(value, base).exists() or "/" in value or Path(value).suffix):
             value = str(_expand(value, base))  # not a keyword such as `--baseline history`

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.resources import data_dir
 
 if sys.version_info >= (3, 11):
@@ -24,6 +24,7 @@ PRECISIONS = ("int8", "fp16", "fp32")
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
                       "int8-asymmetric-per-tensor")
 DEVICE_MATCHES = ("exact", "minimum")
+MAX_THREADS = 1024  # more is a typo; ORT would try to start them all
 WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor",
                   "int7-symmetric-per-channel", "int7-symmetric-per-tensor",
                   "uint8-symmetric-per-channel", "uint8-symmetric-per-tensor")
@@ -188,9 +189,12 @@ def load_target(name_or_path: str | Path | Target) -> Target:
     if not path.is_file():
         raise EdgepackError(f"target file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgepackError(f"{path}: not valid TOML ({exc})") from None
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgepackError(f"{path}: not valid TOML ({type(exc).__name__}: {first_line(exc)})",
+                            hint="a target is a UTF-8 TOML file; see `edgepack targets`") from None
+    except OSError as exc:
+        raise EdgepackError(f"{path}: cannot read the target file ({exc.strerror})") from None
     return _validate(raw, path)
 
 
@@ -257,6 +261,16 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
     for key in ("dla_cores", "workspace_mb", "threads"):
         if raw.get(key, 0) < 0:
             raise fail(key, "must not be negative")
+    if raw.get("threads", 0) > MAX_THREADS:
+        raise fail("threads", f"must be at most {MAX_THREADS}, got {raw['threads']}",
+                   hint="0 lets the runtime use one thread per core")
+    for key in ("precisions", "execution_providers"):
+        bad = [v for v in raw.get(key, []) if not isinstance(v, str)]
+        if bad:
+            raise fail(key, f"must be a list of strings, got {bad[0]!r}")
+    for key, value in raw["qdq"].items():
+        if not isinstance(value, str):
+            raise fail(f"qdq.{key}", f"must be a string, got {value!r}")
     qdq = raw["qdq"]
     for key in qdq:
         if key not in ("activations", "weights"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -208,3 +209,52 @@ def test_replaced_weights_are_freed_after_shape_inference():
         assert tracemalloc.get_traced_memory()[0] < 8 * 2**20
     finally:
         tracemalloc.stop()
+
+
+def test_embedded_save_streams_large_weights_and_round_trips(tmp_path):
+    """Weights over 1 MiB are written one tensor at a time after the graph (protobuf merges the
+    pieces): onnx, onnx-ir and ONNX Runtime read one model with every weight, in order of use.
+
+        X [N, 512] -> MatMul(W 512x1024, 2 MiB) -> Add(B) -> Y [N, 1024]
+    """
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((512, 1024)).astype(np.float32)
+    b = rng.standard_normal(1024).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["X", "W"], ["T"]), onnx.helper.make_node("Add", ["T", "B"], ["Y"])],
+        "g", [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 512])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["N", 1024])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(b, "B")])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    out = edgepack.save(edgepack.load(tmp_path / "m.onnx"), tmp_path / "copy.onnx")
+    assert not (tmp_path / "copy.onnx.data").exists()
+    onnx.checker.check_model(str(out), full_check=True)
+    proto = onnx.load(out)
+    assert sorted(t.name for t in proto.graph.initializer) == ["B", "W"]
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array([t for t in proto.graph.initializer if t.name == "W"][0]), w)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out, {"X": x})[0], x @ w + b, rtol=1e-4, atol=1e-4)
+
+
+def test_save_check_runs_on_staged_files_and_rebase_maps_the_written_weights(tmp_path):
+    """`check` sees the staged model (a refusal publishes nothing); `rebase` leaves the model reading
+    its weights from the written data file, memory-mapped, instead of holding them in memory."""
+    model = edgepack.load(save_text_model(TINY, tmp_path / "tiny.onnx"))
+    seen = []
+
+    def refuse(staged):
+        seen.append(staged)
+        assert staged.is_file() and staged.parent != tmp_path
+        raise EdgepackError("refused")
+
+    with pytest.raises(EdgepackError):
+        io.save(model, tmp_path / "out.onnx", external_data=True, check=refuse)
+    assert seen and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+    io.save(model, tmp_path / "out.onnx", external_data=True, check=lambda staged: None, rebase=True)
+    tensors = [v.const_value for v in model.graph.initializers.values()]
+    assert tensors and all(isinstance(t, ir.ExternalTensor) for t in tensors)
+    assert {Path(t.path).resolve() for t in tensors} == {(tmp_path / "out.onnx.data").resolve()}
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    from edgepack.runtime import run_and_free  # from memory, its external data from its own folder
+
+    np.testing.assert_allclose(run_and_free(model, {"X": x})[0], run_ort(tmp_path / "tiny.onnx", {"X": x})[0])

@@ -293,7 +293,7 @@ def test_external_data_files_must_be_plain_and_large_enough(tmp_path, secret, ca
         location, length, offset, needle = "w.bin", 4, 0, "hard links"
     else:
         (tmp_path / "m" / "w.bin").write_bytes(b"\0" * 8)
-        location, length, offset, needle = "w.bin", 4, 6, "do not fit"
+        location, length, offset, needle = "w.bin", 4, 6, "do not fit|reads bytes 6..10"
     onnx.save(constant_of_shape_model(location), tmp_path / "m" / "model.onnx")
     model = onnx.load(tmp_path / "m" / "model.onnx", load_external_data=False)
     model.graph.node[0].attribute[0].t.external_data[1].value = str(offset)

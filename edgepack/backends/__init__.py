@@ -124,7 +124,7 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
 
     target = load_target(target)
     with _model_file(model) as model_path:
-        from edgepack.io import load, weights_nbytes
+        from edgepack.io import has_external_data, load, weights_nbytes
 
         graph = load(model_path)
         qdq = has_qdq(graph)

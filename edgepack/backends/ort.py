@@ -23,6 +23,7 @@ import numpy as np
 
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import publish, staging
+from edgepack.runtime import bound_threads
 from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,14 @@ def _cpu_flags() -> frozenset[str]:
 
 def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort_format: bool = False,
                     weights_nbytes: int = 0, external_data: bool = False):
+    """`external_data`: the input keeps weights in a data file; the optimized model then gets its
+    own data file beside it (ORT would otherwise keep pointing at the input's, relative to the
+    output's folder)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = bound_threads(threads)
     if optimized_path is not None:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized_path)

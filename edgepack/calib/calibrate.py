@@ -58,16 +58,22 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
     samples = 0
     bar = _progress(progress, limit)
     outputs = [o.name for o in session.get_outputs()]
+    model_outputs = {v.name for v in model.graph.outputs}
     for batch in dataset:
-        results = session.run(outputs, batch)
+        results = runtime.run(session, outputs, batch, where=dataset.description)
         for name, value in zip(outputs, results):
+            if name in model_outputs and value.dtype.kind == "f" and not np.isfinite(value).all():
+                # masks carry -inf inside a model by design; a model *output* that overflows means
+                # the data is out of the model's range (e.g. unscaled, or values near 1e38)
+                raise EdgepackError(f"{dataset.description}: the model's output '{name}' overflows to NaN or "
+                                    "Inf on this data", hint="check the data's scale and preprocessing")
             if name in observers:
-                observers[name].update(value, need_hist)
+                _observe(observers[name], name, value, need_hist, dataset.description)
             if name in means:
                 means[name].update(value)
         for name in batch:  # graph inputs are observed from the data itself
             if name in observers:
-                observers[name].update(batch[name], need_hist)
+                _observe(observers[name], name, batch[name], need_hist, dataset.description)
             if name in means:
                 means[name].update(batch[name])
         n = len(next(iter(batch.values())))
@@ -104,6 +110,13 @@ def _batch_for_budget(session, first, batch_size: int) -> int:
             logger.info("calibrating %d samples at a time (%.1f MB of activations each)", fitted, per_sample / 2**20)
         return fitted
     return batch_size
+def _observe(observer, name: str, value, need_hist: bool, source: str) -> None:
+    try:
+        observer.update(value, need_hist)
+    except FloatingPointError:
+        raise EdgepackError(f"{source}: tensor '{name}' overflows to NaN or Inf on this data",
+                            hint="check the data's scale and preprocessing (values near 1e38 overflow "
+                                 "float32)") from None
 
 
 def _weighted_op_inputs(model: ir.Model) -> set[str]:
@@ -113,18 +126,19 @@ def _weighted_op_inputs(model: ir.Model) -> set[str]:
 
 
 def _with_outputs(model: ir.Model, tensors: list[ir.Value]) -> ir.Model:
-    """A copy of the graph proto whose outputs include every observed tensor (weights shared)."""
-    proto = ir.serde.serialize_model(model)
-    existing = {o.name for o in proto.graph.output}
-    inputs = {i.name for i in proto.graph.input}
-    import onnx
+    """A copy of the graph whose outputs include every observed tensor (weights shared, not
+    copied; external data still read from the model's folder)."""
+    from edgepack.graph import copy_model
 
-    for v in tensors:
-        if v.name not in existing and v.name not in inputs:
-            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(v.name))
-    from edgepack.io import external_base_dir, from_proto
-
-    return from_proto(proto, base_dir=external_base_dir(model))
+    probe = copy_model(model)
+    wanted = {v.name for v in tensors}
+    existing = {v.name for v in (*probe.graph.outputs, *probe.graph.inputs)}
+    for node in probe.graph:
+        for value in node.outputs:
+            if value.name in wanted and value.name not in existing:
+                probe.graph.outputs.append(value)
+                existing.add(value.name)
+    return probe
 
 
 def _progress(enabled: bool, total: int | None):

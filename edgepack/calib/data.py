@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.calib.preprocess import Preprocess
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# What a damaged or mislabelled data file raises while being read (zip CRC, zlib, numpy headers,
+# PIL, bad manifest values).
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError,
+                zipfile.BadZipFile, zlib.error, OverflowError)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
 
@@ -74,7 +79,19 @@ class Dataset:
 
     def batches(self, with_labels: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Checked batches; for a model with a fixed batch dimension B, batches of exactly B
-        samples (a remainder of fewer than B samples is dropped, with a warning)."""
+        samples (a remainder of fewer than B samples is dropped, with a warning). A file that is not
+        what it says is one error line, not a traceback."""
+        try:
+            yield from self._batches(with_labels)
+        except EdgepackError:
+            raise
+        except MemoryError:
+            raise EdgepackError(f"{self.description}: too large to read into memory") from None
+        except _READ_ERRORS as exc:
+            raise EdgepackError(f"{self.description}: cannot read the data ({type(exc).__name__}: "
+                                f"{first_line(exc)})", hint="check the file; see calibration/digits for the format") from None
+
+    def _batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         checked = self._checked_batches(with_labels)
         if not self.model_batch:
             yield from checked
@@ -264,6 +281,9 @@ def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, l
     """A Dataset for a path (folder, .npz, .npy, `FILE.npz:ARRAY[:LABELS]`) or an iterable;
     errors name the file at fault. `preprocess` turns stored samples into the model's input (it
     overrides the keys a calibration folder's manifest sets)."""
+    if not specs:
+        raise EdgepackError("the model has no inputs: there is nothing to feed data to",
+                            hint="calibrate a model whose graph takes inputs")
     if isinstance(source, PreprocessedData):
         source, preprocess = source.source, source.preprocess.merged(preprocess)
     spec = parse_data(source)
@@ -291,9 +311,14 @@ def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, l
 
 def read_manifest(folder: Path) -> dict:
     try:
-        return tomllib.loads((folder / "manifest.toml").read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgepackError(f"{folder / 'manifest.toml'}: not valid TOML ({exc})") from None
+        manifest = tomllib.loads((folder / "manifest.toml").read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgepackError(f"{folder / 'manifest.toml'}: not valid TOML ({first_line(exc)})") from None
+    for key in ("files", "images"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise EdgepackError(f"{folder / 'manifest.toml'}: '{key}' must be a table ([{key}]), "
+                                f"got {manifest[key]!r}", hint="see calibration/digits/manifest.toml")
+    return manifest
 
 
 def has_labels(source: Any, key: str = "labels") -> bool:
@@ -328,7 +353,13 @@ def dataset_file(folder: Path, role: str = "calibration") -> Path:
     files = manifest.get("files", {})
     if role not in files:
         raise EdgepackError(f"{folder / 'manifest.toml'}: no [files] {role} entry")
-    return folder / files[role]
+    if not isinstance(files[role], str):
+        raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} must be a file name, got {files[role]!r}")
+    path = folder / files[role]
+    if not path.is_file():
+        raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} names '{files[role]}', which is missing",
+                            hint="copy the file into the calibration folder or fix the manifest")
+    return path
 
 
 # ---------------------------------------------------------------- sources
@@ -343,7 +374,13 @@ def _raw_batches(source, specs, batch_size, label_key, array=None, preprocess=No
             path = dataset_file(path, "evaluation" if label_key else "calibration")
             label_key = label_key and manifest.get("files", {}).get("labels", label_key)
         if path.suffix == ".npy":
-            array = np.load(path, mmap_mode="r")
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise EdgepackError(f"{path}: not a readable .npy array ({first_line(exc)})",
+                                    hint="write it with numpy.save; truncated or text files do not load") from None
+            if array.ndim == 0 or array.dtype.hasobject:
+                raise EdgepackError(f"{path}: must be a numeric array with a sample axis")
             for start in range(0, len(array), batch_size):
                 yield {specs[0].name: np.array(array[start:start + batch_size])}
         else:
@@ -383,9 +420,9 @@ def _npz_batches(path: Path, names: list[str], batch_size: int, label_key: str |
                 raise EdgepackError(f"{path}: no array '{name}' (has {', '.join(sorted(members))})",
                                     hint="name each array after the model input it feeds, or pick one "
                                          f"with --data {path}:ARRAY")
-        streams = {inp: _NpyStream(archive.open(members[name]), path, name) for inp, name in feeds.items()}
+        streams = {inp: _stream(archive, members[name], path) for inp, name in feeds.items()}
         if label_key:
-            streams["__labels__"] = _NpyStream(archive.open(members[label_key]), path, label_key)
+            streams["__labels__"] = _stream(archive, members[label_key], path)
         counts = {s.count for s in streams.values()}
         if len(counts) != 1:
             raise EdgepackError(f"{path}: arrays have different sample counts {sorted(counts)}")
@@ -398,6 +435,18 @@ def _likely_array(names: list[str]) -> str:
         if name in names:
             return name
     return names[0] if names else "ARRAY"
+
+
+def _stream(archive: zipfile.ZipFile, member: str, path: Path) -> "_NpyStream":
+    """An array member, refused when its header claims more bytes than the member holds (a header
+    claiming 10^9 samples would otherwise be read until the end of time)."""
+    name = member[:-4]
+    stream = _NpyStream(archive.open(member), path, name)
+    declared = stream.count * stream.row_bytes
+    if declared > archive.getinfo(member).file_size:
+        raise EdgepackError(f"{path}: array '{name}' declares {stream.count} samples ({declared:,} bytes) but "
+                            "holds fewer", hint="the file is truncated or corrupt")
+    return stream
 
 
 class _NpyStream:
@@ -418,7 +467,7 @@ class _NpyStream:
     def read(self, rows: int) -> np.ndarray:
         data = self.handle.read(rows * self.row_bytes)
         got = len(data) // self.row_bytes if self.row_bytes else rows
-        if len(data) % max(self.row_bytes, 1):
+        if len(data) % max(self.row_bytes, 1) or (rows and self.row_bytes and not data):
             raise EdgepackError(f"{self.path}: array '{self.name}' is truncated")
         return np.frombuffer(data, self.dtype).reshape(got, *self.shape[1:])
 

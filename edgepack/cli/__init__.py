@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else (
         logging.ERROR if args.quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_libraries(loud=args.debug or args.verbose)
     try:
         with command_paths(args):
             return int(args.run(args) or 0)
@@ -93,6 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error in 'edgepack {args.command}': {type(exc).__name__}: {exc}. "
               "hint: rerun with --debug for the traceback, and please report it", file=sys.stderr)
         return 3
+
+
+def _quiet_libraries(loud: bool) -> None:
+    """Library diagnostics (onnx-ir's shape-inference warnings, ONNX Runtime's C++ log, numpy's
+    RuntimeWarnings) stay off stderr unless --debug or -v: a user error is one `error:` line."""
+    import warnings
+
+    level = logging.DEBUG if loud else logging.ERROR
+    for name in ("onnx_ir", "onnxscript", "onnx"):
+        logging.getLogger(name).setLevel(level)
+    if not loud:
+        warnings.simplefilter("ignore")
+    try:
+        import onnxruntime
+    except ImportError:  # ORT is a core dependency, but `edgepack --help` should not need it
+        return
+    onnxruntime.set_default_logger_severity(0 if loud else 3)
 
 
 if __name__ == "__main__":

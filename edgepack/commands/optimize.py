@@ -71,6 +71,8 @@ def optimize(model: str | os.PathLike | ir.Model, output: str | os.PathLike | No
         raise EdgepackError(f"-o {output} is the input model; edgepack never overwrites an input",
                             hint="write the optimized model to another file")
     resolved = load_target(target) if target is not None else None
+    if path is not None and output is not None:
+        return _optimize_file(path, Path(output), resolved, simplify, tolerance)
     original = io.load(path) if path is not None else model
     reference = path if path is not None else copy_model(original)  # what the outputs are checked against
     work = copy_model(original) if path is None else original
@@ -97,6 +99,54 @@ def optimize(model: str | os.PathLike | ir.Model, output: str | os.PathLike | No
     return OptimizeReport(model=str(path) if path is not None else None,
                           output=str(output) if output is not None else None, before=before, after=after,
                           passes=[vars(r) for r in result.passes], max_abs_error=error, optimized=result.model)
+
+
+def _optimize_file(path: Path, output: Path, target, simplify: bool, tolerance: float) -> OptimizeReport:
+    """File to file, lean: onnx-ir holds the weights once (memory-mapped when external); ORT checks
+    the outputs from files (it maps external data too), one session at a time, and mapped pages are
+    released after each step, so the peak stays near one copy of the weights
+    (scripts/bench/bench_optimize_memory.py)."""
+    from edgepack import io, runtime
+    from edgepack.passes.pipeline import build_pipeline, run_timed
+
+    model = io.load(path)
+    before = _summary(model, path)
+    external = True if io.has_external_data(model) else None  # the output keeps a data file too
+    io.release_weights(model)
+    try:
+        feeds = runtime.random_feeds(model, batch=2)
+        # from the file: ORT maps external data and keeps one copy of embedded weights, where a
+        # session from memory would also hold a copy read out of the parsed protobuf
+        reference = runtime.run_and_free(path, feeds)
+    except EdgepackError as exc:  # custom ops (e.g. TensorRT plugins): optimize, but say it is unchecked
+        logger.warning("outputs not verified: %s", exc)
+        reference = None
+    io.release_weights(model)
+    result = run_timed(build_pipeline(target, simplify=simplify), model)
+    del model
+    after = _summary(result.model, None)
+    error = None
+
+    def check(staged):  # before anything is written where the user can see it
+        nonlocal error
+        if reference is not None:
+            error = _relative_error(reference, runtime.run_and_free(staged if external else result.model, feeds))
+            _refuse_if_changed(path, output, error, tolerance)
+
+    if not external:
+        check(None)  # embedded weights: check in memory, then write
+    io.save(result.model, output, external_data=external, check=check if external else None, rebase=True)
+    after["size_bytes"] = io.files_nbytes(output, result.model)
+    return OptimizeReport(model=str(path), output=str(output), before=before, after=after,
+                          passes=[vars(r) for r in result.passes], max_abs_error=error, optimized=result.model)
+
+
+def _relative_error(ref, new) -> float:
+    from edgepack import runtime
+
+    if len(ref) != len(new) or any(r.shape != n.shape for r, n in zip(ref, new)):
+        return float("inf")
+    return runtime.max_abs_error(ref, new) / runtime.output_scale(ref)
 
 
 def _refuse_if_changed(path, output, error: float, tolerance: float, written: bool = False) -> None:

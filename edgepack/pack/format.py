@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 
 from edgepack import io
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.pack.codebook import kmeans_1d
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,8 @@ def read_header(path: str | Path) -> tuple[dict, bytes]:
         header = json.loads(blob[_PREFIX.size:end])
     except ValueError:
         raise EdgepackError(f"{path}: corrupt header", hint="copy the file again") from None
+    if not isinstance(header, dict) or not isinstance(header.get("streams"), list):
+        raise EdgepackError(f"{path}: corrupt header (not a table of streams)", hint="copy the file again")
     payload = blob[end:]
     if len(payload) != header.get("payload_bytes"):
         raise EdgepackError(f"{path}: truncated or padded (payload {len(payload)} bytes, header says "
@@ -249,9 +251,31 @@ def read_header(path: str | Path) -> tuple[dict, bytes]:
 
 
 def unpack_model(path: str | Path) -> tuple[ir.Model, dict]:
-    """The model stored in an .epk file, and its header.
+    """The model stored in an .epk file, and its header. A package whose header or table is
+    malformed, or whose model is empty or fails the ONNX checker, is refused in one line."""
+    try:
+        model, header = _read_model(path)
+    except EdgepackError:
+        raise
+    except MemoryError:
+        raise EdgepackError(f"{path}: the package declares more data than fits in memory",
+                            hint="the file is corrupt or hostile") from None
+    except Exception as exc:  # KeyError, IndexError, TypeError, protobuf DecodeError...: a bad header
+        raise EdgepackError(f"{path}: malformed package ({type(exc).__name__}: {first_line(exc)})",
+                            hint="the file is corrupt or was not written by `edgepack pack`") from None
+    if model.ir_version == 0 or not model.opset_imports or not model.graph.outputs:
+        raise EdgepackError(f"{path}: the package holds an empty or incomplete ONNX model",
+                            hint="the file is corrupt or was not written by `edgepack pack`")
+    try:
+        io.check_model(model)
+    except Exception as exc:  # onnx's ValidationError, or onnx-ir's wrapper of it
+        raise EdgepackError(f"{path}: the unpacked model fails the ONNX checker: {first_line(exc)}",
+                            hint="the file is corrupt or was not written by `edgepack pack`") from None
+    return model, header
 
-    Nothing in a package is trusted before it is checked: every stream decompresses to exactly
+
+def _read_model(path: str | Path) -> tuple[ir.Model, dict]:
+    """Nothing in a package is trusted before it is checked: every stream decompresses to exactly
     its declared size (refused as soon as it would grow past it), the declared sizes must add up
     to the table's tensors, each tensor's size to its shape and dtype in the graph, and the whole
     stays within what `pack` writes (weights under 2 GB), checked before anything is allocated.

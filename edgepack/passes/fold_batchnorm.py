@@ -57,19 +57,20 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         shape = [1] * w.ndim
         shape[axis] = len(scale)
         new_w = w * scale.astype(w.dtype).reshape(shape)  # in the weight's dtype: one copy of W
+        del w  # a view of the old weight's mapping: the mapping is released when it is replaced
         old_bias = gemm_beta * np.broadcast_to(old_bias.reshape(-1), scale.shape)
         new_b = scale * (old_bias - mean) + beta
         set_input_constant(graph, producer, 1, new_w, f"{weight_value.name}_bnfolded")
         if producer.op_type == "MatMul":
             add = ir.node("Add", [x, None], name=f"{bn.name or x.name}_folded_bias")
             graph.insert_after(producer, add)
-            set_input_constant(graph, add, 1, new_b.astype(w.dtype), f"{bn.name or x.name}_bias")
+            set_input_constant(graph, add, 1, new_b.astype(new_w.dtype), f"{bn.name or x.name}_bias")
             out = add.outputs[0]
         else:
             if gemm_beta == 0:  # Gemm ignores C: make it count
                 producer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
                 gemm_beta = 1.0
-            set_input_constant(graph, producer, 2, (new_b / gemm_beta).astype(w.dtype), f"{producer.name or x.name}_bias")
+            set_input_constant(graph, producer, 2, (new_b / gemm_beta).astype(new_w.dtype), f"{producer.name or x.name}_bias")
             out = x
         take_over_output(bn.outputs[0], out)
         graph.remove(bn, safe=True)

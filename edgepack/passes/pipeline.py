@@ -54,6 +54,9 @@ def run_timed(manager: ir.passes.PassManager, model: ir.Model) -> OptimizeResult
         model = result.model
         if result.modified:
             gc.collect()  # replaced weights sit in reference cycles (values <-> nodes): free them now
+            from edgepack.runtime import trim_memory
+
+            trim_memory()  # and give their pages back to the OS
         records.append(PassRecord(type(p).__name__, result.modified, time.perf_counter() - start))
         logger.info("%s: modified=%s (%.3f s)", type(p).__name__, result.modified, records[-1].seconds)
     return OptimizeResult(model, records)

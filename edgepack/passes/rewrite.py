@@ -22,7 +22,12 @@ def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.nda
     value = new_initializer(graph, array, name)
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
+    old = node.inputs[index]
     node.replace_input_with(index, value)
+    if old is not None and not old.uses() and isinstance(old.const_value, ir.ExternalTensor):
+        from edgepack.io import release_tensor
+
+        release_tensor(old.const_value)  # unmap the replaced weight now, not at the next gc
     return value
 
 

@@ -19,11 +19,11 @@ def max_abs_error(before: ModelLike, after: ModelLike, feeds: dict[str, np.ndarr
                   *, relative: bool = False, batch: int = 2, seed: int = 0) -> float:
     """Largest |before - after| over all outputs; divided by the largest |before| output
     when `relative` (so one tolerance fits models whose outputs are large or small)."""
-    ref_session = runtime.session(before)
     if feeds is None:
-        feeds = runtime.random_feeds(ref_session, batch=batch, seed=seed)
-    ref = ref_session.run(None, feeds)
-    new = runtime.session(after).run(None, feeds)
+        spec = before if isinstance(before, ir.Model) else runtime.session(before)
+        feeds = runtime.random_feeds(spec, batch=batch, seed=seed)
+    ref = runtime.run_and_free(before, feeds)  # one session at a time: each holds the weights
+    new = runtime.run_and_free(after, feeds)
     if len(ref) != len(new) or any(r.shape != n.shape for r, n in zip(ref, new)):
         return float("inf")
     error = runtime.max_abs_error(ref, new)

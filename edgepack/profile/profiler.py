@@ -102,7 +102,9 @@ class OrtRunner:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = self.threads
+        from edgepack.runtime import bound_threads
+
+        options.intra_op_num_threads = bound_threads(self.threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if hook:

@@ -20,6 +20,8 @@ the CPU. Use --metric p50/p99 on a quiet, dedicated runner to gate typical or ta
 """
 from __future__ import annotations
 
+import math
+
 from edgepack.errors import UsageError
 from edgepack.profile.stats import metric_percentile, ratio_interval
 
@@ -34,9 +36,18 @@ def validate_profile(result, where: str) -> dict:
         raise UsageError(f"{where}: not a profile result (schema {found!r}, expected {PROFILE_SCHEMA!r})",
                          hint="write one with `edgepack profile MODEL --target T --json FILE`")
     samples = result.get("samples_ms")
-    if not isinstance(samples, list) or len(samples) < 10 or not all(isinstance(x, (int, float)) for x in samples):
+    if not isinstance(samples, list) or len(samples) < 10 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples):
         raise UsageError(f"{where}: needs at least 10 timings in samples_ms",
                          hint="profile for longer (--runs 100 or --duration 2s)")
+    bad = next((x for x in samples if not math.isfinite(x) or x <= 0), None)
+    if bad is not None:  # a NaN or a zero would make any slowdown look "same"
+        raise UsageError(f"{where}: samples_ms holds {bad!r}; timings must be finite and positive",
+                         hint="the file is corrupt or edited: profile again")
+    for key in ("model", "environment"):
+        if key in result and not isinstance(result[key], dict):
+            raise UsageError(f"{where}: '{key}' must be a table, got {type(result[key]).__name__}",
+                             hint="the file is corrupt or edited: profile again")
     return result
 
 

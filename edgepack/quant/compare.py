@@ -137,7 +137,7 @@ def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: 
     stats = {n: _Stats() for n in outputs}
     for batch in dataset.batches(with_labels=use_labels):
         y = batch.pop("__labels__", None)
-        ra, rb = sa.run(outputs, batch), sb.run(outputs, batch)
+        ra, rb = runtime.run(sa, outputs, batch), runtime.run(sb, outputs, batch)
         for n, x, z in zip(outputs, ra, rb):
             if x.shape != z.shape:
                 raise EdgepackError(f"output '{n}' has shape {list(x.shape)} in A and {list(z.shape)} in B: "
