@@ -159,7 +159,9 @@ def calibration_cost(tool, model_path, input_name, x, n, method, tmp: Path) -> d
     calib = tmp / f"mem_{n}.npz"
     np.savez(calib, **{input_name: np.resize(x, (n, *x.shape[1:]))})  # repeats x when n > len(x)
     out = subprocess.run([sys.executable, __file__, "--child", tool, str(model_path), str(calib), method],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"calibration child failed ({tool}, {model_path}, {n} samples):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -209,13 +211,18 @@ def main() -> None:
                                  "math": score(predictions(out, input_name, xe, fused=False), ref, ye),
                                  "seconds": seconds, "note": note})
                 print(f"  {name} {method}: done", file=sys.stderr)
-            if not args.skip_memory and name in ("resnet20", "shufflenet"):
-                for method in ("minmax", "entropy"):
-                    for n in map(int, args.memory_samples.split(",")):
-                        for tool in ("edgepack", "ort"):
-                            cost = calibration_cost(tool, path, input_name, xc, n, method, tmp)
-                            mem_rows.append({"model": name, "method": method, "samples": n, "tool": tool, **cost})
-    print_tables(rows, mem_rows, args)
+        print_tables(rows, [], args)
+        for name in models if not args.skip_memory else []:
+            if name not in ("resnet20", "shufflenet"):
+                continue
+            path, input_name, xc, _, _ = load_data(name, args.calib, args.eval)
+            for method in ("minmax", "entropy"):
+                for n in map(int, args.memory_samples.split(",")):
+                    for tool in ("edgepack", "ort"):
+                        cost = calibration_cost(tool, path, input_name, xc, n, method, tmp)
+                        mem_rows.append({"model": name, "method": method, "samples": n, "tool": tool, **cost})
+        if mem_rows:
+            print_memory(mem_rows)
 
 
 def print_tables(rows, mem_rows, args) -> None:
@@ -229,7 +236,11 @@ def print_tables(rows, mem_rows, args) -> None:
         print(f"{r['model']:<10} {r['method']:<10} {r['tool']:<22} {r['fp32']:>7.2%} | {r['fused']:>7.2%} "
               f"{100 * (r['fp32'] - r['fused']):>+6.2f} | {r['math']:>8.2%} {100 * (r['fp32'] - r['math']):>+6.2f} | "
               f"{r['seconds']:>10.2f}  {r['note']}")
-    print("(drop in points, positive = worse than FP32; the TensorRT row's 'QDQ math' is what TensorRT computes)")
+    print("(drop in points, positive = worse than FP32; the TensorRT row's 'QDQ math' is what TensorRT computes)",
+          flush=True)
+
+
+def print_memory(mem_rows) -> None:
     if mem_rows:
         print("\nCalibration only (fresh process each): peak RSS and seconds, edgepack vs ORT's calibrator")
         print(f"{'model':<10} {'method':<8} {'samples':>7} | {'ours MB':>8} {'ORT MB':>8} {'ratio':>6} | "
