@@ -83,22 +83,29 @@ def depthwise_outputs(model: ir.Model) -> list[tuple[ir.Node, ir.Node]]:
     return pairs
 
 
-def equalize_depthwise_inputs(model: ir.Model, data, *, limit: int = 64) -> int:
-    """Rescales the channels entering depthwise convs (see the module docstring), in place; returns
-    how many depthwise inputs were equalized. Ranges come from running `model` over `data`."""
+def channel_peaks(model: ir.Model, tensors: list[ir.Value], data, limit: int) -> dict[str, np.ndarray | None]:
+    """max |x| per channel (axis 1) of each tensor, over up to `limit` samples of `data`."""
     from edgepack.calib.calibrate import _with_outputs
 
-    pairs = depthwise_pairs(model)
-    if not pairs:
-        return 0
-    tensors = [dw.inputs[0] for _, _, dw in pairs]
     session = runtime.session(_with_outputs(model, tensors), lean=True)
     names = [v.name for v in tensors]
-    peak = {n: None for n in names}
+    peak: dict[str, np.ndarray | None] = {n: None for n in names}
     for batch in open_dataset(data, input_specs_of(session), batch_size=8, limit=limit):
         for name, value in zip(names, session.run(names, batch)):
             m = np.abs(value).max(axis=tuple(i for i in range(value.ndim) if i != 1))
             peak[name] = m if peak[name] is None else np.maximum(peak[name], m)
+    return peak
+
+
+def equalize_depthwise_inputs(model: ir.Model, data, *, limit: int = 64) -> int:
+    """Rescales the channels entering depthwise convs (see the module docstring), in place; returns
+    how many depthwise inputs were equalized. Ranges come from running `model` over `data`."""
+    pairs = depthwise_pairs(model)
+    if not pairs:
+        return 0
+    tensors = [dw.inputs[0] for _, _, dw in pairs]
+    names = [v.name for v in tensors]
+    peak = channel_peaks(model, tensors, data, limit)
     done = 0
     for (producer, _, dw), name in zip(pairs, names):
         r = peak[name]
@@ -124,19 +131,12 @@ def balance_depthwise_outputs(model: ir.Model, data, *, limit: int = 64, alpha: 
     """Depthwise output y (channel i) -> Conv C: y_i / t_i and C[:, i] * t_i, t_i = a_i^alpha / w_i^(1-alpha)
     (a_i = max |y_i| on `data`, w_i = max |C[:, i]|): activation and weight ranges meet in the
     middle (the SmoothQuant balance). Exact in float; the depthwise weights absorb 1/t_i per channel."""
-    from edgepack.calib.calibrate import _with_outputs
-
     pairs = depthwise_outputs(model)
     if not pairs:
         return 0
     tensors = [conv.inputs[0] for _, conv in pairs]
-    session = runtime.session(_with_outputs(model, tensors), lean=True)
     names = [v.name for v in tensors]
-    peak = {n: None for n in names}
-    for batch in open_dataset(data, input_specs_of(session), batch_size=8, limit=limit):
-        for name, value in zip(names, session.run(names, batch)):
-            m = np.abs(value).max(axis=tuple(i for i in range(value.ndim) if i != 1))
-            peak[name] = m if peak[name] is None else np.maximum(peak[name], m)
+    peak = channel_peaks(model, tensors, data, limit)
     done = 0
     for (dw, conv), name in zip(pairs, names):
         a = peak[name]
