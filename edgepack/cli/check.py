@@ -1,6 +1,7 @@
 """edgepack check CURRENT.json --baseline BASELINE.json|history: a latency gate for CI."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -10,8 +11,13 @@ from edgepack.errors import UsageError
 METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 EPILOG = """\
 exit codes: 1 only when CURRENT is slower than the baseline both significantly (the bootstrap
-interval of the ratio lies above 1) and by more than --threshold; 0 otherwise; 2 on bad input,
-and when the model, target or batch differ (unless --force).
+interval of the ratio lies above 1) and by more than --threshold, and a confirming rerun on this
+device agrees; 0 otherwise; 2 on bad input, and when the model, target, batch or power mode
+(governor, nvpmodel, jetson_clocks) differ (unless --force).
+
+confirmation (default where the model files are here): a flagged slowdown is timed again,
+baseline and current interleaved in one process (or, for the same model, the current profiled
+again), so that load from other jobs hits both alike; the load before/after is recorded.
 
 examples:
   edgepack check run.json --baseline main.json --threshold 5% --metric p50
@@ -32,7 +38,13 @@ def register(subparsers):
                         "p50/p90/p99 for typical and tail latency on a quiet machine)")
     parser.add_argument("--history-db", metavar="FILE", help="profile history database (for --baseline history)")
     parser.add_argument("--history-runs", type=int, default=5, metavar="N", help="recent runs used as the baseline")
-    parser.add_argument("--force", action="store_true", help="compare even if model, target or batch differ")
+    parser.add_argument("--force", action="store_true",
+                        help="compare even if model, target, batch or power mode differ")
+    parser.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=None,
+                        help="confirm a flagged slowdown by an interleaved A/B rerun on this device "
+                        "(default: where the model files recorded in the profiles are here)")
+    parser.add_argument("--confirm-duration", default="2s", metavar="S",
+                        help="timing budget of the confirming rerun (default 2s)")
     common.add_json(parser)
     return parser
 
@@ -80,5 +92,14 @@ def run(args) -> int:
         baseline = read_result(args.baseline)
     report = check_regression(current, baseline, threshold=threshold, confidence=args.confidence,
                               metric=args.metric, force=args.force)
+    from edgepack.profile.confirm import gate
+    from edgepack.profile.timing import Budget
+
+    duration = Budget.parse(args.confirm_duration, "--confirm-duration")
+    if duration.seconds is None:
+        raise UsageError(f"--confirm-duration {args.confirm_duration}: a duration needs a unit",
+                         hint=f"--confirm-duration {args.confirm_duration}s")
+    report = gate(report, current, baseline if isinstance(baseline, list) else [baseline], confirm=args.confirm,
+                  duration=duration.seconds, force=args.force, progress=not args.quiet)
     common.emit(args, report, format_check(report))
     return 1 if report["regression"] else 0
