@@ -30,7 +30,8 @@ def register(subparsers):
     parser.epilog = EPILOG
     parser.add_argument("current", metavar="CURRENT.json", help="result of `edgepack profile --json`")
     parser.add_argument("--baseline", required=True, metavar="FILE|history",
-                        help="a baseline profile result, or `history` for the recent runs of the same model and target")
+                        help="a baseline profile result, or `history` for the recent runs of the same model and target "
+                        "on the same kind of device")
     parser.add_argument("--threshold", default="5%", metavar="PCT", help="slowdown tolerated: 5%% (default) or 0.05")
     parser.add_argument("--confidence", type=float, default=0.99, metavar="C", help="confidence level (default 0.99)")
     parser.add_argument("--metric", default="p1", choices=METRICS,
@@ -82,11 +83,16 @@ def run(args) -> int:
     current = read_result(args.current)
     if args.baseline == "history":
         store = History(args.history_db)
+        from edgepack.profile.environment import device_kind
+
+        device = None if args.force else device_kind(current.get("environment"))
         baseline = store.recent(model_sha256=current["model"]["sha256"], target=current.get("target"),
-                                limit=max(1, args.history_runs), exclude_run_id=current.get("id"))
+                                limit=max(1, args.history_runs), exclude_run_id=current.get("id"), device=device)
         if not baseline:
-            raise UsageError(f"no earlier runs of {current['model']['name']} on target {current.get('target')} "
-                             f"in {store.path}", hint="profile the baseline first, or pass --baseline FILE")
+            on = f" on a {device}" if device else ""
+            raise UsageError(f"no earlier runs of {current['model']['name']} on target {current.get('target')}{on} "
+                             f"in {store.path}", hint="profile the baseline first (on the same kind of device), "
+                             "or pass --baseline FILE")
         baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in baseline]
     else:
         baseline = read_result(args.baseline)

@@ -17,6 +17,9 @@ def register(subparsers):
     common.add_output(parser, "output folder (default: ./<recipe name>-out)", required=False)
     parser.add_argument("--targets", metavar="A,B,C",
                         help="targets for the per-target steps, replacing the recipe's `targets`")
+    parser.add_argument("--cluster", metavar="ADDRESS|auto",
+                        help="run each target's build/profile/check on a device of the Ray fleet at ADDRESS "
+                        "(HEAD:6379; auto: the cluster on this machine, else a local one); see docs/fleet.md")
     parser.add_argument("--force", action="store_true", help="run every step, even unchanged ones")
     parser.add_argument("--report", metavar="HTML", help="also write the HTML report of the run")
     common.add_json(parser)
@@ -30,7 +33,11 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, targets=targets)
     name = recipe.path.name.removesuffix(".toml").removesuffix(".recipe")
     out_dir = Path(args.output) if args.output else Path(f"{name}-out")
-    results = run_recipe(recipe, out_dir, force=args.force)
+    if args.cluster:
+        from edgepack.fleet.dispatch import run_on_fleet
+        results = run_on_fleet(recipe, out_dir, args.cluster, force=args.force)
+    else:
+        results = run_recipe(recipe, out_dir, force=args.force)
     if args.report:
         from edgepack.report.html import write_report
         write_report(out_dir, args.report)
