@@ -87,9 +87,11 @@ def _external_data(path: Path) -> list[str]:
     return sorted(found)
 
 
-def run_on_fleet(recipe, out_dir: str | Path, cluster: str, *, force: bool = False) -> list:
+def run_on_fleet(recipe, out_dir: str | Path, cluster: str, *, force: bool = False,
+                 grace_s: float = GRACE_S) -> list:
     """Run `recipe` with its per-target steps on the fleet at `cluster`; returns the StepResults
-    in the order of a local run. Raises EdgepackError naming the targets that failed."""
+    in the order of a local run. Raises EdgepackError naming the targets that failed.
+    grace_s: how long a target may wait while no alive device offers it (its device was lost)."""
     from edgepack.recipe import run_recipe
 
     out_dir = Path(out_dir)
@@ -106,10 +108,10 @@ def run_on_fleet(recipe, out_dir: str | Path, cluster: str, *, force: bool = Fal
             print(f"{target}: failed: {no_device_error(target, offered)}", file=sys.stderr, flush=True)
         shared = dataclasses.replace(recipe, steps=tuple(s for s in recipe.steps if not s.per_target))
         shared_results = run_recipe(shared, out_dir, force=force) if shared.steps else []
-        return _run_targets(recipe, out_dir, shared_results, missing, offered, connection.address, force)
+        return _run_targets(recipe, out_dir, shared_results, missing, offered, connection.address, force, grace_s)
 
 
-def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, address, force) -> list:
+def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, address, force, grace_s) -> list:
     import ray
 
     from edgepack.recipe import StepResult, _command_parsers, _plan_step, versions
@@ -171,7 +173,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
                     waiting_since.pop(target, None)
                     continue
                 since = waiting_since.setdefault(target, now)
-                if now - since >= GRACE_S:
+                if now - since >= grace_s:
                     ray.cancel(ref, force=True)
                     del pending[ref]
                     failures[target] = ("the device running it left the fleet and "

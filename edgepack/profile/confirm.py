@@ -2,16 +2,22 @@
 
 Two profiles taken minutes apart on a busy machine differ more than either run's statistics
 say (other jobs come and go between them): at load 2x the cores, separate runs raise about 13
-false alarms in 100. A real slowdown survives a rerun in which load hits both sides alike:
+false alarms in 100, and miss real slowdowns as often. A real slowdown survives a rerun in which
+load hits both sides alike:
 
-    flagged "slower" by check_regression(current, baseline)
+    suspect: check_regression(current, baseline) says "slower", or cannot rule out a slowdown
+             over the threshold (interval's upper end > 1 + threshold, ratio > 1)
       -> interleaved:  both model files present and different: time CURRENT and BASELINE in one
-                       process, alternating blocks of runs (ABBA), and check again with the
-                       same metric (p1 by default: the fastest runs, when the model had a CPU);
+                       process, alternating blocks of 10 runs (ABBA). Each pair of neighbouring
+                       blocks gives r_i = q(current block i) / q(baseline block i), q the check's
+                       percentile (p1 by default: about the block's fastest run, when the model
+                       had a CPU); ratio = median(r_i), interval = bootstrap over the pairs.
+                       Load that changes between pairs cancels within each pair.
       -> rerun:        the same model (a change of device state or software, not of the model),
                        or a TensorRT engine: profile CURRENT again now and check it against the
                        same baseline with the same metric;
-    the gate fails only when the confirming check says "slower" too.
+    the gate fails only when the confirming check says "slower" (significant and over the
+    threshold); it then decides, whatever the first verdict was.
 
 The load average before and after the confirming run is recorded with it. When neither model
 file is readable here (or its sha256 no longer matches), the first verdict stands and the
@@ -28,6 +34,44 @@ from edgepack.profile import environment as env
 logger = logging.getLogger(__name__)
 
 DEFAULT_DURATION = 2.0
+BLOCK = 10  # runs per block in the interleaved rerun
+
+
+def paired_ratio(current: list[float], baseline: list[float], percentile: float, *, block: int = BLOCK,
+                 confidence: float = 0.99, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high) of the per-pair ratios of a block percentile, blocks in time order
+    (pair i: block i of each side, timed next to each other); interval: bootstrap over pairs."""
+    import numpy as np
+
+    pairs = min(len(current), len(baseline)) // block
+    if pairs < 3:
+        from edgepack.errors import UsageError
+
+        raise UsageError("the confirming rerun timed fewer than 3 blocks", hint="raise --confirm-duration")
+    a = np.percentile(np.asarray(current[: pairs * block], dtype=float).reshape(pairs, block), percentile, axis=1)
+    b = np.percentile(np.asarray(baseline[: pairs * block], dtype=float).reshape(pairs, block), percentile, axis=1)
+    ratios = a / b
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, pairs, size=(n_resamples, pairs))], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(medians, [tail, 100.0 - tail])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def _verdict(ratio: float, low: float, high: float, threshold: float) -> dict:
+    if low > 1.0 and ratio > 1.0 + threshold:
+        verdict = "slower"
+    elif high < 1.0 and ratio < 1.0 / (1.0 + threshold):
+        verdict = "faster"
+    else:
+        verdict = "same"
+    return {"ratio": ratio, "ci": [low, high], "significant": low > 1.0 or high < 1.0, "verdict": verdict,
+            "regression": verdict == "slower"}
+
+
+def suspect(report: dict) -> bool:
+    """Slower, or a slowdown over the threshold not ruled out: worth a confirming rerun."""
+    return report["verdict"] == "slower" or (report["ratio"] > 1.0 and report["ci"][1] > 1.0 + report["threshold"])
 
 
 def model_file(result: dict) -> Path | None:
@@ -76,9 +120,14 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
     load_before = env.load_average()
     start = time.perf_counter()
     if mode == "interleaved":
-        fresh, base = profile_pair(current_path, baseline_path, target, options)
+        fresh, base = profile_pair(current_path, baseline_path, target, options, block=BLOCK)
         report = check_regression(fresh, base, threshold=threshold, confidence=confidence,
                                   metric=metric, force=True)
+        from edgepack.profile.stats import metric_percentile
+
+        ratio, low, high = paired_ratio(fresh["samples_ms"], base["samples_ms"], metric_percentile(metric),
+                                        block=BLOCK, confidence=confidence)
+        report.update(_verdict(ratio, low, high, threshold), statistic="paired blocks")
     else:
         fresh = profile_model(current_path, target, options)
         fresh["model"] = dict(current["model"])  # the same file; keep the recorded name/path
@@ -96,14 +145,15 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
 
 def gate(report: dict, current: dict, baselines: list[dict], *, confirm: bool | None,
          duration: float = DEFAULT_DURATION, force: bool = False, progress: bool = False) -> dict:
-    """The check's final verdict: a "slower" report is confirmed (confirm None: where the model
-    files are here; True: required; False: never). Adds `confirm` and, when a confirmation
-    overturned it, `first_verdict` to the report."""
+    """The check's final verdict: a suspect report is confirmed or cleared by a rerun (confirm
+    None: where the model files are here; True: required; False: never). Adds `confirm` and
+    `first_verdict` (the verdict before the rerun) to the report."""
     from edgepack.errors import UsageError
 
-    if report["verdict"] != "slower" or confirm is False:
+    if not suspect(report) or confirm is False:
         report["confirm"] = {"ran": False, "confirmed": None,
-                             "reason": "not flagged" if confirm is not False else "--no-confirm"}
+                             "reason": "no slowdown over the threshold possible" if confirm is not False
+                             else "--no-confirm"}
         return report
     why = availability(current, baselines)
     if why and confirm:
@@ -113,8 +163,8 @@ def gate(report: dict, current: dict, baselines: list[dict], *, confirm: bool | 
     report["confirm"] = record
     if record["ran"]:
         report["first_verdict"] = report["verdict"]
-        if not record["confirmed"]:
-            report["verdict"] = "same"
+        report["verdict"] = "slower" if record["confirmed"] else ("same" if report["verdict"] == "slower"
+                                                                  else report["verdict"])
         report["regression"] = bool(record["confirmed"])
     return report
 

@@ -126,7 +126,8 @@ def format_check(report: dict) -> str:
     if confirm.get("ran"):
         again = confirm["report"]
         load = " -> ".join(f"{x[0]:.2f}" for x in (confirm.get("load_before"), confirm.get("load_after")) if x)
-        note += (f"\nflagged slower; confirmation ({confirm['mode']}, {confirm['duration_s']:.1f} s, load {load}): "
+        note += (f"\nfirst verdict {report.get('first_verdict')}; confirmation ({confirm['mode']}, "
+                 f"{confirm['duration_s']:.1f} s, load {load}): "
                  f"{again['metric']} ratio {again['ratio']:.3f} [{again['ci'][0]:.3f}, {again['ci'][1]:.3f}] "
                  + ("-> slower, confirmed" if confirm["confirmed"] else "-> not confirmed: passes"))
     elif report.get("verdict") == "slower" and confirm.get("reason"):

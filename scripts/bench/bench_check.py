@@ -8,8 +8,9 @@ Models: a chain of MatMuls ([32, 256] x [256, 256]), 40 layers (~1 ms in ONNX Ru
 Each trial profiles the baseline, then the current model, each in a fresh session (two CI jobs),
 and runs the check (threshold 5%, confidence 0.99, metric p1: the check's defaults):
   separate  the check's first verdict alone (the gate before confirmation);
-  gate      `check` as it runs now: a flagged slowdown is confirmed by an interleaved A/B rerun
-            of both model files on the same machine (2 s, same metric), and fails only if that agrees.
+  gate      `check` as it runs now: when the first check flags a slowdown or cannot rule one out,
+            an interleaved A/B rerun of both model files on the same machine (2 s; paired
+            blocks of 10 runs, the same percentile) decides (edgepack/profile/confirm.py).
 Loads: 0 (nothing added; other users of a shared machine still count, the load average is
 printed) and 2x the cores (2 x nproc busy-looping processes started by this script).
 Trial kinds are round-robin, so changing load from other processes hits them alike.
@@ -181,7 +182,7 @@ def main() -> int:
         base = profile_model(base_model, None, options)["latency_ms"]
 
     print(f"\nedgepack check: threshold {args.threshold:.0%}, confidence {args.confidence}, metric p1, "
-          f"{args.duration:g} s per profile, 1 thread, confirmation {args.confirm_duration:g} s interleaved (p1); "
+          f"{args.duration:g} s per profile, 1 thread, confirmation {args.confirm_duration:g} s interleaved (paired p1 blocks); "
           f"base model p1 {base['p1']:.3f} ms, p50 {base['p50']:.3f} ms; {elapsed:.0f} s of trials on "
           f"{os.cpu_count()} CPUs")
     if true_ratios:

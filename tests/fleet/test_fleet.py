@@ -40,6 +40,22 @@ def _recipe(tmp: Path, profile: str = "200ms") -> Path:
     return path
 
 
+def _small_recipe(tmp: Path, profile: str = "200ms") -> Path:
+    """optimize (once, here), then build and profile per target: for the failure cases."""
+    path = tmp / "small.recipe.toml"
+    path.write_text(f'''model = "{example_model()}"
+[[step]]
+run = "optimize"
+[[step]]
+run = "build"
+[[step]]
+run = "profile"
+duration = "{profile}"
+layer-runs = 0
+''')
+    return path
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
@@ -120,14 +136,14 @@ def test_rerun_skips_and_reruns_only_what_changed(cluster, fleet_run):
 
 def test_target_without_device_fails_at_once_named(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPACK_HISTORY", str(tmp_path / "h.sqlite"))
-    recipe = load_recipe(_recipe(tmp_path), targets=["arm64-cpu"])
+    recipe = load_recipe(_small_recipe(tmp_path), targets=["arm64-cpu"])
     with pytest.raises(EdgepackError, match=r"no device in the fleet offers arm64-cpu \(have: x86-cpu, x86-cpu-vnni\)"):
         run_on_fleet(recipe, tmp_path / "none", cluster[0].address)
     assert not (tmp_path / "none" / "optimize.onnx").exists()  # refused before any step ran
-    recipe = load_recipe(_recipe(tmp_path), targets=["x86-cpu", "arm64-cpu"])
+    recipe = load_recipe(_small_recipe(tmp_path), targets=["x86-cpu", "arm64-cpu"])
     with pytest.raises(EdgepackError, match="target arm64-cpu failed: no device in the fleet offers arm64-cpu"):
         run_on_fleet(recipe, tmp_path / "some", cluster[0].address)
-    assert (tmp_path / "some" / "x86-cpu" / "profile-int8.json").is_file()  # the other target finished
+    assert (tmp_path / "some" / "x86-cpu" / "profile.json").is_file()  # the other target finished
 
 
 def _task_pid(node, timeout: float = 60.0) -> int:
@@ -152,7 +168,7 @@ def _run_in_thread(recipe, out, address):
 
     def work():
         try:
-            box["results"] = run_on_fleet(recipe, out, address)
+            box["results"] = run_on_fleet(recipe, out, address, grace_s=2.0)
         except EdgepackError as exc:
             box["error"] = exc
     thread = threading.Thread(target=work)
@@ -165,19 +181,19 @@ def test_worker_killed_mid_task_is_retried(cluster, tmp_path, monkeypatch):
 
     head, nodes = cluster
     monkeypatch.setenv("EDGEPACK_HISTORY", str(tmp_path / "h.sqlite"))
-    recipe = load_recipe(_recipe(tmp_path, profile="1s"), targets=TARGETS)
+    recipe = load_recipe(_small_recipe(tmp_path, profile="2s"), targets=TARGETS)
     thread, box = _run_in_thread(recipe, tmp_path / "out", head.address)
     psutil.Process(_task_pid(nodes["x86-cpu-vnni"])).kill()
     thread.join(120)
     assert "error" not in box, box.get("error")
     assert {r.status for r in box["results"]} == {"done"}
-    assert (tmp_path / "out" / "x86-cpu-vnni" / "profile-int8.json").is_file()
+    assert (tmp_path / "out" / "x86-cpu-vnni" / "profile.json").is_file()
 
 
 def test_node_lost_mid_task_is_reported_and_the_other_target_finishes(cluster, tmp_path, monkeypatch):
     head, nodes = cluster
     monkeypatch.setenv("EDGEPACK_HISTORY", str(tmp_path / "h.sqlite"))
-    recipe = load_recipe(_recipe(tmp_path, profile="1s"), targets=TARGETS)
+    recipe = load_recipe(_small_recipe(tmp_path, profile="2s"), targets=TARGETS)
     thread, box = _run_in_thread(recipe, tmp_path / "out", head.address)
     _task_pid(nodes["x86-cpu-vnni"])
     head.remove_node(nodes["x86-cpu-vnni"], allow_graceful=False)
@@ -186,7 +202,7 @@ def test_node_lost_mid_task_is_reported_and_the_other_target_finishes(cluster, t
         assert not thread.is_alive()
         assert "target x86-cpu-vnni failed" in str(box.get("error")), box
         assert "x86-cpu " in str(box["error"]) or "targets x86-cpu finished" in str(box["error"])
-        assert (tmp_path / "out" / "x86-cpu" / "profile-int8.json").is_file()
+        assert (tmp_path / "out" / "x86-cpu" / "profile.json").is_file()
     finally:
         nodes["x86-cpu-vnni"] = head.add_node(**NODE, node_ip_address="127.0.0.1",
                                               resources={resource("x86-cpu-vnni"): 1})
