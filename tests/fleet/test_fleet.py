@@ -206,3 +206,40 @@ def test_node_lost_mid_task_is_reported_and_the_other_target_finishes(cluster, t
     finally:
         nodes["x86-cpu-vnni"] = head.add_node(**NODE, node_ip_address="127.0.0.1",
                                               resources={resource("x86-cpu-vnni"): 1})
+
+
+def test_fleet_status_lists_devices_targets_and_versions(cluster):
+    from edgepack.fleet.status import fleet_status
+
+    _, nodes = cluster
+    status = fleet_status(cluster[0].address, timeout_s=60).to_json()
+    assert status["schema"] == "edgepack.fleet.status/1"
+    assert status["targets"] == {"x86-cpu": 1, "x86-cpu-vnni": 1}
+    by_id = {n["node_id"]: n for n in status["nodes"]}
+    for target, node in nodes.items():
+        entry = by_id[node.node_id]
+        assert entry["alive"] and entry["targets"] == [target]
+        assert entry["device"]["versions"]["edgepack"] and len(entry["device"]["load_average"]) == 3
+
+
+def test_join_checks_the_device_before_advertising(tmp_path):
+    from edgepack.fleet.probe import device_facts, join, mismatches
+    from edgepack.targets import load_target
+
+    facts = device_facts()
+    arm = dict(facts, machine="aarch64", cpu_flags=["asimd"])
+    assert mismatches(load_target("arm64-cpu"), arm) == []
+    assert "the target needs x86_64" in mismatches(load_target("x86-cpu"), arm)[0]
+    no_vnni = dict(facts, machine="x86_64", cpu_flags=["avx2", "avx512f"])
+    assert mismatches(load_target("x86-cpu-vnni"), no_vnni) == ["CPU lacks avx512_vnni (target cpu_isa avx512-vnni)"]
+    assert "TensorRT is not installed" in mismatches(load_target("jetson-orin-nano"), dict(facts, versions={}))
+    orin = dict(facts, versions={"tensorrt": "10.3.0"}, gpus=[{"name": "Orin", "compute_capability": "8.7"}])
+    assert mismatches(load_target("jetson-orin-nano"), orin) == []
+    assert "compute capability 8.7" in mismatches(load_target("jetson-xavier-nx"), orin)[-1]
+    mine = [t for t in ("x86-cpu", "arm64-cpu") if not mismatches(load_target(t), facts)]
+    result = join("10.0.0.5", mine, dry_run=True)
+    assert result.command[:4] == ["ray", "start", "--address", "10.0.0.5:6379"]
+    assert json.loads(result.command[5]) == {resource(t): 1 for t in mine} and not result.started
+    other = "arm64-cpu" if mine == ["x86-cpu"] else "x86-cpu"
+    with pytest.raises(EdgepackError, match=f"is not target '{other}'"):
+        join("10.0.0.5", [other], dry_run=True)
