@@ -113,3 +113,19 @@ def test_history_compares_like_with_like(tmp_path):
         ("orin-1", "ARMv8 Processor rev 1 (v8l) / aarch64"), ("ci-x86", "Intel Xeon / x86_64")]
     same_kind = store.recent(model_sha256="a" * 64, target="x86-cpu", device="Intel Xeon / x86_64")
     assert [r["environment"]["hostname"] for r in same_kind] == ["ci-x86"]
+
+
+def test_history_made_before_the_device_columns_gets_them(tmp_path):
+    import sqlite3
+
+    from edgepack.profile.history import _SCHEMA, History
+
+    result = synthetic_result(np.full(20, 1.0))
+    result["environment"] = {"hostname": "old-box", "cpu_model": "Intel Xeon", "machine": "x86_64"}
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:  # the schema before hostname/device
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO runs (run_id, created, model_sha256, target, batch, threads, p50, p99, result) "
+                   "VALUES (?, ?, ?, ?, 1, 1, 1.0, 1.0, ?)", ("r1", result["created"], "a" * 64, "x86-cpu",
+                                                             json.dumps(result)))
+    rows = History(tmp_path / "old.sqlite").runs()
+    assert [(r["hostname"], r["device"]) for r in rows] == [("old-box", "Intel Xeon / x86_64")]
