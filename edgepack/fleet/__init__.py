@@ -14,6 +14,9 @@ Ray is optional (`pip install 'edgepack[fleet]'`); it is imported inside functio
 from __future__ import annotations
 
 RESOURCE_PREFIX = "edgepack-target:"
+# One unit per device (advertised by `fleet join` and `--cluster auto`): a task holds it, so a
+# device that is several targets still runs one edgepack task (one profile) at a time.
+DEVICE_RESOURCE = "edgepack-device"
 INSTALL_HINT = "install Ray: pip install 'edgepack[fleet]' (or pip install 'ray>=2.9')"
 
 

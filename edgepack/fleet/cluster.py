@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.fleet import RESOURCE_PREFIX, require_ray, resource
+from edgepack.fleet import DEVICE_RESOURCE, RESOURCE_PREFIX, require_ray, resource
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def connect(address: str) -> Iterator[Connection]:
 
                 targets = matching_targets(device_facts())
                 logger.info("no running Ray cluster here: starting a local one offering %s", targets)
-                ray.init(resources={resource(t): 1 for t in targets}, _node_ip_address="127.0.0.1", **options)
+                ray.init(resources={DEVICE_RESOURCE: 1, **{resource(t): 1 for t in targets}},
+                         _node_ip_address="127.0.0.1", **options)
                 started = True
         else:
             ray.init(address=address, **options)
@@ -91,3 +92,20 @@ def offered_targets() -> dict[str, list[str]]:
 
 def no_device_error(target: str, offered: dict[str, list[str]]) -> str:
     return f"no device in the fleet offers {target} (have: {', '.join(sorted(offered)) or 'none'})"
+
+
+def exclusive_targets() -> set[str]:
+    """Targets whose every alive device advertises DEVICE_RESOURCE: their tasks can hold it, so
+    that a device that is several targets runs one task at a time. (Devices joined with a bare
+    `ray start --resources '{"edgepack-target:T": 1}'` lack it; their targets do not ask for it.)"""
+    ray = require_ray()
+    with_unit: dict[str, bool] = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        has = DEVICE_RESOURCE in node.get("Resources", {})
+        for key in node.get("Resources", {}):
+            if key.startswith(RESOURCE_PREFIX):
+                name = key[len(RESOURCE_PREFIX):]
+                with_unit[name] = with_unit.get(name, True) and has
+    return {t for t, ok in with_unit.items() if ok}

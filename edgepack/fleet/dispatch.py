@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.fleet import resource
-from edgepack.fleet.cluster import connect, no_device_error, offered_targets
+from edgepack.fleet import DEVICE_RESOURCE, resource
+from edgepack.fleet.cluster import connect, exclusive_targets, no_device_error, offered_targets
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
     shippers: dict = {}
     devices: dict[str, dict] = {}
     task = ray.remote(_remote_entry)
+    exclusive = exclusive_targets()
     for target in recipe.targets:
         if target in missing:
             results[target] = {s.id: StepResult(s.id, s.command, target, "failed" if i == 0 else "not run",
@@ -139,7 +140,8 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
         shipper = _Shipper(ray)
         job = _job(recipe, target, kinds, shared, skipped, refs, shipper, out_dir)
         # one device of the kind per task; no CPU reserved (a device runs one edgepack task at a time)
-        options = {"resources": {resource(target): 1}, "num_cpus": 0, "max_retries": 1, "retry_exceptions": False}
+        needs = {resource(target): 1, **({DEVICE_RESOURCE: 1} if target in exclusive else {})}
+        options = {"resources": needs, "num_cpus": 0, "max_retries": 1, "retry_exceptions": False}
         pending[task.options(**options).remote(job)] = target
         shippers[target] = shipper
     waiting_since: dict[str, float] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepack.errors import EdgepackError, UsageError
-from edgepack.fleet import INSTALL_HINT, resource
+from edgepack.fleet import DEVICE_RESOURCE, INSTALL_HINT, resource
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class JoinResult:
 
     def to_json(self) -> dict:
         return {"schema": "edgepack.fleet.join/1", "head": self.head, "targets": self.targets,
-                "resources": {resource(t): 1 for t in self.targets}, "command": self.command,
+                "resources": {DEVICE_RESOURCE: 1, **{resource(t): 1 for t in self.targets}}, "command": self.command,
                 "started": self.started, "device": self.facts, "output": self.output}
 
 
@@ -169,7 +169,7 @@ def join(head: str, targets: list[str], *, dry_run: bool = False, force: bool = 
                                      f"{', '.join(matching_targets(facts)) or 'none'}), or pass --force")
     names = [load_target(n).name for n in targets]
     command = ["ray", "start", "--address", address,
-               "--resources", json.dumps({resource(t): 1 for t in names}), *extra]
+               "--resources", json.dumps({DEVICE_RESOURCE: 1, **{resource(t): 1 for t in names}}), *extra]
     result = JoinResult(address, names, command, started=False, facts=facts)
     if dry_run:
         return result

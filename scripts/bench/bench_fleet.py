@@ -1,7 +1,8 @@
 """What does running a recipe across a Ray fleet cost, against running it here target by target?
 
 For 1, 2 and 4 local worker nodes (a Ray cluster on 127.0.0.1: a head with no target, workers
-advertising the 4 targets round-robin), the same recipe with 4 targets:
+advertising the 4 targets round-robin, each one `edgepack-device` unit as `fleet join` gives: a
+node runs one edgepack task at a time), the same recipe with 4 targets:
     optimize (once, here) -> per target: build -> profile (--duration D)
 is run (a) sequentially here with `run_recipe`, (b) across the fleet with `run_on_fleet`, each in a
 fresh output folder, alternating (a) and (b) per repeat. Printed: the median wall time of each,
@@ -62,7 +63,7 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from edgepack.fleet import resource
+    from edgepack.fleet import DEVICE_RESOURCE, resource
     from edgepack.fleet.cluster import keep_loopback
     from edgepack.fleet.dispatch import run_on_fleet
     from edgepack.recipe import load_recipe, run_recipe
@@ -77,7 +78,7 @@ def main() -> int:
             cluster = Cluster(initialize_head=True, connect=False, head_node_args={**NODE, "include_dashboard": False})
             try:
                 for i in range(count):
-                    offered = {resource(t): 1 for j, t in enumerate(TARGETS) if j % count == i}
+                    offered = {DEVICE_RESOURCE: 1, **{resource(t): 1 for j, t in enumerate(TARGETS) if j % count == i}}
                     cluster.add_node(**NODE, resources=offered)
                 cluster.wait_for_nodes()
                 ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)

@@ -26,6 +26,8 @@ from edgepack.fleet.dispatch import run_on_fleet  # noqa: E402
 from edgepack.recipe import load_recipe, run_recipe, sha256_path  # noqa: E402
 from edgepack.resources import example_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a 3-node Ray cluster: ~1 min on 2 cores
+
 TARGETS = ["x86-cpu", "x86-cpu-vnni"]
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
 
@@ -181,7 +183,7 @@ def test_worker_killed_mid_task_is_retried(cluster, tmp_path, monkeypatch):
 
     head, nodes = cluster
     monkeypatch.setenv("EDGEPACK_HISTORY", str(tmp_path / "h.sqlite"))
-    recipe = load_recipe(_small_recipe(tmp_path, profile="2s"), targets=TARGETS)
+    recipe = load_recipe(_small_recipe(tmp_path, profile="1s"), targets=TARGETS)
     thread, box = _run_in_thread(recipe, tmp_path / "out", head.address)
     psutil.Process(_task_pid(nodes["x86-cpu-vnni"])).kill()
     thread.join(120)
@@ -193,7 +195,7 @@ def test_worker_killed_mid_task_is_retried(cluster, tmp_path, monkeypatch):
 def test_node_lost_mid_task_is_reported_and_the_other_target_finishes(cluster, tmp_path, monkeypatch):
     head, nodes = cluster
     monkeypatch.setenv("EDGEPACK_HISTORY", str(tmp_path / "h.sqlite"))
-    recipe = load_recipe(_small_recipe(tmp_path, profile="2s"), targets=TARGETS)
+    recipe = load_recipe(_small_recipe(tmp_path, profile="1s"), targets=TARGETS)
     thread, box = _run_in_thread(recipe, tmp_path / "out", head.address)
     _task_pid(nodes["x86-cpu-vnni"])
     head.remove_node(nodes["x86-cpu-vnni"], allow_graceful=False)
@@ -215,6 +217,9 @@ def test_fleet_status_lists_devices_targets_and_versions(cluster):
     status = fleet_status(cluster[0].address, timeout_s=60).to_json()
     assert status["schema"] == "edgepack.fleet.status/1"
     assert status["targets"] == {"x86-cpu": 1, "x86-cpu-vnni": 1}
+    from edgepack.fleet.cluster import exclusive_targets
+
+    assert exclusive_targets() == set()  # joined bare (no edgepack-device unit): tasks do not ask for it
     by_id = {n["node_id"]: n for n in status["nodes"]}
     for target, node in nodes.items():
         entry = by_id[node.node_id]
@@ -239,7 +244,8 @@ def test_join_checks_the_device_before_advertising(tmp_path):
     mine = [t for t in ("x86-cpu", "arm64-cpu") if not mismatches(load_target(t), facts)]
     result = join("10.0.0.5", mine, dry_run=True)
     assert result.command[:4] == ["ray", "start", "--address", "10.0.0.5:6379"]
-    assert json.loads(result.command[5]) == {resource(t): 1 for t in mine} and not result.started
+    assert json.loads(result.command[5]) == {"edgepack-device": 1, **{resource(t): 1 for t in mine}}
+    assert not result.started
     other = "arm64-cpu" if mine == ["x86-cpu"] else "x86-cpu"
     with pytest.raises(EdgepackError, match=f"is not target '{other}'"):
         join("10.0.0.5", [other], dry_run=True)
