@@ -114,7 +114,7 @@ def run_on_fleet(recipe, out_dir: str | Path, cluster: str, *, force: bool = Fal
 def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, address, force, grace_s) -> list:
     import ray
 
-    from edgepack.recipe import StepResult, _command_parsers, _plan_step, versions
+    from edgepack.recipe import StepResult, _command_parsers, versions
 
     parsers, env = _command_parsers(), versions()
     shared = {r.id: r for r in shared_results}
