@@ -159,7 +159,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
                                     "also on the retry")
                 reply = None
             if reply is None:
-                _mark_failed(results[target], per_target, kinds_for=target, note=failures[target])
+                _mark_failed(results[target], per_target, target=target, note=failures[target])
                 _print_target(target, [results[target][s.id] for s in per_target], None)
                 continue
             devices[target] = reply["node"]
@@ -180,7 +180,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
                     del pending[ref]
                     failures[target] = ("the device running it left the fleet and "
                                         + no_device_error(target, alive))
-                    _mark_failed(results[target], per_target, kinds_for=target, note=failures[target])
+                    _mark_failed(results[target], per_target, target=target, note=failures[target])
                     _print_target(target, [results[target][s.id] for s in per_target], None)
     ordered = []
     for step in recipe.steps:
@@ -363,7 +363,7 @@ def _add_history(step, plan) -> None:
             History(step.options.get("history_db")).add(item)
 
 
-def _mark_failed(results, per_target, *, kinds_for, note) -> None:
+def _mark_failed(results, per_target, *, target, note) -> None:
     from edgepack.recipe import StepResult
 
     first = True
@@ -371,7 +371,7 @@ def _mark_failed(results, per_target, *, kinds_for, note) -> None:
         current = results.get(step.id)
         if current is not None and current.status == "skipped":
             continue
-        results[step.id] = StepResult(step.id, step.command, kinds_for, "failed" if first else "not run",
+        results[step.id] = StepResult(step.id, step.command, target, "failed" if first else "not run",
                                       note=note if first else "")
         first = False
 
