@@ -36,18 +36,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DURATION = 2.0
 BLOCK = 10  # runs per block in the interleaved rerun
-MIN_PAIRS = 20  # at least this many pairs of blocks, however slow the machine
-
-
-def _p50(result: dict) -> float:
-    return float((result.get("latency_ms") or {}).get("p50") or 0.0)
+MIN_PAIRS = 10  # fewer pairs of blocks than this: compare the interleaved samples unpaired
 
 
 def paired_ratio(current: list[float], baseline: list[float], percentile: float, *, block: int = BLOCK,
                  confidence: float = 0.99, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(median, low, high) of the per-pair ratios of a block percentile, blocks in time order
-    (pair i: block i of each side, timed next to each other); interval: bootstrap over pairs.
-    The rerun's budget (a number of runs, at least MIN_PAIRS blocks) keeps pairs >= 3."""
+    (pair i: block i of each side, timed next to each other); interval: bootstrap over pairs."""
     import numpy as np
 
     pairs = min(len(current), len(baseline)) // block
@@ -124,10 +119,7 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
     same_model = (current.get("model") or {}).get("sha256") == (baselines[-1].get("model") or {}).get("sha256")
     engine = is_engine(current_path) or (baseline_path is not None and is_engine(baseline_path))
     mode = "rerun" if same_model or engine or baseline_path is None else "interleaved"
-    # a number of runs, not a time: a starved process still gets MIN_PAIRS pairs of blocks
-    typical = max(_p50(current), _p50(baselines[-1]), 1e-3)
-    runs = max(MIN_PAIRS, int(duration * 1000.0 / (2 * typical)) // BLOCK) * BLOCK
-    options = ProfileOptions(budget=Budget(runs=runs), warmup=Budget(seconds=0.2),
+    options = ProfileOptions(budget=Budget(seconds=duration), warmup=Budget(seconds=0.2),
                              batch=current.get("batch"), threads=current.get("threads"), layer_runs=0,
                              progress=progress)
     target = _target(current.get("target"))
@@ -139,9 +131,12 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
                                   metric=metric, force=True)
         from edgepack.profile.stats import metric_percentile
 
-        ratio, low, high = paired_ratio(fresh["samples_ms"], base["samples_ms"], metric_percentile(metric),
-                                        block=BLOCK, confidence=confidence)
-        report.update(_verdict(ratio, low, high, threshold), statistic="paired blocks")
+        if min(len(fresh["samples_ms"]), len(base["samples_ms"])) >= MIN_PAIRS * BLOCK:
+            ratio, low, high = paired_ratio(fresh["samples_ms"], base["samples_ms"], metric_percentile(metric),
+                                            block=BLOCK, confidence=confidence)
+            report.update(_verdict(ratio, low, high, threshold), statistic="paired blocks")
+        else:  # a starved process timed too few blocks to pair: the interleaved samples, unpaired
+            report["statistic"] = "interleaved, unpaired (too few blocks to pair)"
     else:
         fresh = profile_model(current_path, target, options)
         fresh["model"] = dict(current["model"])  # the same file; keep the recorded name/path
