@@ -479,13 +479,86 @@ def _resolve_inputs(refs, step, target, recipe, outputs, reports) -> list[Path] 
     return paths
 
 
+@dataclass
+class StepPlan:
+    """A step ready to run: its command line, outputs and cache key (inputs' sha256 included)."""
+    argv: list[str]
+    folder: Path
+    artifact: Path | None
+    report: Path | None
+    options: dict[str, Any]
+    hashed: dict[str, str]
+    key: str
+    manifest_path: Path
+    command_parser: argparse.ArgumentParser | None = None
+
+    def previous(self) -> dict | None:
+        """The step's manifest, if its key matches and its outputs are intact (the step can be skipped)."""
+        previous = _read_json(self.manifest_path)
+        if previous and previous.get("key") == self.key and all(
+                Path(p).is_file() and sha256_path(p) == h for p, h in previous.get("outputs", {}).items()):
+            return previous
+        return None
+
+
 def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, force,
               allow_outside=False) -> StepResult:
+    result, plan = _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env, allow_outside)
+    if plan is None:
+        return result
+    previous = None if force else plan.previous()
+    if previous:
+        result.status, result.note = "skipped", f"unchanged (took {previous.get('seconds', 0):.2f}s)"
+        return result
+    plan.manifest_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
+    capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
+    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture), _logs_to(capture):
+        code, failure = _call(step.command, plan.command_parser, plan.argv)
+    result.seconds = time.perf_counter() - start
+    from edgepack.cli.common import write_text_atomic
+    write_text_atomic(plan.folder / f"{step.id}.log", capture.text)
+    if code != 0:
+        if capture.stream is None:
+            result.log = capture.renamed(capture.text[-4000:])
+        errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
+        result.status = "failed"
+        lines = [line.strip() for line in capture.text.splitlines() if line.strip()]
+        result.note = failure or (errors[-1][len("error: "):] if errors
+                                  else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
+        return result
+    absent = [str(p) for p in _produced(plan) if not p.is_file()]
+    if absent:
+        result.status, result.note = "failed", f"did not write {absent[0]}"
+        return result
+    result.status = "done"
+    write_manifest(plan, step, target, env, result.seconds)
+    return result
+
+
+def _produced(plan: StepPlan) -> list[Path]:
+    return list(dict.fromkeys(p for p in (plan.artifact, plan.report) if p is not None))
+
+
+def write_manifest(plan: StepPlan, step: Step, target: str | None, env: dict, seconds: float,
+                   extra: dict | None = None) -> None:
+    """DIR/<id>.step.json: what a later run compares to skip the step (`extra`: e.g. the device)."""
+    _write_json(plan.manifest_path, {
+        "schema": STEP_SCHEMA, "id": step.id, "command": step.command, "target": target,
+        "argv": plan.argv, "options": plan.options, "inputs": plan.hashed,
+        "outputs": {str(p): sha256_path(p) for p in _produced(plan)}, "versions": env,
+        "seconds": seconds, "key": plan.key, **(extra or {})})
+
+
+def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
+               allow_outside: bool = False) -> tuple[StepResult, StepPlan | None]:
+    """The step's result so far and its plan; no plan when it cannot run (its result says why)."""
     result = StepResult(step.id, step.command, target, "unavailable")
     parser = parsers.get(step.command.replace("-", "_"))
     if parser is None:
         result.note = f"`edgepack {step.command}` is not in this installation"
-        return result
+        return result, None
     command_parser, prefix, options = parser, [], dict(step.options)
     choice = _subcommands(parser)
     if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
@@ -497,7 +570,7 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
     inputs = _resolve_inputs(result.inputs, step, target, recipe, outputs, reports)
     if isinstance(inputs, str):
         result.note = inputs
-        return result
+        return result, None
     folder = out_dir / _target_folder(target) if target else out_dir
     folder.mkdir(parents=True, exist_ok=True)
     if len(inputs) != len(positionals):
@@ -534,43 +607,8 @@ def _run_step(step, target, recipe, out_dir, parsers, outputs, reports, env, for
         hashed[str(target_file)] = sha256_path(target_file)
     key = hashlib.sha256(json.dumps({"argv": argv, "inputs": hashed, "versions": env},
                                     sort_keys=True).encode()).hexdigest()
-    manifest_path = folder / f"{step.id}.step.json"
-    previous = _read_json(manifest_path)
-    if not force and previous and previous.get("key") == key and all(
-            Path(p).is_file() and sha256_path(p) == h for p, h in previous.get("outputs", {}).items()):
-        result.status, result.note = "skipped", f"unchanged (took {previous.get('seconds', 0):.2f}s)"
-        return result
-    manifest_path.unlink(missing_ok=True)
-
-    start = time.perf_counter()
-    # the command's own output goes to DIR/<id>.log (and to stderr with -v); a failure shows it
-    capture = _Tee(sys.stderr if logger.isEnabledFor(logging.INFO) else None, step.id)
-    with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture), _logs_to(capture):
-        code, failure = _call(step.command, command_parser, argv)
-    result.seconds = time.perf_counter() - start
-    from edgepack.cli.common import write_text_atomic
-    write_text_atomic(folder / f"{step.id}.log", capture.text)
-    if code != 0:
-        if capture.stream is None:
-            result.log = capture.renamed(capture.text[-4000:])
-        errors = [line for line in capture.text.splitlines() if line.startswith("error:")]
-        result.status = "failed"
-        lines = [line.strip() for line in capture.text.splitlines() if line.strip()]
-        result.note = failure or (errors[-1][len("error: "):] if errors
-                                  else f"{lines[-1]} (exit code {code})" if lines else f"exit code {code}")
-        return result
-    produced = list(dict.fromkeys(p for p in (artifact, report) if p is not None))
-    absent = [str(p) for p in produced if not p.is_file()]
-    if absent:
-        result.status, result.note = "failed", f"did not write {absent[0]}"
-        return result
-    result.status = "done"
-    _write_json(manifest_path, {
-        "schema": STEP_SCHEMA, "id": step.id, "command": step.command, "target": target,
-        "argv": argv, "options": options, "inputs": hashed,
-        "outputs": {str(p): sha256_path(p) for p in produced}, "versions": env,
-        "seconds": result.seconds, "key": key})
-    return result
+    return result, StepPlan(argv, folder, artifact, report, options, hashed, key,
+                            folder / f"{step.id}.step.json", command_parser)
 
 
 def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tuple[int, str | None]:

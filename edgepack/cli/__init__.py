@@ -17,7 +17,7 @@ from edgepack.errors import EdgepackError, UsageError
 
 # The order of `edgepack --help`; modules not listed here follow alphabetically.
 ORDER = ["inspect", "optimize", "prune", "compress", "pack", "unpack", "calibrate", "quantize",
-         "compare", "check_qdq", "build", "profile", "check", "history", "run", "report",
+         "compare", "check_qdq", "build", "profile", "check", "history", "run", "fleet", "report",
          "targets", "demo"]
 
 

@@ -1,13 +1,20 @@
 """edgepack check CURRENT.json --baseline BASELINE.json|history: a latency gate for CI."""
 from __future__ import annotations
 
+import argparse
+
 from edgepack.cli import common
 from edgepack.commands.profile import METRICS
 
 EPILOG = """\
 exit codes: 1 only when CURRENT is slower than the baseline both significantly (the bootstrap
-interval of the ratio lies above 1) and by more than --threshold; 0 otherwise; 2 on bad input,
-and when the model, target or batch differ (unless --force).
+interval of the ratio lies above 1) and by more than --threshold, and a confirming rerun on this
+device agrees; 0 otherwise; 2 on bad input, and when the model, target, batch or power mode
+(governor, nvpmodel, jetson_clocks) differ (unless --force).
+
+confirmation (default where the model files are here): a flagged slowdown is timed again,
+baseline and current interleaved in one process (or, for the same model, the current profiled
+again), so that load from other jobs hits both alike; the load before/after is recorded.
 
 examples:
   edgepack check run.json --baseline main.json --threshold 5% --metric p50
@@ -20,7 +27,8 @@ def register(subparsers):
     parser.epilog = EPILOG
     parser.add_argument("current", metavar="CURRENT.json", help="result of `edgepack profile --json`")
     parser.add_argument("--baseline", required=True, metavar="FILE|history",
-                        help="a baseline profile result, or `history` for the recent runs of the same model and target")
+                        help="a baseline profile result, or `history` for the recent runs of the same model and target "
+                        "on the same kind of device")
     parser.add_argument("--threshold", default="5%", metavar="PCT", help="slowdown tolerated: 5%% (default) or 0.05")
     parser.add_argument("--confidence", type=float, default=0.99, metavar="C", help="confidence level (default 0.99)")
     parser.add_argument("--metric", default="p1", choices=METRICS,
@@ -28,7 +36,13 @@ def register(subparsers):
                         "p50/p90/p99 for typical and tail latency on a quiet machine)")
     parser.add_argument("--history-db", metavar="FILE", help="profile history database (for --baseline history)")
     parser.add_argument("--history-runs", type=int, default=5, metavar="N", help="recent runs used as the baseline")
-    parser.add_argument("--force", action="store_true", help="compare even if model, target or batch differ")
+    parser.add_argument("--force", action="store_true",
+                        help="compare even if model, target, batch or power mode differ")
+    parser.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=None,
+                        help="confirm a flagged slowdown by an interleaved A/B rerun on this device "
+                        "(default: where the model files recorded in the profiles are here)")
+    parser.add_argument("--confirm-duration", default="2s", metavar="S",
+                        help="timing budget of the confirming rerun (default 2s)")
     common.add_json(parser)
     return parser
 

@@ -16,6 +16,9 @@ def register(subparsers):
     common.add_output(parser, "output folder (default: ./<recipe name>-out)", required=False)
     parser.add_argument("--targets", metavar="A,B,C",
                         help="targets for the per-target steps, replacing the recipe's `targets`")
+    parser.add_argument("--cluster", metavar="ADDRESS|auto",
+                        help="run each target's build/profile/check on a device of the Ray fleet at ADDRESS "
+                        "(HEAD:6379; auto: the cluster on this machine, else a local one); see docs/fleet.md")
     parser.add_argument("--force", action="store_true", help="run every step, even unchanged ones")
     parser.add_argument("--report", metavar="HTML", help="also write the HTML report of the run")
     parser.add_argument("--allow-outside", action="store_true",

@@ -23,15 +23,16 @@ class HistoryReport(CommandResult):
         if not rows:
             return "no recorded runs match"
         lines = [f"{'id':>4} {'created':<25} {'model':<24} {'sha256':<12} {'target':<18} {'b':>3} {'thr':>3} "
-                 f"{'p50 ms':>9} {'p99 ms':>9} {'Δp50':>7}"]
+                 f"{'p50 ms':>9} {'p99 ms':>9} {'Δp50':>7}  host"]
         previous: dict[tuple, float] = {}
         for r in rows:
-            key = (r["model_sha256"], r["target"], r["batch"])
+            key = (r["model_sha256"], r["target"], r["batch"], r.get("device"))
             change = f"{(r['p50'] / previous[key] - 1) * 100:+.1f}%" if key in previous and previous[key] else ""
             previous[key] = r["p50"]
             lines.append(f"{r['id']:>4} {r['created']:<25} {str(r['model_name'])[:24]:<24} "
                          f"{str(r['model_sha256'])[:12]:<12} {str(r['target'])[:18]:<18} {r['batch']:>3} "
-                         f"{r['threads']:>3} {r['p50']:>9.4f} {r['p99']:>9.4f} {change:>7}")
+                         f"{r['threads']:>3} {r['p50']:>9.4f} {r['p99']:>9.4f} {change:>7}  "
+                         f"{r.get('hostname') or '?'}")
         groups: dict[tuple, list] = {}
         for r in rows:
             groups.setdefault((r["model_name"], r["target"]), []).append(r["p50"])

@@ -170,10 +170,16 @@ def read_result(path: str | os.PathLike) -> dict:
 def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict | list, *,
           threshold: str | float = "5%", confidence: float = 0.99, metric: str = "p1",
           history_db: str | os.PathLike | None = None, history_runs: int = 5,
-          force: bool = False) -> CheckReport:
+          force: bool = False, confirm: bool | None = None, confirm_duration: str = "2s",
+          progress: bool = False) -> CheckReport:
     """Is `current` (a profile JSON file or result) significantly slower than `baseline` (a file,
-    a result, a list of results, or "history": the recent runs of the same model and target)?
-    The statistic is `edgepack.check_regression`."""
+    a result, a list of results, or "history": the recent runs of the same model and target on the
+    same kind of device)? The statistic is `edgepack.check_regression`. A suspect slowdown is
+    confirmed by an interleaved rerun on this device (`confirm`; None: where the model files the
+    profiles name are here), timed for `confirm_duration` (edgepack.profile.confirm)."""
+    from edgepack.profile.confirm import gate
+    from edgepack.profile.environment import device_kind
+    from edgepack.profile.timing import Budget
     from edgepack.profile.history import History
     from edgepack.profile.regression import check_regression, validate_profile
 
@@ -183,11 +189,14 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
     current = validate_profile(current, "current") if isinstance(current, dict) else read_result(current)
     if isinstance(baseline, str) and baseline == "history":
         store = History(history_db)
+        device = None if force else device_kind(current.get("environment"))
         runs = store.recent(model_sha256=current["model"]["sha256"], target=current.get("target"),
-                            limit=max(1, history_runs), exclude_run_id=current.get("id"))
+                            limit=max(1, history_runs), exclude_run_id=current.get("id"), device=device)
         if not runs:
-            raise UsageError(f"no earlier runs of {current['model']['name']} on target {current.get('target')} "
-                             f"in {store.path}", hint="profile the baseline first, or pass --baseline FILE")
+            on = f" on a {device}" if device else ""
+            raise UsageError(f"no earlier runs of {current['model']['name']} on target {current.get('target')}{on} "
+                             f"in {store.path}", hint="profile the baseline first (on the same kind of device), "
+                             "or pass --baseline FILE")
         baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in runs]
     elif isinstance(baseline, dict):
         baseline = validate_profile(baseline, "baseline")
@@ -195,4 +204,10 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
         baseline = read_result(baseline)
     report = check_regression(current, baseline, threshold=limit, confidence=confidence, metric=metric,
                               force=force)
+    duration = Budget.parse(confirm_duration, "--confirm-duration")
+    if duration.seconds is None:
+        raise UsageError(f"--confirm-duration {confirm_duration}: a duration needs a unit",
+                         hint=f"--confirm-duration {confirm_duration}s")
+    report = gate(report, current, baseline if isinstance(baseline, list) else [baseline], confirm=confirm,
+                  duration=duration.seconds, force=force, progress=progress)
     return CheckReport(report)

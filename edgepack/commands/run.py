@@ -26,10 +26,12 @@ class RunReport(CommandResult):
 
 def run(recipe: str | os.PathLike, output: str | os.PathLike | None = None, *,
         targets: str | list[str] | None = None, force: bool = False,
-        report: str | os.PathLike | None = None, allow_outside: bool = False) -> RunReport:
+        report: str | os.PathLike | None = None, allow_outside: bool = False,
+        cluster: str | None = None) -> RunReport:
     """Run the recipe file into `output` (default ./<recipe name>-out); `targets` ("a,b" or a list)
     replaces the recipe's; `force` runs unchanged steps too; `report` also writes the HTML report;
-    `allow_outside` lets the recipe write outside `output`.
+    `allow_outside` lets the recipe write outside `output`; `cluster` (a Ray address or "auto") runs
+    each target's build/profile/check on a device of the fleet (edgepack.fleet).
     The engine is `edgepack.load_recipe` + `edgepack.run_recipe`."""
     from edgepack.recipe import load_recipe, run_recipe
 
@@ -38,7 +40,12 @@ def run(recipe: str | os.PathLike, output: str | os.PathLike | None = None, *,
     loaded = load_recipe(recipe, targets=targets or None, allow_outside=allow_outside)
     name = loaded.path.name.removesuffix(".toml").removesuffix(".recipe")
     out_dir = Path(output) if output is not None else Path(f"{name}-out")
-    results = run_recipe(loaded, out_dir, force=force, allow_outside=allow_outside)
+    if cluster:
+        from edgepack.fleet.dispatch import run_on_fleet
+
+        results = run_on_fleet(loaded, out_dir, cluster, force=force)
+    else:
+        results = run_recipe(loaded, out_dir, force=force, allow_outside=allow_outside)
     if report is not None:
         from edgepack.report.html import write_report
 

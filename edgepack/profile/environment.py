@@ -1,7 +1,10 @@
-"""What the timings were taken on: CPU, cores, affinity, threads, OS, versions, Jetson clocks.
+"""What the timings were taken on: CPU, cores, affinity, threads, OS, versions, Jetson clocks,
+and the device's state before and after the timed runs (load, temperatures, clocks).
 
-Everything is read from files and commands that exist on Linux and Jetson; anything unreadable
-is recorded as null rather than failing the profile.
+Everything is read from files and commands that exist on Linux and Jetson; a value that cannot
+be read is absent (or null), never guessed: no thermal zones means no `thermal_c`, no
+`nvpmodel` means no `power_mode`, a `jetson_clocks --show` that fails (it needs root) means no
+`jetson_clocks`.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,20 +64,87 @@ def _read(path: str) -> str | None:
 
 
 def jetson_power() -> dict | None:
-    """nvpmodel's power mode and the CPU/GPU/EMC clocks, where this is a Jetson and they are readable."""
+    """nvpmodel's power mode, whether jetson_clocks pins the clocks, and the GPU/EMC clocks, where
+    this is a Jetson and they are readable (each field only where its source answered)."""
     if not Path("/etc/nv_tegra_release").exists() and not shutil.which("nvpmodel"):
         return None
-    info: dict = {"l4t": _read("/etc/nv_tegra_release")}
+    info: dict = {"l4t": _read("/etc/nv_tegra_release"), "model": _read("/proc/device-tree/model")}
     if shutil.which("nvpmodel"):
-        try:
-            out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5).stdout
-            info["power_mode"] = " ".join(out.split()) or None
-        except (OSError, subprocess.SubprocessError):
-            info["power_mode"] = None
+        out = _run(["nvpmodel", "-q"])
+        info["power_mode"] = None
+        if out:
+            lines = [line.strip() for line in out.splitlines() if line.strip()]
+            named = [line.split(":", 1)[1].strip() for line in lines if line.startswith("NV Power Mode")]
+            info["power_mode"] = named[0] if named else " ".join(lines) or None
+            numbers = [line for line in lines if line.isdigit()]
+            if numbers:
+                info["power_mode_id"] = int(numbers[0])
+    if shutil.which("jetson_clocks"):
+        out = _run(["jetson_clocks", "--show"])
+        if out:  # with the clocks pinned, every CPU shows MinFreq == MaxFreq == CurrentFreq
+            cpus = re.findall(r"cpu\d+: .*?MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)", out)
+            if cpus:
+                info["jetson_clocks"] = all(lo == hi == cur for lo, hi, cur in cpus)
     info["gpu_freq_hz"] = next((v for v in (_read(p) for p in sorted(glob.glob("/sys/devices/gpu.0/devfreq/*/cur_freq"))
                                             + sorted(glob.glob("/sys/class/devfreq/*gpu*/cur_freq"))) if v), None)
     info["emc_freq_hz"] = _read("/sys/kernel/debug/bpmp/debug/clk/emc/rate")
-    return info
+    return {k: v for k, v in info.items() if v is not None or k in ("power_mode",)}
+
+
+def _run(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def thermal_c() -> dict[str, float] | None:
+    """Temperatures of /sys/class/thermal zones in degrees C, keyed by zone type (zone name if
+    two share a type); None where the machine exposes none."""
+    temps: dict[str, float] = {}
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        raw = _read(f"{zone}/temp")
+        if not raw or not raw.lstrip("-").isdigit():
+            continue
+        name = _read(f"{zone}/type") or Path(zone).name
+        key = name if name not in temps else f"{name}.{Path(zone).name}"
+        temps[key] = int(raw) / 1000.0
+    return temps or None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def device_state() -> dict:
+    """What moves during a run: load, temperatures, CPU clocks (the readable ones only)."""
+    state = {"load_average": load_average(), "thermal_c": thermal_c(), "cpu_freq_khz": cpu_freqs_khz()}
+    return {k: v for k, v in state.items() if v is not None}
+
+
+def power_mode(environment: dict | None) -> dict:
+    """The settings that change a device's speed: governor, nvpmodel mode, jetson_clocks (those recorded)."""
+    if not isinstance(environment, dict):
+        return {}
+    jetson = environment.get("jetson") or {}
+    mode = {"governor": environment.get("governor"), "nvpmodel": jetson.get("power_mode"),
+            "jetson_clocks": jetson.get("jetson_clocks")}
+    return {k: v for k, v in mode.items() if v is not None}
+
+
+def device_kind(environment: dict | None) -> str | None:
+    """What kind of device a result was taken on: the Jetson module, else CPU model and machine."""
+    if not isinstance(environment, dict):
+        return None
+    jetson = environment.get("jetson") or {}
+    if jetson.get("model"):
+        return str(jetson["model"])
+    cpu, machine = environment.get("cpu_model"), environment.get("machine")
+    return " / ".join(str(x) for x in (cpu, machine) if x) or None
 
 
 def cpu_freqs_khz() -> list[int] | None:
@@ -100,14 +171,14 @@ def cpu_flags() -> list[str] | None:
     return [f for f in SPEED_FLAGS if f in present]
 
 
-def environment(*, threads: int | None = None) -> dict:
-    """A dict recorded with every profile, so two results can be told apart (or not)."""
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
+def environment(*, threads: int | None = None, before: dict | None = None) -> dict:
+    """A dict recorded with every profile, so two results can be told apart (or not).
+    `before`: the device_state() taken before the timed runs; the state now is `state.after`."""
+    load = load_average()
     from edgepack import __version__
 
+    after = device_state()
+    governors = {g for g in (_read(p) for p in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor")) if g}
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -128,4 +199,15 @@ def environment(*, threads: int | None = None) -> dict:
             "tensorrt": _version("tensorrt"),
         },
         "jetson": jetson_power(),
+        "governors": sorted(governors) or None,
+        "cpu_freq_limits_khz": _freq_limits(),
+        "state": {"before": before, "after": after} if before is not None else {"after": after},
     }
+
+
+def _freq_limits() -> dict | None:
+    low = [_read(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_min_freq"))]
+    high = [_read(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_max_freq"))]
+    low = [int(v) for v in low if v and v.isdigit()]
+    high = [int(v) for v in high if v and v.isdigit()]
+    return {"min": low, "max": high} if low and high else None

@@ -1,7 +1,11 @@
 """A local store of profile results (SQLite), for trends and `check --baseline history`.
 
 Path: --history-db, else $EDGEPACK_HISTORY, else ~/.cache/edgepack/history.sqlite. One row per
-profile run; the full result (samples included) is kept as JSON next to indexed summary columns.
+profile run; the full result (samples included, with its environment record) is kept as JSON
+next to indexed summary columns, among them the hostname and the device kind (Jetson module, else
+CPU model and machine) the run was taken on: a fleet run (`edgepack run --cluster`) puts every
+device's results into the one store of the machine that started it, and `--baseline history`
+compares a run with earlier runs of the same model, target and device kind.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.profile.environment import device_kind
 
 DEFAULT_PATH = Path("~/.cache/edgepack/history.sqlite")
 
@@ -26,9 +31,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_model_target ON runs (model_sha256, target, id);
 """
+_ADDED = (("hostname", "TEXT"), ("device", "TEXT"))  # columns added later: stores made before get them
 
 _COLUMNS = ("id", "run_id", "created", "model_name", "model_path", "model_sha256", "target", "backend",
-            "batch", "threads", "runs", "p50", "p90", "p99", "mean", "throughput")
+            "batch", "threads", "runs", "p50", "p90", "p99", "mean", "throughput", "hostname", "device")
 
 
 def default_path() -> Path:
@@ -52,6 +58,7 @@ class History:
                 outputs.check_output(self.path, what="profile history")  # never an input; folders made
             connection = sqlite3.connect(self.path, timeout=30)
             connection.executescript(_SCHEMA)
+            _migrate(connection)
             return connection
         except (sqlite3.Error, OSError) as exc:
             raise EdgepackError(f"profile history {self.path}: {exc}",
@@ -60,10 +67,12 @@ class History:
     def add(self, result: dict) -> int:
         """Append a profile result; returns its row id."""
         lat = result["latency_ms"]
+        environment = result.get("environment") or {}
         row = (result.get("id"), result["created"], result["model"].get("name"), result["model"].get("path"),
                result["model"].get("sha256"), result.get("target"), result.get("backend"), result.get("batch"),
                result.get("threads"), result.get("runs"), lat.get("p50"), lat.get("p90"), lat.get("p99"),
-               lat.get("mean"), result.get("throughput_per_s"), json.dumps(result))
+               lat.get("mean"), result.get("throughput_per_s"), environment.get("hostname"),
+               device_kind(environment), json.dumps(result))
         with self._connect(create=True) as db:
             cursor = db.execute(f"INSERT INTO runs ({', '.join(_COLUMNS[1:])}, result) "
                                 f"VALUES ({', '.join('?' * len(row))})", row)
@@ -79,12 +88,14 @@ class History:
         return [dict(zip(_COLUMNS, r)) for r in reversed(rows)]
 
     def recent(self, *, model_sha256: str, target: str | None, limit: int = 5,
-               exclude_run_id: str | None = None) -> list[dict]:
-        """The full results of the last `limit` runs of this model (sha256) and target."""
+               exclude_run_id: str | None = None, device: str | None = None) -> list[dict]:
+        """The full results of the last `limit` runs of this model (sha256) and target (and
+        device kind, when given: like is compared with like)."""
+        device_clause, params = ("AND device IS ? ", (device,)) if device is not None else ("", ())
         with self._connect(create=False) as db:
-            rows = db.execute("SELECT result FROM runs WHERE model_sha256 = ? AND target IS ? "
+            rows = db.execute("SELECT result FROM runs WHERE model_sha256 = ? AND target IS ? " + device_clause +
                               "AND (run_id IS NOT ? OR run_id IS NULL) ORDER BY id DESC LIMIT ?",
-                              (model_sha256, target, exclude_run_id, limit)).fetchall()
+                              (model_sha256, target, *params, exclude_run_id, limit)).fetchall()
         return [json.loads(r[0]) for r in reversed(rows)]
 
     @staticmethod
@@ -98,6 +109,24 @@ class History:
             clauses.append("target = ?")
             params.append(target)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the hostname and device columns to a store made before them, filled from each row's JSON."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    missing = [(name, kind) for name, kind in _ADDED if name not in have]
+    if not missing:
+        return
+    for name, kind in missing:
+        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+    for row_id, text in db.execute("SELECT id, result FROM runs").fetchall():
+        try:
+            environment = json.loads(text).get("environment") or {}
+        except ValueError:
+            continue
+        db.execute("UPDATE runs SET hostname = ?, device = ? WHERE id = ?",
+                   (environment.get("hostname"), device_kind(environment), row_id))
+    db.commit()
 
 
 def sparkline(values: list[float]) -> str:

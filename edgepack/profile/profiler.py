@@ -232,9 +232,10 @@ def profile_model(path: str | os.PathLike, target=None, options: ProfileOptions 
     target = load_target(target) if target is not None else None
     _pin(affinity)
     threads = _threads(target, options)
+    before = env.device_state()
     runner = _open(path, target, threads)
     if not isinstance(runner, OrtRunner):
-        return _profile_tensorrt(path, target, runner, options, threads)
+        return _profile_tensorrt(path, target, runner, options, threads, before)
     feeds, batch = make_feeds(runner.inputs, options)
     run = runner.bind(feeds)
     warmup_runs = warm_up(run, options.warmup)
@@ -243,7 +244,7 @@ def profile_model(path: str | os.PathLike, target=None, options: ProfileOptions 
     if options.layer_runs:
         result["layers"] = runner.layers(feeds, options.layer_runs)
     runner.close()
-    result["environment"] = env.environment(threads=threads)
+    result["environment"] = env.environment(threads=threads, before=before)
     result["environment"]["providers"] = runner.providers
     return result
 
@@ -254,7 +255,8 @@ def _io_triplet(binding) -> tuple:
     return name, tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else "?" for d in shape), np.dtype(dtype)
 
 
-def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threads: int) -> dict:
+def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threads: int,
+                      before: dict | None = None) -> dict:
     """Host latency and GPU compute per run from TensorRTRunner.time_once; layers from IProfiler."""
     from edgepack.profile.tensorrt_profile import layer_profiler, layer_rows
 
@@ -285,7 +287,7 @@ def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threa
             for _ in range(options.layer_runs):
                 runner.infer(feeds)
             result["layers"] = layer_rows(profiler, options.layer_runs)
-    result["environment"] = env.environment(threads=threads)
+    result["environment"] = env.environment(threads=threads, before=before)
     return result
 
 
@@ -298,6 +300,7 @@ def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileO
     _pin(affinity)
     threads = _threads(target, options)
     paths = [Path(path_a), Path(path_b)]
+    before = env.device_state()
     for p in paths:
         if is_engine(p):
             raise UsageError(f"{p}: --vs compares ONNX Runtime artifacts only",
@@ -313,7 +316,7 @@ def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileO
         result = _result(p, target, runner, batch, threads, options, samples, w, env.sha256_of(p))
         if options.layer_runs:
             result["layers"] = runner.layers(f, options.layer_runs)
-        result["environment"] = env.environment(threads=threads)
+        result["environment"] = env.environment(threads=threads, before=before)
         result["environment"]["providers"] = runner.providers
         result["interleaved"] = True
         results.append(result)

@@ -114,6 +114,15 @@ def _refuse_mismatch(current: dict, baseline: dict) -> None:
             raise UsageError(f"the current run and the baseline differ in {label} "
                              f"({shown[0]} vs {shown[1]})",
                              hint="compare runs of the same model and target, or pass --force")
+    from edgepack.profile.environment import power_mode
+
+    mine, theirs = power_mode(current.get("environment")), power_mode(baseline.get("environment"))
+    differ = [k for k in mine if k in theirs and mine[k] != theirs[k]]
+    if differ:
+        what = ", ".join(f"{k} {mine[k]} vs {theirs[k]}" for k in differ)
+        raise UsageError(f"the current run and the baseline were taken under different power modes ({what})",
+                         hint="set the device to the baseline's mode (nvpmodel -m N, jetson_clocks, "
+                              "the CPU governor) and profile again, or pass --force")
 
 
 def verdict_line(report: dict) -> str:
@@ -134,6 +143,16 @@ def format_check(report: dict) -> str:
            f"{report['ratio']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {report['verdict']}")
     note = (f"threshold {report['threshold'] * 100:g}%, baseline: {report['baseline']['runs']} run(s), "
             f"{report['baseline']['samples']} timings; current: {report['current']['samples']} timings")
-    if report["verdict"] == "same" and report["significant"] and report["ratio"] > 1:
+    confirm = report.get("confirm") or {}
+    if confirm.get("ran"):
+        again = confirm["report"]
+        load = " -> ".join(f"{x[0]:.2f}" for x in (confirm.get("load_before"), confirm.get("load_after")) if x)
+        note += (f"\nfirst verdict {report.get('first_verdict')}; confirmation ({confirm['mode']}, "
+                 f"{confirm['duration_s']:.1f} s, load {load}): "
+                 f"{again['metric']} ratio {again['ratio']:.3f} [{again['ci'][0]:.3f}, {again['ci'][1]:.3f}] "
+                 + ("-> slower, confirmed" if confirm["confirmed"] else "-> not confirmed: passes"))
+    elif report.get("verdict") == "slower" and confirm.get("reason"):
+        note += f"\nnot confirmed by a rerun: {confirm['reason']}"
+    if report["verdict"] == "same" and report["significant"] and report["ratio"] > 1 and not confirm.get("ran"):
         note += "\nslower by a significant margin, but under the threshold: passes"
     return "\n".join([header, row, note, verdict_line(report)])

@@ -1,0 +1,190 @@
+"""Confirming a flagged slowdown on the same device before failing a gate.
+
+Two profiles taken minutes apart on a busy machine differ more than either run's statistics
+say (other jobs come and go between them): at load 2x the cores, separate runs raise about 13
+false alarms in 100, and miss real slowdowns as often. A real slowdown survives a rerun in which
+load hits both sides alike:
+
+    suspect: check_regression(current, baseline) says "slower", or cannot rule out a slowdown
+             over the threshold (interval's upper end > 1 + threshold, ratio > 1), or its
+             ratio is above 1 + threshold/2
+      -> interleaved:  both model files present and different: time CURRENT and BASELINE in one
+                       process, alternating blocks of 10 runs (ABBA). Each pair of neighbouring
+                       blocks gives r_i = q(current block i) / q(baseline block i), q the check's
+                       percentile (p1 by default: about the block's fastest run, when the model
+                       had a CPU); ratio = median(r_i), interval = bootstrap over the pairs.
+                       Load that changes between pairs cancels within each pair.
+      -> rerun:        the same model (a change of device state or software, not of the model),
+                       or a TensorRT engine: profile CURRENT again now and check it against the
+                       same baseline with the same metric;
+    the gate fails only when the confirming check says "slower" (significant and over the
+    threshold); it then decides, whatever the first verdict was.
+
+The load average before and after the confirming run is recorded with it. When neither model
+file is readable here (or its sha256 no longer matches), the first verdict stands and the
+report says why the confirmation was skipped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from edgepack.profile import environment as env
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DURATION = 2.0
+BLOCK = 10  # runs per block in the interleaved rerun
+MIN_PAIRS = 10  # fewer pairs of blocks than this: compare the interleaved samples unpaired
+
+
+def paired_ratio(current: list[float], baseline: list[float], percentile: float, *, block: int = BLOCK,
+                 confidence: float = 0.99, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high) of the per-pair ratios of a block percentile, blocks in time order
+    (pair i: block i of each side, timed next to each other); interval: bootstrap over pairs."""
+    import numpy as np
+
+    pairs = min(len(current), len(baseline)) // block
+    if pairs < 3:
+        from edgepack.errors import UsageError
+
+        raise UsageError("the confirming rerun timed fewer than 3 blocks", hint="raise --confirm-duration")
+    a = np.percentile(np.asarray(current[: pairs * block], dtype=float).reshape(pairs, block), percentile, axis=1)
+    b = np.percentile(np.asarray(baseline[: pairs * block], dtype=float).reshape(pairs, block), percentile, axis=1)
+    ratios = a / b
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, pairs, size=(n_resamples, pairs))], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(medians, [tail, 100.0 - tail])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def _verdict(ratio: float, low: float, high: float, threshold: float) -> dict:
+    if low > 1.0 and ratio > 1.0 + threshold:
+        verdict = "slower"
+    elif high < 1.0 and ratio < 1.0 / (1.0 + threshold):
+        verdict = "faster"
+    else:
+        verdict = "same"
+    return {"ratio": ratio, "ci": [low, high], "significant": low > 1.0 or high < 1.0, "verdict": verdict,
+            "regression": verdict == "slower"}
+
+
+def suspect(report: dict) -> bool:
+    """Worth a confirming rerun: slower; or a slowdown over the threshold not ruled out (the
+    interval's upper end above 1 + threshold, ratio above 1); or a ratio above 1 + threshold/2
+    (under heavy load separate runs' intervals are too narrow to rule anything out)."""
+    t = report["threshold"]
+    return (report["verdict"] == "slower" or report["ratio"] > 1.0 + t / 2
+            or (report["ratio"] > 1.0 and report["ci"][1] > 1.0 + t))
+
+
+def model_file(result: dict) -> Path | None:
+    """The result's model file, if it is here and still has the recorded sha256."""
+    model = result.get("model") or {}
+    path = Path(model["path"]) if model.get("path") else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return path if env.sha256_of(path) == model.get("sha256") else None
+    except OSError:
+        return None
+
+
+def availability(current: dict, baselines: list[dict]) -> str | None:
+    """None when a confirmation can run; else why not."""
+    if model_file(current) is None:
+        return f"the current model file is not here or changed ({(current.get('model') or {}).get('path')})"
+    if model_file(baselines[-1]) is None and (current.get("model") or {}).get("sha256") != \
+            (baselines[-1].get("model") or {}).get("sha256"):
+        return f"the baseline model file is not here or changed ({(baselines[-1].get('model') or {}).get('path')})"
+    return None
+
+
+def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, confidence: float,
+                     metric: str, duration: float = DEFAULT_DURATION, force: bool = False,
+                     progress: bool = False) -> dict:
+    """Rerun on this device (see the module docstring); returns the confirmation record:
+    {ran, mode, reason, duration_s, load_before, load_after, report, confirmed}."""
+    from edgepack.profile.profiler import ProfileOptions, is_engine, profile_model, profile_pair
+    from edgepack.profile.regression import check_regression
+    from edgepack.profile.timing import Budget
+
+    why = availability(current, baselines)
+    if why:
+        return {"ran": False, "reason": why, "confirmed": None}
+    current_path = model_file(current)
+    baseline_path = model_file(baselines[-1])
+    same_model = (current.get("model") or {}).get("sha256") == (baselines[-1].get("model") or {}).get("sha256")
+    engine = is_engine(current_path) or (baseline_path is not None and is_engine(baseline_path))
+    mode = "rerun" if same_model or engine or baseline_path is None else "interleaved"
+    options = ProfileOptions(budget=Budget(seconds=duration), warmup=Budget(seconds=0.2),
+                             batch=current.get("batch"), threads=current.get("threads"), layer_runs=0,
+                             progress=progress)
+    target = _target(current.get("target"))
+    load_before = env.load_average()
+    start = time.perf_counter()
+    if mode == "interleaved":
+        fresh, base = profile_pair(current_path, baseline_path, target, options, block=BLOCK)
+        report = check_regression(fresh, base, threshold=threshold, confidence=confidence,
+                                  metric=metric, force=True)
+        from edgepack.profile.stats import metric_percentile
+
+        if min(len(fresh["samples_ms"]), len(base["samples_ms"])) >= MIN_PAIRS * BLOCK:
+            ratio, low, high = paired_ratio(fresh["samples_ms"], base["samples_ms"], metric_percentile(metric),
+                                            block=BLOCK, confidence=confidence)
+            report.update(_verdict(ratio, low, high, threshold), statistic="paired blocks")
+        else:  # a starved process timed too few blocks to pair: the interleaved samples, unpaired
+            report["statistic"] = "interleaved, unpaired (too few blocks to pair)"
+    else:
+        fresh = profile_model(current_path, target, options)
+        fresh["model"] = dict(current["model"])  # the same file; keep the recorded name/path
+        report = check_regression(fresh, baselines, threshold=threshold, confidence=confidence,
+                                  metric=metric, force=force)
+    seconds = time.perf_counter() - start
+    load_after = env.load_average()
+    logger.info("confirmation (%s): ratio %.3f, verdict %s", mode, report["ratio"], report["verdict"])
+    return {"ran": True, "mode": mode,
+            "reason": ("same model: profiled again and checked against the baseline" if mode == "rerun"
+                       else "baseline and current timed interleaved in one process (ABBA blocks)"),
+            "duration_s": round(seconds, 3), "load_before": load_before, "load_after": load_after,
+            "report": report, "confirmed": report["verdict"] == "slower"}
+
+
+def gate(report: dict, current: dict, baselines: list[dict], *, confirm: bool | None,
+         duration: float = DEFAULT_DURATION, force: bool = False, progress: bool = False) -> dict:
+    """The check's final verdict: a suspect report is confirmed or cleared by a rerun (confirm
+    None: where the model files are here; True: required; False: never). Adds `confirm` and
+    `first_verdict` (the verdict before the rerun) to the report."""
+    from edgepack.errors import UsageError
+
+    if not suspect(report) or confirm is False:
+        report["confirm"] = {"ran": False, "confirmed": None,
+                             "reason": "no slowdown over the threshold possible" if confirm is not False
+                             else "--no-confirm"}
+        return report
+    why = availability(current, baselines)
+    if why and confirm:
+        raise UsageError(f"--confirm: {why}", hint="profile where both model files are, or pass --no-confirm")
+    record = confirm_slowdown(current, baselines, threshold=report["threshold"], confidence=report["confidence"],
+                              metric=report["metric"], duration=duration, force=force, progress=progress)
+    report["confirm"] = record
+    if record["ran"]:
+        report["first_verdict"] = report["verdict"]
+        report["verdict"] = "slower" if record["confirmed"] else ("same" if report["verdict"] == "slower"
+                                                                  else report["verdict"])
+        report["regression"] = bool(record["confirmed"])
+    return report
+
+
+def _target(name):
+    if not name:
+        return None
+    from edgepack.errors import EdgepackError
+    from edgepack.targets import load_target
+
+    try:
+        return load_target(name)
+    except EdgepackError:
+        return None
