@@ -61,12 +61,9 @@ def paired_ratio(current: list[float], baseline: list[float], percentile: float,
 
 
 def _verdict(ratio: float, low: float, high: float, threshold: float) -> dict:
-    if low > 1.0 and ratio > 1.0 + threshold:
-        verdict = "slower"
-    elif high < 1.0 and ratio < 1.0 / (1.0 + threshold):
-        verdict = "faster"
-    else:
-        verdict = "same"
+    from edgepack.profile.regression import verdict_of
+
+    verdict = verdict_of(ratio, low, high, threshold)
     return {"ratio": ratio, "ci": [low, high], "significant": low > 1.0 or high < 1.0, "verdict": verdict,
             "regression": verdict == "slower"}
 

@@ -29,6 +29,16 @@ SCHEMA = "edgepack.check/1"
 PROFILE_SCHEMA = "edgepack.profile/1"
 
 
+
+def verdict_of(ratio: float, low: float, high: float, threshold: float) -> str:
+    """"slower" / "faster" when the interval [low, high] of the ratio excludes 1 and the ratio passes
+    the threshold that way; "same" otherwise."""
+    if low > 1.0 and ratio > 1.0 + threshold:
+        return "slower"
+    if high < 1.0 and ratio < 1.0 / (1.0 + threshold):
+        return "faster"
+    return "same"
+
 def validate_profile(result, where: str) -> dict:
     """A profile result with timings, or a UsageError naming the file."""
     if not isinstance(result, dict) or result.get("schema") != PROFILE_SCHEMA:
@@ -77,12 +87,7 @@ def check_regression(current: dict, baseline: dict | list[dict], *, threshold: f
 
     base_all = np.concatenate([np.asarray(b["samples_ms"], dtype=float) for b in baselines])
     significant = low > 1.0 or high < 1.0
-    if low > 1.0 and ratio > 1.0 + threshold:
-        verdict = "slower"
-    elif high < 1.0 and ratio < 1.0 / (1.0 + threshold):
-        verdict = "faster"
-    else:
-        verdict = "same"
+    verdict = verdict_of(ratio, low, high, threshold)
     return {
         "schema": SCHEMA,
         "metric": metric,
