@@ -162,3 +162,21 @@ def test_target_that_saturates_refuses_int8_weights(tmp_path):
     (tmp_path / "t.toml").write_text(text)
     with pytest.raises(EdgepackError, match="qdq.weights.*int8_saturates"):
         load_target(tmp_path / "t.toml")
+
+
+def test_one_shot_data_sources_serve_every_pass():
+    # equalization, calibration and the runtime check each read the data: a generator and an ORT
+    # CalibrationDataReader are read once, then reused
+    with np.load(DIGITS / "calib.npz") as d:
+        x = d["input"][:64]
+
+    class Reader:  # onnxruntime.quantization.CalibrationDataReader protocol
+        def __init__(self):
+            self.items = iter([{"input": x[i:i + 16]} for i in range(0, 64, 16)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    for source in ((({"input": x[i:i + 16]}) for i in range(0, 64, 16)), Reader()):
+        result = quantize(example_model(), source, target="x86-cpu", method="minmax")
+        assert result.ranges.samples == 64 and result.runtime_check.samples == 16 and result.runtime_check.ok
