@@ -41,6 +41,9 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
         raise EdgepackError(f"unknown calibration method '{method}'", hint=f"use one of {', '.join(METHODS)}")
     from edgepack import io
 
+    from edgepack.calib.data import reusable
+
+    data = reusable(data)  # the batch size is fitted on the first sample, then every sample is read
     io.infer_shapes(model)
     tensors = observable_tensors(model)
     if only is not None:

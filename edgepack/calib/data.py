@@ -222,6 +222,19 @@ class PreprocessedData:
         return str(self.source)
 
 
+def reusable(data: Any) -> Any:
+    """`data` as a source that can be read more than once: a one-shot source (a generator, an ONNX
+    Runtime CalibrationDataReader) is read once into a list of its batches; others are returned."""
+    if hasattr(data, "get_next"):
+        batches = []
+        while (item := data.get_next()) is not None:
+            batches.append(item)
+        return batches
+    if data is not None and not isinstance(data, (str, Path)) and iter(data) is data:
+        return list(data)
+    return data
+
+
 def with_preprocess(source: Any, preprocess: Preprocess | None) -> Any:
     """`source` carrying `preprocess` (unchanged when there is none)."""
     if preprocess is None or source is None:

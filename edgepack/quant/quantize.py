@@ -91,9 +91,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         from edgepack.calib.preprocess import Preprocess
 
         preprocess = Preprocess.from_manifest(ranges.preprocess, "ranges: preprocess")
-    from edgepack.calib.data import with_preprocess
+    from edgepack.calib.data import reusable, with_preprocess
 
-    data = with_preprocess(_reusable(data), preprocess)
+    data = with_preprocess(reusable(data), preprocess)
     if data is None and ranges is None:
         raise UsageError("quantize needs calibration data or a ranges file",
                             hint="pass --data D (a calibration folder, .npz or .npy) or --ranges ranges.json")
@@ -154,19 +154,6 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     if output is not None:
         result.output = str(io.save(model, output))
     return result
-
-
-def _reusable(data):
-    """Equalization, calibration and the runtime check each read the data: a one-shot source (a
-    generator, an ONNX Runtime CalibrationDataReader) is read once into a list of its batches."""
-    if hasattr(data, "get_next"):
-        batches = []
-        while (item := data.get_next()) is not None:
-            batches.append(item)
-        return batches
-    if data is not None and not isinstance(data, (str, os.PathLike)) and iter(data) is data:
-        return list(data)
-    return data
 
 
 def format_result(report: dict) -> str:

@@ -180,3 +180,13 @@ def test_one_shot_data_sources_serve_every_pass():
     for source in ((({"input": x[i:i + 16]}) for i in range(0, 64, 16)), Reader()):
         result = quantize(example_model(), source, target="x86-cpu", method="minmax")
         assert result.ranges.samples == 64 and result.runtime_check.samples == 16 and result.runtime_check.ok
+
+
+def test_calibrate_reads_every_sample_of_a_generator():
+    from edgepack.calib import calibrate
+
+    with np.load(DIGITS / "calib.npz") as d:
+        x = d["input"][:48]
+    ranges = calibrate(io.load(example_model()), ({"input": x[i:i + 16]} for i in range(0, 48, 16)),
+                       method="minmax", progress=False)
+    assert ranges.samples == 48
