@@ -230,7 +230,7 @@ def reusable(data: Any) -> Any:
         while (item := data.get_next()) is not None:
             batches.append(item)
         return batches
-    if data is not None and not isinstance(data, (str, Path)) and iter(data) is data:
+    if isinstance(data, Iterator):  # a generator: its batches, once
         return list(data)
     return data
 
