@@ -15,14 +15,19 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "asimddp", "i8mm")
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The flags /proc/cpuinfo lists (x86 `flags`, Arm `Features`); empty where it cannot be read."""
+def read_cpu_flags() -> frozenset[str] | None:
+    """The flags /proc/cpuinfo lists (x86 `flags`, Arm `Features`); None where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     return frozenset(flag for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
                      for flag in line.split(":", 1)[1].split())
+
+
+def cpu_flags() -> frozenset[str]:
+    """`read_cpu_flags()`, empty where /proc/cpuinfo cannot be read."""
+    return read_cpu_flags() or frozenset()
 
 
 def is_x86() -> bool:

@@ -61,15 +61,14 @@ def nchwc_block(target, cpu_flags: set[str] | None = None) -> int | None:
     want = _NCHWC_BLOCK.get(target.cpu_isa or "")
     if want is None or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
-    have = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+    if cpu_flags is None:
+        from edgepack.cpu import cpu_flags as host_flags
+
+        cpu_flags = host_flags()
+    have = 16 if "avx512f" in cpu_flags else 8 if "avx2" in cpu_flags else None
     return want if have == want else None
 
 
-def _cpu_flags() -> frozenset[str]:
-    from edgepack.cpu import cpu_flags
-
-    return cpu_flags()
 
 
 def session_options(*, threads: int = 0, optimized_path: Path | None = None, ort_format: bool = False,

@@ -13,7 +13,6 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from edgepack.errors import EdgepackError, UsageError
 from edgepack.fleet import DEVICE_RESOURCE, INSTALL_HINT, resource
@@ -36,13 +35,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {f for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
-            for f in line.split(":", 1)[1].split()}
 
 
 def _gpus() -> list[dict]:
@@ -71,7 +63,9 @@ def device_facts() -> dict:
     from edgepack import __version__
     from edgepack.profile.environment import cpu_model, jetson_power, load_average
 
-    flags = _cpu_flags()
+    from edgepack.cpu import cpu_flags
+
+    flags = set(cpu_flags())
     facts = {"hostname": platform.node(), "machine": platform.machine().lower(), "cpu_model": cpu_model(),
              "cpu_count": os.cpu_count(), "cpu_flags": sorted(f for f in _FLAGS if f in flags),
              "load_average": load_average(),

@@ -160,15 +160,10 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx
 
 def cpu_flags() -> list[str] | None:
     """Of SPEED_FLAGS, those /proc/cpuinfo lists (x86 `flags`, Arm `Features`); None where unreadable."""
-    text = _read("/proc/cpuinfo")
-    if text is None:
-        return None
-    present: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            present.update(value.split())
-    return [f for f in SPEED_FLAGS if f in present]
+    from edgepack.cpu import read_cpu_flags
+
+    present = read_cpu_flags()
+    return None if present is None else [f for f in SPEED_FLAGS if f in present]
 
 
 def environment(*, threads: int | None = None, before: dict | None = None) -> dict:
