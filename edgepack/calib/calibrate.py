@@ -71,12 +71,12 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
                 raise EdgepackError(f"{dataset.description}: the model's output '{name}' overflows to NaN or "
                                     "Inf on this data", hint="check the data's scale and preprocessing")
             if name in observers:
-                _observe(observers[name], name, value, need_hist, dataset.description)
+                observers[name].update(value, need_hist)
             if name in means:
                 means[name].update(value)
         for name in batch:  # graph inputs are observed from the data itself
             if name in observers:
-                _observe(observers[name], name, batch[name], need_hist, dataset.description)
+                observers[name].update(batch[name], need_hist)
             if name in means:
                 means[name].update(batch[name])
         n = len(next(iter(batch.values())))
@@ -113,13 +113,6 @@ def _batch_for_budget(session, first, batch_size: int) -> int:
             logger.info("calibrating %d samples at a time (%.1f MB of activations each)", fitted, per_sample / 2**20)
         return fitted
     return batch_size
-def _observe(observer, name: str, value, need_hist: bool, source: str) -> None:
-    try:
-        observer.update(value, need_hist)
-    except FloatingPointError:
-        raise EdgepackError(f"{source}: tensor '{name}' overflows to NaN or Inf on this data",
-                            hint="check the data's scale and preprocessing (values near 1e38 overflow "
-                                 "float32)") from None
 
 
 def _weighted_op_inputs(model: ir.Model) -> set[str]:

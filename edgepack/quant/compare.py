@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,13 @@ RUNTIMES = {
 }
 _ALIAS_OPS = {"QuantizeLinear", "DequantizeLinear", "Identity", "BatchNormalization"}
 _AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
+
+
+def sqnr_from_energy(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) in dB: inf for no noise, -inf for no signal."""
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 class _Stats:
@@ -68,7 +74,7 @@ class _Stats:
                 self.correct["b"] += int((pb == labels).sum())
 
     def result(self) -> dict:
-        sqnr = math.inf if self.ee == 0 else 10 * math.log10(self.aa / self.ee) if self.aa > 0 else -math.inf
+        sqnr = sqnr_from_energy(self.aa, self.ee)
         cosine = self.ab / math.sqrt(self.aa * self.bb) if self.aa > 0 and self.bb > 0 else 1.0
         return {"sqnr_db": sqnr, "cosine": cosine, "max_abs_error": self.max_abs,
                 "top1_agreement": self.agree / self.total if self.total else None}

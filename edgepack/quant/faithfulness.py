@@ -49,12 +49,11 @@ class RuntimeCheck:
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    from edgepack.quant.compare import sqnr_from_energy
+
     ref = reference.astype(np.float64).ravel()
     err = ref - other.astype(np.float64).ravel()
-    e, s = float(err @ err), float(ref @ ref)
-    if e == 0:
-        return math.inf
-    return 10 * math.log10(s / e) if s > 0 else -math.inf
+    return sqnr_from_energy(float(ref @ ref), float(err @ err))
 
 
 def check_runtime(qdq_model, data=None, *, float_model=None, deployed=None, samples: int = 16,
