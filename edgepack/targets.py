@@ -22,7 +22,7 @@ else:  # pragma: no cover
 BACKENDS = ("tensorrt", "onnxruntime")
 PRECISIONS = ("int8", "fp16", "fp32")
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
-                      "int8-asymmetric-per-tensor")
+                      "int8-asymmetric-per-tensor", "uint7-asymmetric-per-tensor")
 DEVICE_MATCHES = ("exact", "minimum")
 MAX_THREADS = 1024  # more is a typo; ORT would try to start them all
 WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor",
@@ -39,7 +39,16 @@ class QDQPolicy:
 
     @property
     def activation_dtype(self) -> str:
-        return self.activations.split("-")[0]
+        """Storage type; "uint7" activations are stored as uint8."""
+        kind = self.activations.split("-")[0]
+        return "uint8" if kind == "uint7" else kind
+
+    @property
+    def activation_qmax(self) -> int:
+        """Largest code of an unsigned activation: 255, or 127 for "uint7" (7-bit activations: a pair
+        of u7 x s8 products, 2 * 127 * 127 = 32258, fits the int16 that AVX2 kernels add in, so
+        8-bit weights stay exact without VNNI)."""
+        return 127 if self.activations.startswith("uint7") else 255
 
     @property
     def activation_symmetric(self) -> bool:
@@ -284,7 +293,8 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
 
     if raw.get("calibration_method", "entropy") not in METHODS:
         raise fail("calibration_method", f"must be one of {', '.join(METHODS)}")
-    if raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8":
+    if (raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8"
+            and policy.activation_qmax > 127):
         raise fail("qdq.weights", "must be an int7 or uint8 scheme where int8_saturates = true: int8 "
                    "weights overflow the CPU's 16-bit pair sums",
                    hint=f"use {policy.weights.replace('int8', 'uint8')} or {policy.weights.replace('int8', 'int7')}")

@@ -133,14 +133,14 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         model = inserted.model
     else:
         inserted = insert_qdq(model, ranges, policy, exclude=set(exclude), float_defaults=float_defaults)
+    from edgepack.quant.origin import stamp_quantized
+
+    stamp_quantized(model, target, preprocess)  # before the rules check: it reads the activation codes
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
     validate_quantized(model)  # checker + ONNX Runtime load, before anything is written
-    from edgepack.quant.origin import stamp_quantized
-
-    stamp_quantized(model, target, preprocess)
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
                             scores, sqnr, problems)
     if target.is_tensorrt:

@@ -39,9 +39,13 @@ def test_weights_per_channel_symmetric():
 
 
 def test_activation_params_include_zero():
-    ort_policy = QuantPolicy.for_target(load_target("x86-cpu"))
+    ort_policy = QuantPolicy.for_target(load_target("x86-cpu-vnni"))
     scale, zero = activation_qparams(0.0, 2.55, ort_policy)
     assert zero == 0 and scale == pytest.approx(0.01)
+    seven_bit = QuantPolicy.for_target(load_target("x86-cpu"))  # codes 0..127: exact u7 x s8 on AVX2
+    assert activation_qparams(0.0, 1.27, seven_bit) == (pytest.approx(0.01), 0)
+    scale, zero = activation_qparams(-1.0, 0.27, seven_bit)
+    assert round(0.27 / scale + zero) == 127
     scale, zero = activation_qparams(-1.0, 1.55, ort_policy)
     assert round(-1.0 / scale + zero) == 0  # -1 maps to the lowest code
     trt = QuantPolicy.for_target(load_target("jetson-orin-nano"))

@@ -27,18 +27,21 @@ def _weight_dqs(model):
             and const_array(n.inputs[0]).dtype != np.int32]
 
 
-def test_x86_cpu_weights_are_uint8_so_ort_runs_its_exact_u8u8_kernels():
-    #   x -> Q(u8)/DQ -> Conv <- DQ(W: uint8, zero point 128)     (U8U8: no int16 pair sums)
+def test_x86_cpu_activations_are_7_bit_so_u8s8_kernels_stay_exact_without_vnni():
+    #   x -> Q(u8, codes 0..127)/DQ -> Conv <- DQ(W: int8)     (u7 x s8 pairs fit int16)
     model = io.load(example_model())
-    quantize(model, DIGITS, target="x86-cpu", runtime_check=False)
+    result = quantize(model, DIGITS, target="x86-cpu", runtime_check=False)
     dqs = _weight_dqs(model)
-    assert len(dqs) == 5
-    for dq in dqs:
-        assert const_array(dq.inputs[0]).dtype == np.uint8
-        assert set(np.unique(const_array(dq.inputs[2]))) == {128}
+    assert len(dqs) == 5 and all(const_array(dq.inputs[0]).dtype == np.int8 for dq in dqs)
+    for name, (lo, hi) in result.ranges.tensors.items():  # every calibrated range maps into codes 0..127
+        q = next((n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == name), None)
+        if q is None:
+            continue
+        scale, zero = float(const_array(q.inputs[1])), int(const_array(q.inputs[2]))
+        assert 0 <= round(min(lo, 0) / scale) + zero and round(max(hi, 0) / scale) + zero <= 127
     assert not check_qdq(model, load_target("x86-cpu"))
     vnni = io.load(example_model())
-    quantize(vnni, DIGITS, target="x86-cpu-vnni", runtime_check=False)
+    quantize(vnni, DIGITS, target="x86-cpu-vnni", runtime_check=False)  # 8-bit activations, int8 weights
     problems = check_qdq(vnni, load_target("x86-cpu"))
     assert len(problems) == 5 and all("saturates" in p for p in problems)
     assert not check_qdq(vnni, load_target("x86-cpu-vnni"))
@@ -54,7 +57,7 @@ def _saturating_pairs(a_u8: np.ndarray, w_s8: np.ndarray) -> int:
     return int(((pair > 32767) | (pair < -32768)).sum())
 
 
-def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_int7_or_u8u8_cannot():
+def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_7_bit_operands_cannot():
     # the hazard the x86-cpu target avoids, on the digits model's real inputs (first Conv, im2col)
     model = io.load(example_model())
     with np.load(DIGITS / "calib.npz") as d:
@@ -69,6 +72,10 @@ def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_int7_or_u
         scale = np.abs(w).max(axis=1, keepdims=True) / qmax
         w_q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
         assert (_saturating_pairs(a_u8, w_q) > 0) is overflow
+    # x86-cpu's form: 7-bit activations (codes 0..127) with full 8-bit weights cannot overflow
+    a_u7 = np.clip(np.round((cols - lo) / ((hi - lo) / 127)), 0, 127).astype(np.uint8)
+    w_q = np.clip(np.round(w / (np.abs(w).max(axis=1, keepdims=True) / 127)), -127, 127).astype(np.int8)
+    assert _saturating_pairs(a_u7, w_q) == 0 and 2 * 127 * 127 <= 32767
     assert 2 * 255 * 255 < 2**31  # U8U8: both widened to 16 bits, pairs summed in int32
 
 
@@ -158,7 +165,7 @@ def test_host_target_from_cpu_flags_and_cli():
 
 def test_target_that_saturates_refuses_int8_weights(tmp_path):
     text = (load_target("x86-cpu").path.read_text()
-            .replace('weights = "uint8-symmetric-per-channel"', 'weights = "int8-symmetric-per-channel"'))
+            .replace('activations = "uint7-asymmetric-per-tensor"', 'activations = "uint8-asymmetric-per-tensor"'))
     (tmp_path / "t.toml").write_text(text)
     with pytest.raises(EdgepackError, match="qdq.weights.*int8_saturates"):
         load_target(tmp_path / "t.toml")
