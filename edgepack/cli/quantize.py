@@ -31,6 +31,18 @@ def register(subparsers):
     parser.add_argument("--no-equalize", action="store_true",
                         help="skip channel equalization around depthwise convs (an exact rewrite that lets one "
                              "activation scale serve every channel; on by default when calibrating)")
+    speed = parser.add_argument_group("speed (ONNX Runtime targets)")
+    speed.add_argument("--placement", choices=("measured", "rules"),
+                       help="measured (default with --data on ONNX Runtime targets): a layer whose INT8 kernel is "
+                            "slower than its float kernel on this CPU stays float; rules: placement rules only "
+                            "(TensorRT targets always)")
+    speed.add_argument("--no-speed-check", action="store_true",
+                       help="skip timing the result against the float model (interleaved, batch 1) and the "
+                            "warning when INT8 is not faster")
+    speed.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="threads for the timings (default 1; 0: all cores)")
+    speed.add_argument("--explain", action="store_true",
+                       help="print every layer's choice (INT8 or float) with its measured reason")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -47,4 +59,4 @@ API = "edgepack.quant.quantize:quantize"  # the library function this command ca
 
 
 def run(args) -> int:
-    return common.run_api(args, API)
+    return common.run_api(args, API, display=("explain",))

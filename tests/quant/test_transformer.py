@@ -78,7 +78,7 @@ def test_decoder_quantizes_with_every_method_within_10_percent_perplexity(target
 def test_norms_masks_scores_stay_float_attention_matmul_per_target(target):
     base, calib, _ = _trained()
     model = copy_model(base)
-    result = quantize(model, calib, target=target, method="minmax")
+    result = quantize(model, calib, target=target, method="minmax", placement="rules")
     producers = {n.name: [v.producer().op_type if v is not None and v.producer() else None for v in n.inputs]
                  for n in model.graph}
     for name, inputs in producers.items():
