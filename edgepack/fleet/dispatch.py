@@ -315,7 +315,7 @@ def _take_back(recipe, target, out_dir, parsers, env, shared, results, reply, sh
     """Write the device's files (a checked reply: untrusted.check_reply) into DIR/<target>/, never
     through a symbolic link; re-plan each step here and write its manifest.
     Returns why the target failed, or None."""
-    from edgepack.recipe import _plan_step, _target_folder, write_manifest
+    from edgepack.recipe import _plan_step, _produced, _target_folder, write_manifest
 
     folder = out_dir / _target_folder(target)
     os.close(open_folder_nofollow(out_dir, (folder.name,)))  # a link at DIR or DIR/<target>: refused
@@ -347,6 +347,9 @@ def _take_back(recipe, target, out_dir, parsers, env, shared, results, reply, sh
         result.status, result.seconds, result.log = record["status"], record["seconds"], record["log"]
         result.note = record["note"] or (f"on {node['hostname']} ({node['node_id'][:8]})" if record["status"] == "done" else "")
         if plan is not None:
+            unreturned = [p.name for p in _produced(plan) if p.name not in record["files"]]
+            if result.status == "done" and unreturned:
+                result.status, result.note = "failed", f"the device did not return {unreturned[0]}"
             if result.status == "done":
                 write_manifest(plan, step, target, env, result.seconds, extra={"device": device})
                 _add_history(step, plan)

@@ -7,7 +7,8 @@ A device (or anything that joined the cluster advertising a target) answers a ta
 - each returned file name is a plain file name (no `/`, `\\`, `..`, NUL, leading `.`, at most 255
   characters) and one of the files the step declares: its artifact, its JSON report, its log, or
   an output option inside the step's folder (`tensorrt_cache`, `timing_cache`, ...), plus the
-  artifact's external-data file `<artifact>.data`;
+  artifact's companions: `<artifact>.data`, `<artifact>.manifest.json`, and ONNX Runtime's
+  `.ort` / `.onnx` twin with its own;
 - sizes are bounded: MAX_FILE_BYTES per file, MAX_REPLY_BYTES in all;
 - the device record that goes into the step manifests is plain JSON of bounded size and depth,
   its strings without control characters.
@@ -161,8 +162,11 @@ def declared_names(plan, step_id: str) -> set[str]:
     for path in (plan.artifact, plan.report):
         if path is not None:
             names.add(Path(path).name)
-    if plan.artifact is not None:
-        names.add(Path(plan.artifact).name + ".data")
+    if plan.artifact is not None:  # its weights, its build manifest, ORT's .ort / .onnx twin and theirs
+        artifact = Path(plan.artifact)
+        twin = artifact.with_suffix(".ort" if artifact.suffix == ".onnx" else ".onnx")
+        for path in (artifact, twin):
+            names.update({path.name, path.name + ".data", path.name + ".manifest.json"})
     for key in OUTPUT_OPTIONS & set(plan.options):
         path = Path(str(plan.options[key]))
         if path.parent == plan.folder:
