@@ -742,3 +742,18 @@ def test_report_reads_only_the_run_folder_and_checks_each_file(tmp_path, secret,
     else:
         assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
         assert not (tmp_path / "r.html").exists()
+
+
+def test_fp16_overflow_is_reported_not_an_internal_error(tmp_path, capsys):
+    """Weights that fit float32 but whose products pass 65504 overflow in the float16 model: the
+    cost report says so (inf/nan outputs, no SQNR) instead of `math domain error`."""
+    model = onnx.load(str(MODEL))
+    weight = model.graph.initializer[0]
+    big = np.full(numpy_helper.to_array(weight).shape, 1e5, np.float32)
+    weight.CopyFrom(numpy_helper.from_array(big, weight.name))
+    onnx.save(model, str(tmp_path / "big.onnx"))
+    code = main(["compress", "fp16", str(tmp_path / "big.onnx"), "-o", str(tmp_path / "out.onnx")])
+    captured = capsys.readouterr()
+    assert code == 0 and "internal error" not in captured.err, captured.err
+    assert "inf/nan where the original's are finite" in captured.out + captured.err
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))

@@ -109,11 +109,21 @@ def _authenticate(address: str) -> None:
 
 
 def _restore(saved: dict) -> None:
+    """Put this process's Ray authentication settings back as they were before connect()."""
+    if all(os.environ.get(k) == v for k, v in saved.items()):
+        return
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
