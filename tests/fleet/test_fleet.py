@@ -6,8 +6,9 @@ running the digits recipe (edgepack/examples/digits.recipe.toml, profiles shorte
 --targets x86-cpu,x86-cpu-vnni. Checked: each target's steps ran on the node advertising it
 (node id in the step manifest), the artifacts came back and equal a local run's, a re-run skips,
 a target no device offers fails at once (named) while the others finish, a worker killed mid-task
-is retried, a node lost mid-task is reported and the other target finishes. The cluster starts
-once for the module and is always shut down.
+is retried, a node lost mid-task is reported and the other target finishes, `fleet join` refuses
+the (unauthenticated) cluster. The cluster (conftest.py) starts once for the session, shared with
+test_fleet_hostile.py, and is always shut down.
 """
 from __future__ import annotations
 
