@@ -54,11 +54,11 @@ STEP_KEYS = {"id", "run", "input", "per_target"}
 ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "command", "run"}
 # Step options naming files the step writes: resolved against the output folder, and kept in it.
 OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
+STEP_SCHEMA = "edgepack.step/1"
+RUN_SCHEMA = "edgepack.run/1"
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of TOML
 MAX_RECIPE_DEPTH = 16       # tables and arrays inside each other
 MAX_STEP_ID = 64            # an id names files: <id>.step.json must fit a file name (255 bytes)
-STEP_SCHEMA = "edgepack.step/1"
-RUN_SCHEMA = "edgepack.run/1"
 
 
 @dataclass(frozen=True)

@@ -357,133 +357,6 @@ def test_target_names_cannot_reach_outside_targets(tmp_path):
     assert load_target(tmp_path / "evil.toml").name == "x86-cpu"  # a .toml path, as the CLI allows
 
 
-# ------------------------------------------------------------------ data loss: no output is an input
-
-@pytest.fixture
-def ext_model(tmp_path) -> Path:
-    (tmp_path / "m").mkdir()
-    path = tmp_path / "m" / "model.onnx"
-    onnx.save(matmul_model(numpy_helper.from_array(weights(), "W")), path,
-              save_as_external_data=True, location="w.bin", size_threshold=0)
-    return path
-
-
-def snapshot(folder: Path) -> dict:
-    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-@pytest.mark.parametrize("argv", [
-    ["prune", "{m}", "-o", "{m}", "--sparsity", "0.5"],
-    ["compress", "fp16", "{m}", "-o", "{m}"],
-    ["compress", "clip", "{m}", "-o", "{w}", "--threshold", "1"],
-    ["optimize", "{m}", "-o", "{hard}"],
-    ["optimize", "{m}", "-o", "{sym}"],
-    ["quantize", "{m}", "-t", "x86-cpu", "--data", "{d}", "-o", "{m}"],
-    ["calibrate", "{m}", "--data", "{d}", "-o", "{m}"],
-    ["calibrate", "{m}", "--data", "{d}", "-o", "{d}"],
-    ["pack", "{m}", "-o", "{m}"],
-    ["inspect", "{m}", "--json", "{m}"],
-    ["inspect", "{m}", "--json", "{w}"],
-    ["build", "{m}", "-t", "x86-cpu", "-o", "{m}"],
-    ["profile", "{m}", "-t", "x86-cpu", "--runs", "10", "--no-history", "--json", "{m}"],
-])
-def test_no_output_may_be_an_input(ext_model, tmp_path, argv, capsys):
-    folder = ext_model.parent
-    np.savez(folder / "d.npz", x=np.ones((2, 1, 16), np.float32))
-    os.symlink(ext_model, folder / "sym.onnx")
-    names = {"m": ext_model, "w": folder / "w.bin", "d": folder / "d.npz", "sym": folder / "sym.onnx",
-             "hard": folder / "hard.onnx"}
-    os.link(ext_model, names["hard"])
-    before = snapshot(folder)
-    code, err = cli(capsys, *[a.format(**names) if a.startswith("{") else a for a in argv])
-    assert_refused(code, err, "never overwrites an input")
-    assert snapshot(folder) == before
-
-
-def test_two_outputs_naming_one_file_are_refused(ext_model, tmp_path, capsys):
-    out = tmp_path / "new" / "o.onnx"
-    code, err = cli(capsys, "prune", ext_model, "-o", out, "--json", out.parent / ".." / "new" / "o.onnx",
-                    "--sparsity", "0.5")
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and "name the same file" in lines[0], err
-    assert not out.exists()
-
-
-def test_unpack_onto_its_package_is_refused(tmp_path, capsys):
-    onnx.save(matmul_model(numpy_helper.from_array(weights(), "W")), tmp_path / "m.onnx")
-    assert cli(capsys, "pack", tmp_path / "m.onnx", "-o", tmp_path / "p.epk")[0] == 0
-    blob = (tmp_path / "p.epk").read_bytes()
-    assert_refused(*cli(capsys, "unpack", tmp_path / "p.epk", "-o", tmp_path / "p.epk"), "never overwrites")
-    assert (tmp_path / "p.epk").read_bytes() == blob
-
-
-def test_build_of_an_external_data_model_into_another_folder(ext_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "new" / "folder" / "b.onnx"  # missing folders are created
-    code, err = cli(capsys, "build", ext_model, "-t", "x86-cpu", "-o", out)
-    assert code == 0, err
-    assert sorted(p.name for p in out.parent.iterdir()) == ["b.onnx", "b.onnx.data", "b.onnx.manifest.json", "b.ort"]
-    x = {"x": np.ones((1, 16), np.float32)}
-    for artifact in ("b.onnx", "b.ort"):
-        np.testing.assert_allclose(run_ort(out.parent / artifact, x)[0], x["x"] @ weights(), rtol=1e-5)
-
-
-def test_failed_build_leaves_nothing_behind(tmp_path, capsys):
-    broken = tmp_path / "m.onnx"  # an op ORT does not know
-    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="nowhere")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                     helper.make_opsetid("nowhere", 1)]), broken)
-    assert_refused(*cli(capsys, "build", broken, "-t", "x86-cpu", "-o", tmp_path / "out" / "b.onnx"))
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-# ------------------------------------------------------------------ temporary files of killed runs
-
-def test_temporary_files_of_dead_runs_are_removed_by_the_next_write(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = outputs.temp_prefix().split("-")[2]
-    old = time.time() - 2 * outputs.FOREIGN_TEMP_AGE_S
-    made = {
-        "dead folder": (tmp_path / f".edgepack-tmp-{host}-{dead.pid}-a1", True),
-        "dead file": (tmp_path / f".edgepack-tmp-{host}-{dead.pid}-b2", True),
-        "live": (tmp_path / f"{outputs.temp_prefix()}c3", False),
-        "other host, fresh": (tmp_path / ".edgepack-tmp-0000beef-1-d4", False),
-        "other host, old": (tmp_path / ".edgepack-tmp-0000beef-2-e5", True),
-        "not ours": (tmp_path / ".model.onnx.x1.tmp", False),
-    }
-    for name, (path, _) in made.items():
-        if "folder" in name:
-            path.mkdir()
-            (path / "model.onnx.data").write_bytes(b"\0" * 100)
-        else:
-            path.write_bytes(b"x")
-    os.utime(made["other host, old"][0], (old, old))
-    io.write_atomic(tmp_path / "out.json", "{}")
-    for name, (path, removed) in made.items():
-        assert path.exists() != removed, name
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgepack-tmp-") and p not in
-                (made["live"][0], made["other host, fresh"][0])]
-
-
-@pytest.mark.slow
-def test_a_killed_save_leaves_a_temporary_folder_that_the_next_run_removes(tmp_path):
-    script = ("import os, onnx_ir as ir, numpy as np; from edgepack import io\n"
-              "def die(*a, **k): os._exit(9)\n"
-              "ir.save = die\n"
-              "io.save(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), 'out/m.onnx')\n")
-    (tmp_path / "out").mkdir()
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 9, result.stderr
-    left = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(outputs.TEMP_PREFIX)]
-    assert len(left) == 1 and left[0].is_dir()
-    io.write_atomic(tmp_path / "out" / "other.json", "{}")
-    assert not left[0].exists()
-
-
 # ------------------------------------------------------------------ issue #23: a fleet device is untrusted
 # (the same rules on a real local Ray cluster, with a hostile device: tests/fleet/test_fleet_hostile.py;
 #  the authenticated, loopback-only head and device: tests/fleet/test_fleet_auth.py)
@@ -757,3 +630,131 @@ def test_fp16_overflow_is_reported_not_an_internal_error(tmp_path, capsys):
     assert code == 0 and "internal error" not in captured.err, captured.err
     assert "inf/nan where the original's are finite" in captured.out + captured.err
     onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
+# ------------------------------------------------------------------ data loss: no output is an input
+
+@pytest.fixture
+def ext_model(tmp_path) -> Path:
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "model.onnx"
+    onnx.save(matmul_model(numpy_helper.from_array(weights(), "W")), path,
+              save_as_external_data=True, location="w.bin", size_threshold=0)
+    return path
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "{m}", "-o", "{m}", "--sparsity", "0.5"],
+    ["compress", "fp16", "{m}", "-o", "{m}"],
+    ["compress", "clip", "{m}", "-o", "{w}", "--threshold", "1"],
+    ["optimize", "{m}", "-o", "{hard}"],
+    ["optimize", "{m}", "-o", "{sym}"],
+    ["quantize", "{m}", "-t", "x86-cpu", "--data", "{d}", "-o", "{m}"],
+    ["calibrate", "{m}", "--data", "{d}", "-o", "{m}"],
+    ["calibrate", "{m}", "--data", "{d}", "-o", "{d}"],
+    ["pack", "{m}", "-o", "{m}"],
+    ["inspect", "{m}", "--json", "{m}"],
+    ["inspect", "{m}", "--json", "{w}"],
+    ["build", "{m}", "-t", "x86-cpu", "-o", "{m}"],
+    ["profile", "{m}", "-t", "x86-cpu", "--runs", "10", "--no-history", "--json", "{m}"],
+])
+def test_no_output_may_be_an_input(ext_model, tmp_path, argv, capsys):
+    folder = ext_model.parent
+    np.savez(folder / "d.npz", x=np.ones((2, 1, 16), np.float32))
+    os.symlink(ext_model, folder / "sym.onnx")
+    names = {"m": ext_model, "w": folder / "w.bin", "d": folder / "d.npz", "sym": folder / "sym.onnx",
+             "hard": folder / "hard.onnx"}
+    os.link(ext_model, names["hard"])
+    before = snapshot(folder)
+    code, err = cli(capsys, *[a.format(**names) if a.startswith("{") else a for a in argv])
+    assert_refused(code, err, "never overwrites an input")
+    assert snapshot(folder) == before
+
+
+def test_two_outputs_naming_one_file_are_refused(ext_model, tmp_path, capsys):
+    out = tmp_path / "new" / "o.onnx"
+    code, err = cli(capsys, "prune", ext_model, "-o", out, "--json", out.parent / ".." / "new" / "o.onnx",
+                    "--sparsity", "0.5")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "name the same file" in lines[0], err
+    assert not out.exists()
+
+
+def test_unpack_onto_its_package_is_refused(tmp_path, capsys):
+    onnx.save(matmul_model(numpy_helper.from_array(weights(), "W")), tmp_path / "m.onnx")
+    assert cli(capsys, "pack", tmp_path / "m.onnx", "-o", tmp_path / "p.epk")[0] == 0
+    blob = (tmp_path / "p.epk").read_bytes()
+    assert_refused(*cli(capsys, "unpack", tmp_path / "p.epk", "-o", tmp_path / "p.epk"), "never overwrites")
+    assert (tmp_path / "p.epk").read_bytes() == blob
+
+
+def test_build_of_an_external_data_model_into_another_folder(ext_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "new" / "folder" / "b.onnx"  # missing folders are created
+    code, err = cli(capsys, "build", ext_model, "-t", "x86-cpu", "-o", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b.onnx", "b.onnx.data", "b.onnx.manifest.json", "b.ort"]
+    x = {"x": np.ones((1, 16), np.float32)}
+    for artifact in ("b.onnx", "b.ort"):
+        np.testing.assert_allclose(run_ort(out.parent / artifact, x)[0], x["x"] @ weights(), rtol=1e-5)
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path, capsys):
+    broken = tmp_path / "m.onnx"  # an op ORT does not know
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="nowhere")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                     helper.make_opsetid("nowhere", 1)]), broken)
+    assert_refused(*cli(capsys, "build", broken, "-t", "x86-cpu", "-o", tmp_path / "out" / "b.onnx"))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# ------------------------------------------------------------------ temporary files of killed runs
+
+def test_temporary_files_of_dead_runs_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = outputs.temp_prefix().split("-")[2]
+    old = time.time() - 2 * outputs.FOREIGN_TEMP_AGE_S
+    made = {
+        "dead folder": (tmp_path / f".edgepack-tmp-{host}-{dead.pid}-a1", True),
+        "dead file": (tmp_path / f".edgepack-tmp-{host}-{dead.pid}-b2", True),
+        "live": (tmp_path / f"{outputs.temp_prefix()}c3", False),
+        "other host, fresh": (tmp_path / ".edgepack-tmp-0000beef-1-d4", False),
+        "other host, old": (tmp_path / ".edgepack-tmp-0000beef-2-e5", True),
+        "not ours": (tmp_path / ".model.onnx.x1.tmp", False),
+    }
+    for name, (path, _) in made.items():
+        if "folder" in name:
+            path.mkdir()
+            (path / "model.onnx.data").write_bytes(b"\0" * 100)
+        else:
+            path.write_bytes(b"x")
+    os.utime(made["other host, old"][0], (old, old))
+    io.write_atomic(tmp_path / "out.json", "{}")
+    for name, (path, removed) in made.items():
+        assert path.exists() != removed, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgepack-tmp-") and p not in
+                (made["live"][0], made["other host, fresh"][0])]
+
+
+@pytest.mark.slow
+def test_a_killed_save_leaves_a_temporary_folder_that_the_next_run_removes(tmp_path):
+    script = ("import os, onnx_ir as ir, numpy as np; from edgepack import io\n"
+              "def die(*a, **k): os._exit(9)\n"
+              "ir.save = die\n"
+              "io.save(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), 'out/m.onnx')\n")
+    (tmp_path / "out").mkdir()
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9, result.stderr
+    left = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(outputs.TEMP_PREFIX)]
+    assert len(left) == 1 and left[0].is_dir()
+    io.write_atomic(tmp_path / "out" / "other.json", "{}")
+    assert not left[0].exists()
+

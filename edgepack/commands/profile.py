@@ -73,6 +73,11 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     from edgepack.profile.regression import check_regression
     from edgepack.profile.timing import DEFAULT_BUDGET_TEXT, Budget
 
+    from edgepack.limits import MAX_BATCH, MAX_LAYER_RUNS, check_count
+
+    if batch is not None:  # documented maxima (docs/security.md), before any work
+        check_count(batch, "--batch", MAX_BATCH, minimum=1)
+    check_count(max(0, layer_runs) if isinstance(layer_runs, int) else layer_runs, "--layer-runs", MAX_LAYER_RUNS)
     if runs is not None and duration is not None:
         raise UsageError("--runs and --duration exclude each other", hint="give one of them")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool):
@@ -83,11 +88,8 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         raise UsageError(f"--runs {runs}: a number of runs", hint=f"for a duration use --duration {runs}")
     if duration and budget.seconds is None:
         raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
-    from edgepack.limits import MAX_BATCH, MAX_LAYER_RUNS, check_count
-
-    if batch is not None:
-        check_count(batch, "--batch", MAX_BATCH, minimum=1)
-    check_count(max(0, layer_runs) if isinstance(layer_runs, int) else layer_runs, "--layer-runs", MAX_LAYER_RUNS)
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch {batch}: must be 1 or more", hint="for example --batch 8")
     options = ProfileOptions(budget=budget, warmup=Budget.parse(str(warmup), "--warmup"), batch=batch,
                              threads=threads, data=data, shapes=parse_shapes(shapes),
                              layer_runs=max(0, layer_runs), progress=progress)
