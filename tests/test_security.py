@@ -757,4 +757,3 @@ def test_a_killed_save_leaves_a_temporary_folder_that_the_next_run_removes(tmp_p
     assert len(left) == 1 and left[0].is_dir()
     io.write_atomic(tmp_path / "out" / "other.json", "{}")
     assert not left[0].exists()
-
