@@ -4,7 +4,8 @@ launcher that keeps a loopback address).
 
 Checked: the token file is owner-only (0600, folder 0700); every socket the cluster's processes
 listen on is on 127.0.0.1 (read with `ss`); a client without the token, or with a wrong one, is
-refused by the head, and one with it is answered; the device joined with the token. The cluster's
+refused by the head, and one with it is answered; the device joined with the token; a driver
+with the token, started in a folder holding a broken `edgepack/`, runs tasks on it. The cluster's
 processes are found by its own temporary folder and killed at the end (never `ray stop`, which
 would stop every Ray on the machine). No traffic leaves 127.0.0.1.
 """
@@ -131,3 +132,28 @@ def test_a_client_without_the_token_is_refused(head):
     assert _probe(head["address"], dict(base, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)) == "AuthenticationError"
     assert _probe(head["address"], auth.ray_env(head["token"], base)) == "answered"
     assert auth.cluster_requires_token(head["address"]) is True
+
+
+def test_a_driver_with_the_token_runs_on_the_fleet_from_any_folder(head, tmp_path):
+    """`fleet status` as a user runs it: a separate driver process that presents the fleet token
+    (EDGEPACK_FLEET_TOKEN), started in a folder holding a broken `edgepack/`. Ray puts the
+    driver's working folder first on the workers' sys.path; the devices must still import the
+    installed package (their probe answers with edgepack's version)."""
+    import json
+
+    work = tmp_path / "work"
+    (work / "edgepack").mkdir(parents=True)
+    (work / "edgepack" / "__init__.py").write_text("raise ImportError('the wrong edgepack')\n")
+    script = tmp_path / "bin" / "status.py"
+    script.parent.mkdir()
+    script.write_text("import json, sys\nfrom edgepack.fleet.status import fleet_status\n"
+                      "print(json.dumps(fleet_status(sys.argv[1], timeout_s=60).to_json()))\n")
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(EDGEPACK_FLEET_TOKEN=str(head["token"]), PYTHONPATH=repo)
+    done = subprocess.run([sys.executable, str(script), head["address"]], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = json.loads(done.stdout.strip().splitlines()[-1])
+    alive = [n for n in status["nodes"] if n["alive"]]
+    assert alive and all(n["device"] and n["device"]["versions"]["edgepack"] for n in alive), status
