@@ -55,8 +55,9 @@ def register(subparsers):
     return parser
 
 
+DISPLAY = ("explain",)  # options that only change the printed text
 API = "edgepack.quant.quantize:quantize"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:
-    return common.run_api(args, API, display=("explain",))
+    return common.run_api(args, API, DISPLAY)
