@@ -173,11 +173,19 @@ def is_target_name(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) is not None and ".." not in text
 
 
+HOST = "host"  # the CPU target of this machine, chosen from /proc/cpuinfo
+
+
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A target by name (a file in targets/) or by the path of a TOML file."""
+    """A target by name (a file in targets/) or by the path of a TOML file. The name "host" is the
+    shipped CPU target that fits this machine (`edgepack targets --host`)."""
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
+    if text == HOST and not Path(text).is_file():
+        from edgepack.cpu import host_target
+
+        text = host_target()[0]
     path = Path(text)
     if not (text.endswith(".toml") or path.is_file()):
         if not is_target_name(text):  # "../x", "a/b": a name may not reach outside targets/
