@@ -121,23 +121,31 @@ def latency_verdict(fp32_path, int8_path, feeds: dict, *, threads: int = 1, seco
 
 
 def layer_times(path: str, feeds: dict, *, threads: int = 1, runs: int = 30) -> dict[str, float]:
-    """ms per run of each model node as ORT deploys the model, keyed by the model's node name
-    (ORT's renaming of fused nodes undone: "fused Conv_0_quant" -> "Conv_0")."""
-    from edgepack.profile.ort_profile import profile_layers
+    """ms per run of each ORT kernel as ORT deploys the model, the median over `runs` runs (a
+    busy machine stalls single kernels; the median keeps the kernel's own cost)."""
+    from edgepack.profile.ort_profile import KERNEL_SUFFIX
     from edgepack.runtime import quiet_onnxruntime
     import onnxruntime as ort
 
     quiet_onnxruntime()
-
-    def make(hook):
+    with tempfile.TemporaryDirectory(prefix="edgepack-ortprof-") as folder:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
-        hook(options)
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-    rows = profile_layers(make, feeds, runs=runs)
-    return {row["name"]: row["time_ms"] for row in rows}
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 2):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    since = starts[2] if len(starts) > 2 else float("-inf")  # two warm-up runs left out
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith(KERNEL_SUFFIX) and event.get("ts", 0) >= since:
+            durations.setdefault(name[: -len(KERNEL_SUFFIX)], []).append(float(event.get("dur", 0)) / 1000.0)
+    return {name: float(np.median(d)) for name, d in durations.items()}
 
 
 def _model_name(ort_name: str, names: dict[str, str]) -> str | None:
