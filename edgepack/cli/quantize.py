@@ -39,6 +39,9 @@ def register(subparsers):
     speed.add_argument("--no-speed-check", action="store_true",
                        help="skip timing the result against the float model (interleaved, batch 1) and the "
                             "warning when INT8 is not faster")
+    speed.add_argument("--if-slower", choices=("warn", "error", "float"), default="warn",
+                       help="when the INT8 result is slower than FP32 here: warn (default), error (exit 1, "
+                            "nothing written: a CI gate), or float (write the float model instead)")
     speed.add_argument("--threads", type=int, default=1, metavar="N",
                        help="threads for the timings (default 1; 0: all cores)")
     speed.add_argument("--explain", action="store_true",

@@ -66,7 +66,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
              smoothquant: float | None = None, float_defaults: bool = True, placement: str | None = None,
-             speed_check: bool = True, threads: int = 1,
+             speed_check: bool = True, threads: int = 1, if_slower: str = "warn",
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -86,7 +86,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     `placement`: "measured" (ONNX Runtime targets' default with data: a weighted layer whose INT8
     kernel is slower than its float one on this CPU stays float, quant/speed.py) or "rules".
     `speed_check`: time the result against the float model (interleaved, `threads` threads, batch 1)
-    and warn when INT8 is not faster. Every choice and its reason is in `result.decisions`.
+    and warn when INT8 is not faster; `if_slower` "error" refuses such a result (nothing written),
+    "float" returns the float model instead (`result.model`; ModelOpt's autotune keeps its float
+    baseline the same way). Every choice and its reason is in `result.decisions`.
     """
     from edgepack.quant.smoothquant import smooth
     from edgepack.quant.validate import prepare_opset, validate_quantized
@@ -143,6 +145,8 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
 
     decisions = Decisions()
     placement = placement or ("rules" if target.is_tensorrt or data is None else "measured")
+    if if_slower not in ("warn", "error", "float"):
+        raise UsageError(f"--if-slower {if_slower!r}: must be warn, error or float", hint="pass --if-slower warn")
     if placement not in ("measured", "rules"):
         raise UsageError(f"--placement {placement!r}: must be measured or rules", hint="pass --placement measured")
     if placement == "measured" and target.is_tensorrt:
@@ -178,7 +182,19 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
                             scores, sqnr, problems, decisions=decisions)
     if speed_check and feeds is not None:
         result.speed = _speed_verdict(timing_reference, model, feeds, threads)
-        if result.speed.warning:
+        if result.speed.verdict == "slower" and if_slower == "error":
+            raise EdgepackError(result.speed.warning.split(" hint:")[0] + "; nothing was written",
+                                hint="quantize with --if-slower warn to keep it, or ship the FP32 model")
+        if result.speed.verdict == "slower" and if_slower == "float":
+            logger.warning("INT8 is %.2fx slower than FP32 on this CPU: the result is the float model",
+                           result.speed.ratio)
+            model = result.model = timing_reference
+            for d in list(decisions):
+                decisions.decide(d.node, d.op_type, "float", f"whole model: INT8 {result.speed.ratio:.2f}x slower "
+                                 "than FP32 on this CPU (--if-slower float)")
+            result.quantized, result.skipped = [], [(d.node, "INT8 slower than FP32") for d in decisions]
+            runtime_check = False
+        elif result.speed.warning:
             logger.warning("%s", result.speed.warning)
     model.metadata_props["edgepack.decisions"] = decisions.metadata()
     if target.is_tensorrt:

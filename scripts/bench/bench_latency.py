@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quantize import SHARED, _Reader, load_data  # noqa: E402
+from bench_quantize import SHARED, load_data  # noqa: E402
 from edgepack import io, runtime  # noqa: E402
 from edgepack.cpu import int8_summary  # noqa: E402
 
@@ -58,11 +58,21 @@ def quantize_edgepack(path, name, x, out, target):
     return result
 
 
+class _Singles:
+    """ORT's CalibrationDataReader protocol, one sample at a time (fixed-batch models take only that)."""
+
+    def __init__(self, name, x):
+        self.items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
 def quantize_ort(path, name, x, out, per_channel):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     try:
-        quantize_static(str(path), str(out), _Reader(name, x), quant_format=QuantFormat.QDQ,
+        quantize_static(str(path), str(out), _Singles(name, x), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
         return ""
     except ValueError as exc:  # ORT per-channel on the MNIST CNN: see ../shared/data/SOURCES.md

@@ -93,3 +93,22 @@ def test_placement_rules_and_tensorrt_targets_are_not_timed():
 
     with pytest.raises(EdgepackError, match="TensorRT target"):
         quantize(example_model(), DIGITS, target="jetson-orin-nano", placement="measured")
+
+
+def test_if_slower_refuses_or_keeps_the_float_model(tmp_path, monkeypatch):
+    from edgepack.errors import EdgepackError
+    from edgepack.quant import speed
+
+    def slower(fp32, int8, feeds, **kw):
+        return speed.SpeedVerdict(1.4, 1.3, 1.5, "slower", "p10", 1, 0.014, 0.01, "avx2", "too small")
+
+    monkeypatch.setattr(speed, "latency_verdict", slower)
+    with pytest.raises(EdgepackError, match="not faster.*nothing was written"):
+        quantize(example_model(), DIGITS, target="x86-cpu", if_slower="error", output=tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+    result = quantize(example_model(), DIGITS, target="x86-cpu", if_slower="float", output=tmp_path / "f.onnx")
+    saved = io.load(tmp_path / "f.onnx")
+    assert not [n for n in saved.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert all(d.choice == "float" and "slower than FP32" in d.reason for d in result.decisions)
+    warned = quantize(example_model(), DIGITS, target="x86-cpu", output=tmp_path / "w.onnx")  # default: warn
+    assert "not faster" in warned.text() and "likely cause: too small" in warned.text()
