@@ -54,6 +54,7 @@ STEP_KEYS = {"id", "run", "input", "per_target"}
 ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "command", "run"}
 # Step options naming files the step writes: resolved against the output folder, and kept in it.
 OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
+STEP_REF_OPTIONS = {"baseline", "vs"}  # may name an earlier step: its artifact (or JSON report) is passed
 STEP_SCHEMA = "edgepack.step/1"
 RUN_SCHEMA = "edgepack.run/1"
 
@@ -560,6 +561,14 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result, None
     command_parser, prefix, options = parser, [], dict(step.options)
+    for key in STEP_REF_OPTIONS & set(options):  # baseline = "build-fp32": that step's output
+        ref = options[key]
+        if isinstance(ref, str) and any(k[0] == ref for k in outputs):
+            resolved = _resolve_inputs([ref], step, target, recipe, outputs, reports)
+            if isinstance(resolved, str):
+                result.note = resolved
+                return result, None
+            options[key] = str(resolved[0])
     choice = _subcommands(parser)
     if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
         prefix = [options.pop(choice.dest)]

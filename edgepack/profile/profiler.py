@@ -205,7 +205,7 @@ def _result(path: Path, target, runner, batch: int, threads: int, options: Profi
         "schema": SCHEMA,
         "id": uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(path), "name": path.name, "sha256": sha},
+        "model": {"path": str(path), "name": path.name, "sha256": sha, "weights_sha256": env.weights_sha256(path)},
         "target": target.name if target else None,
         "backend": runner.backend,
         "batch": batch,
