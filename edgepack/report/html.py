@@ -326,8 +326,8 @@ font-size:1rem;font-weight:600} .slower{background:#fde2e1;color:#8b1a14} .same{
 .target-verdict.neutral{background:#f4f4f4;border-color:#888}
 .target-verdict .headline{font-size:1.15rem;font-weight:700}
 .target-verdict ul{margin:.3rem 0 .1rem;padding-left:1.2rem} .target-verdict li{margin:.15rem 0}
-li.worse{color:#8b1a14} li.worse b{color:#c62828} li.better b{color:#2e7d32}
-.line{color:#444;font-size:.85rem} li.worse .line{color:#8b1a14}
+li.axis-worse{color:#8b1a14} li.axis-worse b{color:#c62828} li.axis-better b{color:#2e7d32}
+.line{color:#444;font-size:.85rem} li.axis-worse .line{color:#8b1a14}
 .cause{font-size:.85rem;color:#6d1a14;margin-left:.4rem}
 """
 
@@ -363,7 +363,7 @@ def _verdict_section(data: RunData) -> str:
         for axis in verdict.axes:
             causes = "".join(f'<div class="cause">likely cause: {html.escape(c)}</div>' for c in axis.causes)
             line = f' <span class="line">{html.escape(axis.line)}</span>' if axis.line else ""
-            items += (f'<li class="axis {html.escape(axis.status)}" data-axis="{html.escape(axis.name)}">'
+            items += (f'<li class="axis axis-{html.escape(axis.status)}" data-axis="{html.escape(axis.name)}">'
                       f"<b>{html.escape(axis.name)}</b>: {html.escape(axis.sentence)}{line}{causes}</li>")
         out += (f'<div class="target-verdict {state}" data-target="{html.escape(str(verdict.target))}">'
                 f'<div class="headline">{html.escape(verdict.headline)}</div><ul>{items}</ul></div>')

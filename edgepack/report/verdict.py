@@ -70,8 +70,7 @@ class TargetVerdict:
 
     def text(self) -> str:
         marks = {"better": "+", "same": "=", "worse": "!", "unknown": "?"}
-        lines = [("ok   " if self.green else "FAIL " if any(a.status == "worse" for a in self.axes) else "note ")
-                 + self.headline]
+        lines = [f"verdict: {self.headline}"]
         for a in self.axes:
             lines.append(f"  {marks[a.status]} {a.name}: {a.sentence}" + (f" ({a.line})" if a.line else ""))
             lines += [f"      likely cause: {c}" for c in a.causes]
