@@ -365,6 +365,7 @@ def _verdict_section(data: RunData) -> str:
             line = f' <span class="line">{html.escape(axis.line)}</span>' if axis.line else ""
             items += (f'<li class="axis axis-{html.escape(axis.status)}" data-axis="{html.escape(axis.name)}">'
                       f"<b>{html.escape(axis.name)}</b>: {html.escape(axis.sentence)}{line}{causes}</li>")
+        items += "".join(f'<li class="axis-warning">warning: {html.escape(w)}</li>' for w in verdict.warnings)
         out += (f'<div class="target-verdict {state}" data-target="{html.escape(str(verdict.target))}">'
                 f'<div class="headline">{html.escape(verdict.headline)}</div><ul>{items}</ul></div>')
     return f'<section id="verdict">{out}</section>' if out else ""

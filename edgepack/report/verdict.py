@@ -47,6 +47,7 @@ class Axis:
 class TargetVerdict:
     target: str | None
     axes: list[Axis]
+    warnings: list[str] = field(default_factory=list)  # recorded by quantize/build, of no one axis
 
     @property
     def green(self) -> bool:
@@ -66,7 +67,7 @@ class TargetVerdict:
 
     def to_json(self) -> dict:
         return {"target": self.target, "green": self.green, "headline": self.headline,
-                "axes": [a.to_json() for a in self.axes]}
+                "axes": [a.to_json() for a in self.axes], "warnings": self.warnings}
 
     def text(self) -> str:
         marks = {"better": "+", "same": "=", "worse": "!", "unknown": "?"}
@@ -74,6 +75,7 @@ class TargetVerdict:
         for a in self.axes:
             lines.append(f"  {marks[a.status]} {a.name}: {a.sentence}" + (f" ({a.line})" if a.line else ""))
             lines += [f"      likely cause: {c}" for c in a.causes]
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -86,7 +88,7 @@ def verdicts(data) -> list[TargetVerdict]:
         axes = [a for a in (_latency(data, target), _accuracy(data, target), _size(data, target)) if a]
         axes += _checks(data, target)
         if axes:
-            out.append(TargetVerdict(target, axes))
+            out.append(TargetVerdict(target, axes, _warnings(data, target, ("quantize", "build"))))
     return out
 
 
@@ -141,7 +143,7 @@ def _latency_axis(comparison: dict, line: str, data, target, int8_profile: dict 
     status = {"slower": "worse", "faster": "better"}.get(verdict, "same")
     sentence = {"slower": "INT8 is slower than FP32", "faster": "INT8 is faster than FP32"}.get(
         verdict, "INT8 is no faster than FP32 (within the threshold)")
-    causes = _warnings(data, target, ("quantize", "build")) if status != "better" else []
+    causes = _warnings(data, target, ("quantize", "build"), "latency") if status != "better" else []
     if status != "better" and int8_profile:
         causes += _overhead(int8_profile)
     return Axis("latency", status, sentence, line, causes)
@@ -191,7 +193,7 @@ def _accuracy(data, target) -> Axis | None:
                         else "no labels or classes: SQNR only")
             line = sqnr.lstrip(", ")
         if status == "worse":
-            causes = _warnings(data, target, ("quantize",)) + _sensitive(data)
+            causes = _warnings(data, target, ("quantize",), "accuracy") + _sensitive(data)
         return Axis("accuracy", status, sentence, line, causes)
     return None
 
@@ -223,7 +225,7 @@ def _size(data, target) -> Axis | None:
     ratio = int8 / fp32
     status = "better" if ratio < 1 else "worse" if ratio > 1 else "same"
     return Axis("size", status, f"INT8 {int8 / 1024:.1f} KiB vs FP32 {fp32 / 1024:.1f} KiB",
-                f"INT8/FP32 {ratio:.3f}x", _warnings(data, target, ("quantize", "build")) if status == "worse" else [])
+                f"INT8/FP32 {ratio:.3f}x", _warnings(data, target, ("quantize", "build"), "size") if status == "worse" else [])
 
 
 def _checks(data, target) -> list[Axis]:
@@ -248,9 +250,17 @@ def _upstream_reports(data, target) -> list[tuple[dict, dict]]:
             if s.get("target") in (None, target)]
 
 
-def _warnings(data, target, commands: tuple[str, ...]) -> list[str]:
-    """The `warnings` (a list of strings) the steps of `commands` recorded, wherever they put them:
-    their JSON report, their step manifest (DIR/<id>.step.json), their artifact's manifest."""
+# which axis a recorded warning speaks of (a warning that names none is shown under the headline)
+ABOUT = {"latency": ("latency", "slower", "faster", "speed", " ms", "kernel", "vnni", "fallback", "throughput"),
+         "accuracy": ("accuracy", "sqnr", "agreement", "top-1", "range", "calibrat", "saturat", "overflow", "clip",
+                      "error", "sensitiv"),
+         "size": ("size", "bytes", "kib", "mib")}
+
+
+def _warnings(data, target, commands: tuple[str, ...], about: str | None = None) -> list[str]:
+    """The `warnings` the steps of `commands` recorded (a list of strings, or of {message}), wherever
+    they put them: their JSON report, their step manifest (DIR/<id>.step.json), their artifact's
+    manifest; `about`: only those that speak of that axis, None: those that speak of no axis."""
     found: list[str] = []
     for step in data.steps:
         if step["command"] not in commands or step.get("target") not in (None, target):
@@ -265,7 +275,8 @@ def _warnings(data, target, commands: tuple[str, ...]) -> list[str]:
             for item in items if isinstance(items, list) else []:
                 text = item if isinstance(item, str) else (item.get("message") if isinstance(item, dict) else None)
                 label = f"{step['id']}: {text}" if isinstance(text, str) else None
-                if label and label not in found:
+                axes = [a for a, words in ABOUT.items() if any(w in (text or "").lower() for w in words)]
+                if label and label not in found and ((about in axes) if about else not axes):
                     found.append(label)
     return found[:5]
 
