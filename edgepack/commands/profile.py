@@ -250,7 +250,7 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
     of 10 runs, paired block percentiles); a suspect first verdict is timed interleaved again and
     decided on the pairs of both runs together."""
     from edgepack.profile import environment as env
-    from edgepack.profile.confirm import BLOCK, decide, interleaved_report, suspect
+    from edgepack.profile.confirm import BLOCK, CONFIRM_PAIRS, MIN_PAIRS, STARVED_FACTOR, decide, interleaved_report, suspect
     from edgepack.profile.profiler import ProfileOptions, is_engine, profile_pair
     from edgepack.profile.timing import Budget
 
@@ -265,7 +265,9 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
         raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
     options = ProfileOptions(budget=budget, warmup=Budget(seconds=0.2), layer_runs=0, progress=progress)
     load_before = env.load_average()
-    fresh, base = profile_pair(current, baseline, target, options, block=BLOCK)
+    seconds = budget.seconds
+    fresh, base = profile_pair(current, baseline, target, options, block=BLOCK, min_runs=MIN_PAIRS * BLOCK,
+                               max_seconds=STARVED_FACTOR * seconds)
     report = interleaved_report(fresh, base, threshold=threshold, confidence=confidence, metric=metric)
     report["load_average"] = {**report.get("load_average", {}), "before": load_before, "after": env.load_average()}
     if not suspect(report) or confirm is False:
@@ -278,11 +280,12 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
     again = ProfileOptions(budget=Budget(seconds=confirm_duration), warmup=Budget(seconds=0.1), layer_runs=0,
                            progress=progress)
     before, start = env.load_average(), time.perf_counter()
-    fresh2, base2 = profile_pair(current, baseline, target, again, block=BLOCK)
+    base2, fresh2 = profile_pair(baseline, current, target, again, block=BLOCK, min_runs=CONFIRM_PAIRS * BLOCK,
+                                 max_seconds=STARVED_FACTOR * confirm_duration)  # the other order: see time_both_orders
     pooled = interleaved_report(fresh2, base2, threshold=threshold, confidence=confidence, metric=metric,
                                 earlier=(fresh["samples_ms"], base["samples_ms"]))
     record = {"ran": True, "mode": "interleaved", "confirmable": True,
-              "reason": "timed interleaved again; the pairs of both runs decide",
+              "reason": "timed interleaved again, baseline first this time; the pairs of both runs decide",
               "duration_s": round(time.perf_counter() - start, 3), "load_before": before,
               "load_after": env.load_average(), "report": pooled, "confirmed": pooled["verdict"] == "slower"}
     return decide(report, record)

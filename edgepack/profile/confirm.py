@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DURATION = 2.0
 BLOCK = 10  # runs per block in the interleaved rerun
 MIN_PAIRS = 10  # fewer pairs of blocks than this: compare the interleaved samples unpaired
+CONFIRM_PAIRS = 30  # a confirming interleaved run times at least this many pairs of blocks ...
+STARVED_FACTOR = 5  # ... taking up to this many times its duration when other load starves it
 
 
 def paired_ratio(current: list[float], baseline: list[float], percentile: float, *, block: int = BLOCK,
@@ -91,6 +93,36 @@ def interleaved_report(current: dict, baseline: dict, *, threshold: float, confi
     return report
 
 
+def time_both_orders(current_path, baseline_path, target, options, *, min_pairs: int,
+                     max_seconds: float) -> tuple[dict, dict]:
+    """Time the pair interleaved twice, current first then baseline first (each half the budget),
+    and join the two runs' samples (each cut to whole blocks, pairs kept): on a starved CPU the side
+    that leads each ABBA period can come out a few percent slower, and swapping cancels that."""
+    from dataclasses import replace
+
+    from edgepack.profile.profiler import profile_pair
+
+    half = replace(options, budget=Budget(seconds=options.budget.seconds / 2))
+    first = profile_pair(current_path, baseline_path, target, half, block=BLOCK,
+                         min_runs=(min_pairs + 1) // 2 * BLOCK, max_seconds=max_seconds / 2)
+    base2, cur2 = profile_pair(baseline_path, current_path, target, half, block=BLOCK,
+                               min_runs=(min_pairs + 1) // 2 * BLOCK, max_seconds=max_seconds / 2)
+    joined = []
+    for one, two in ((first[0], cur2), (first[1], base2)):
+        result = dict(two)
+        result["samples_ms"] = []
+        joined.append(result)
+    a1, b1 = _whole_blocks(first[0]["samples_ms"], first[1]["samples_ms"])
+    a2, b2 = _whole_blocks(cur2["samples_ms"], base2["samples_ms"])
+    joined[0]["samples_ms"], joined[1]["samples_ms"] = a1 + a2, b1 + b2
+    for result in joined:
+        from edgepack.profile.stats import summarize
+
+        result["latency_ms"], result["runs"] = summarize(result["samples_ms"]), len(result["samples_ms"])
+        result["orders"] = "current first, then baseline first"
+    return joined[0], joined[1]
+
+
 def _whole_blocks(a: list[float], b: list[float]) -> tuple[list[float], list[float]]:
     n = min(len(a), len(b)) // BLOCK * BLOCK
     return list(a[:n]), list(b[:n])
@@ -140,7 +172,7 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
                      progress: bool = False) -> dict:
     """Rerun on this device (see the module docstring); returns the confirmation record:
     {ran, mode, reason, note, duration_s, load_before, load_after, report, confirmed}."""
-    from edgepack.profile.profiler import ProfileOptions, is_engine, profile_model, profile_pair
+    from edgepack.profile.profiler import ProfileOptions, is_engine, profile_model
     from edgepack.profile.regression import check_regression, software_differences
 
     why = availability(current, baselines)
@@ -164,7 +196,8 @@ def confirm_slowdown(current: dict, baselines: list[dict], *, threshold: float, 
     load_before = env.load_average()
     start = time.perf_counter()
     if mode == "interleaved":
-        fresh, base = profile_pair(current_path, baseline_path, target, options, block=BLOCK)
+        fresh, base = time_both_orders(current_path, baseline_path, target, options, min_pairs=CONFIRM_PAIRS,
+                                       max_seconds=STARVED_FACTOR * duration)
         report = interleaved_report(fresh, base, threshold=threshold, confidence=confidence, metric=metric)
     else:
         fresh = profile_model(current_path, target, options)
