@@ -22,7 +22,7 @@ still count: the load average is printed). Trial kinds are round-robin within a 
 from other processes hits them alike. "fail" = the gate exits 1; "caught" = exits 1 on a slowdown.
 
 Usage:  python scripts/bench/bench_check.py             (100 trials per cell; about 80 min on 2 cores)
-        python scripts/bench/bench_check.py --quick     (8 trials per cell, shorter timings; < 5 min)
+        python scripts/bench/bench_check.py --quick     (4 trials per cell, shorter timings; < 5 min)
         [--trials N] [--loads 0,2,4] [--duration 1] [--profile-duration 0.5] [--confirm-duration 2]
 The 100-trial run's goals (issue 21): identical 0/100 fails at every load (profiles and history),
 equal <= 1/100, +10% caught >= 95/100 at 0x and 2x (artifacts), +20% 100/100.
@@ -134,10 +134,10 @@ def main() -> int:
     parser.add_argument("--slowdowns-in-profiles", action="store_true",
                         help="also time the slowdowns in the profiles mode (first verdict + confirmation)")
     parser.add_argument("--quick", action="store_true",
-                        help="6 trials per cell, 0.4 s interleaved, 0.25 s profiles, 0.6 s confirmation (< 5 min)")
+                        help="4 trials per cell, 0.4 s interleaved, 0.25 s profiles, 0.6 s confirmation (< 5 min)")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.duration, args.profile_duration, args.confirm_duration = 6, 0.4, 0.25, 0.6
+        args.trials, args.duration, args.profile_duration, args.confirm_duration = 4, 0.4, 0.25, 0.6
 
     from tqdm import tqdm
 
