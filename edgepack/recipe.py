@@ -561,7 +561,8 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result, None
     command_parser, prefix, options = parser, [], dict(step.options)
-    for key in STEP_REF_OPTIONS & set(options):  # baseline = "build-fp32": that step's output
+    option_refs = []
+    for key in sorted(STEP_REF_OPTIONS & set(options)):  # baseline = "build-fp32": that step's output
         ref = options[key]
         if isinstance(ref, str) and any(k[0] == ref for k in outputs):
             resolved = _resolve_inputs([ref], step, target, recipe, outputs, reports)
@@ -569,6 +570,7 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
                 result.note = resolved
                 return result, None
             options[key] = str(resolved[0])
+            option_refs.append(ref)
     choice = _subcommands(parser)
     if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
         prefix = [options.pop(choice.dest)]
@@ -586,6 +588,7 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
                             hint=f'set input = [...] with {len(positionals)} entries')
+    result.inputs = [*result.inputs, *option_refs]  # what the step reads (a fleet ships it, a change reruns it)
     argv = [step.command, *prefix, *map(str, inputs)]
     artifact = report = None
     if "output" in dests:
