@@ -97,7 +97,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         from edgepack.profile.verdict import describe
 
         comparison["summary"] = describe(comparison)
-        result["vs"] = {k: v for k, v in baseline.items() if k != "environment"}
+        result["vs"] = dict(baseline)  # with its environment: a fleet adds it to the history as it is
         result["comparison"] = comparison
     else:
         result = profile_model(model, target, options, affinity=cpus)
