@@ -247,11 +247,13 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
                     metric: str = "p1", duration: str = "3s", confirm: bool | None = None,
                     confirm_duration: float = 2.0, progress: bool = False) -> dict:
     """`check CUR.onnx --baseline BASE.onnx`: both timed interleaved in one process (ABBA blocks
-    of 10 runs, paired block percentiles); a suspect first verdict is timed interleaved again and
-    decided on the pairs of both runs together."""
+    of 10 runs, paired block percentiles; half the time current first, half baseline first:
+    confirm.time_both_orders); a suspect first verdict is timed so again and decided on the
+    pairs of both runs together."""
     from edgepack.profile import environment as env
-    from edgepack.profile.confirm import BLOCK, CONFIRM_PAIRS, MIN_PAIRS, STARVED_FACTOR, decide, interleaved_report, suspect
-    from edgepack.profile.profiler import ProfileOptions, is_engine, profile_pair
+    from edgepack.profile.confirm import (CONFIRM_PAIRS, MIN_PAIRS, STARVED_FACTOR, decide, interleaved_report,
+                                          suspect, time_both_orders)
+    from edgepack.profile.profiler import ProfileOptions, is_engine
     from edgepack.profile.timing import Budget
 
     for path in (current, baseline):
@@ -266,8 +268,8 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
     options = ProfileOptions(budget=budget, warmup=Budget(seconds=0.2), layer_runs=0, progress=progress)
     load_before = env.load_average()
     seconds = budget.seconds
-    fresh, base = profile_pair(current, baseline, target, options, block=BLOCK, min_runs=MIN_PAIRS * BLOCK,
-                               max_seconds=STARVED_FACTOR * seconds)
+    fresh, base = time_both_orders(current, baseline, target, options, min_pairs=MIN_PAIRS,
+                                   max_seconds=STARVED_FACTOR * seconds)
     report = interleaved_report(fresh, base, threshold=threshold, confidence=confidence, metric=metric)
     report["load_average"] = {**report.get("load_average", {}), "before": load_before, "after": env.load_average()}
     if not suspect(report) or confirm is False:
@@ -280,12 +282,12 @@ def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, 
     again = ProfileOptions(budget=Budget(seconds=confirm_duration), warmup=Budget(seconds=0.1), layer_runs=0,
                            progress=progress)
     before, start = env.load_average(), time.perf_counter()
-    base2, fresh2 = profile_pair(baseline, current, target, again, block=BLOCK, min_runs=CONFIRM_PAIRS * BLOCK,
-                                 max_seconds=STARVED_FACTOR * confirm_duration)  # the other order: see time_both_orders
+    fresh2, base2 = time_both_orders(current, baseline, target, again, min_pairs=CONFIRM_PAIRS,
+                                     max_seconds=STARVED_FACTOR * confirm_duration)
     pooled = interleaved_report(fresh2, base2, threshold=threshold, confidence=confidence, metric=metric,
                                 earlier=(fresh["samples_ms"], base["samples_ms"]))
     record = {"ran": True, "mode": "interleaved", "confirmable": True,
-              "reason": "timed interleaved again, baseline first this time; the pairs of both runs decide",
+              "reason": "timed interleaved again (each order half the time); the pairs of both runs decide",
               "duration_s": round(time.perf_counter() - start, 3), "load_before": before,
               "load_after": env.load_average(), "report": pooled, "confirmed": pooled["verdict"] == "slower"}
     return decide(report, record)

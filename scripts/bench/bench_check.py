@@ -22,7 +22,7 @@ still count: the load average is printed). Trial kinds are round-robin within a 
 from other processes hits them alike. "fail" = the gate exits 1; "caught" = exits 1 on a slowdown.
 
 Usage:  python scripts/bench/bench_check.py             (100 trials per cell; about 80 min on 2 cores)
-        python scripts/bench/bench_check.py --quick     (4 trials per cell, shorter timings; < 5 min)
+        python scripts/bench/bench_check.py --quick     (3 trials per cell, shorter timings; ~5 min on a busy 2-core machine)
         [--trials N] [--loads 0,2,4] [--duration 1] [--profile-duration 0.5] [--confirm-duration 2]
 The 100-trial run's goals (issue 21): identical 0/100 fails at every load (profiles and history),
 equal <= 1/100, +10% caught >= 95/100 at 0x and 2x (artifacts), +20% 100/100.
@@ -108,6 +108,7 @@ def calibrate(base: Path, folder: Path, duration: float) -> dict[str, Path]:
     probe_layers = round(BASE_LAYERS * 1.15)
     probe = matmul_chain(probe_layers, folder / "probe.onnx")
     ratios = [check(probe, base, duration=f"{duration}s", confirm=False).report["ratio"] for _ in range(3)]
+    # check times both orders (current first, then baseline first): no side is favoured
     slope = max(0.2, (float(np.median(ratios)) - 1.0) / ((probe_layers - BASE_LAYERS) / BASE_LAYERS))
     out = {}
     for name, slowdown in SLOWDOWNS.items():
@@ -134,10 +135,10 @@ def main() -> int:
     parser.add_argument("--slowdowns-in-profiles", action="store_true",
                         help="also time the slowdowns in the profiles mode (first verdict + confirmation)")
     parser.add_argument("--quick", action="store_true",
-                        help="4 trials per cell, 0.4 s interleaved, 0.25 s profiles, 0.6 s confirmation (< 5 min)")
+                        help="3 trials per cell, 0.4 s interleaved, 0.25 s profiles, 0.6 s confirmation (< 5 min)")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.duration, args.profile_duration, args.confirm_duration = 4, 0.4, 0.25, 0.6
+        args.trials, args.duration, args.profile_duration, args.confirm_duration = 3, 0.4, 0.25, 0.6
 
     from tqdm import tqdm
 
