@@ -204,7 +204,8 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
         raise UsageError(f"--metric {metric}: not one of {', '.join(METRICS)}", hint="e.g. --metric p50")
     limit = parse_threshold(threshold)
     if not (0.5 < confidence < 1):
-        raise UsageError(f"--confidence {confidence:g}: must be between 0.5 and 1", hint="for example --confidence 0.99")
+        raise UsageError(f"--confidence {confidence:g}: must be between 0.5 and 1",
+                         hint="for example --confidence 0.99")
     again = Budget.parse(confirm_duration, "--confirm-duration")
     if again.seconds is None:
         raise UsageError(f"--confirm-duration {confirm_duration}: a duration needs a unit",

@@ -249,9 +249,10 @@ def format_check(report: dict) -> str:
     confirm = report.get("confirm") or {}
     if confirm.get("ran"):
         first = report.get("first") or {}
+        first_ci = first.get("ci") or [float("nan")] * 2
         load = " -> ".join(f"{x[0]:.2f}" for x in (confirm.get("load_before"), confirm.get("load_after")) if x)
         notes.append(f"first run: {first.get('verdict')}, ratio {first.get('ratio', float('nan')):.3f} "
-                     f"[{(first.get('ci') or [float('nan')] * 2)[0]:.3f}, {(first.get('ci') or [float('nan')] * 2)[1]:.3f}]"
+                     f"[{first_ci[0]:.3f}, {first_ci[1]:.3f}]"
                      f"; confirming rerun ({confirm['mode']}, {confirm['duration_s']:.1f} s, load {load}), "
                      "which decides (the row above)")
         if confirm.get("note"):

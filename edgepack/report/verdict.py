@@ -225,7 +225,8 @@ def _size(data, target) -> Axis | None:
     ratio = int8 / fp32
     status = "better" if ratio < 1 else "worse" if ratio > 1 else "same"
     return Axis("size", status, f"INT8 {int8 / 1024:.1f} KiB vs FP32 {fp32 / 1024:.1f} KiB",
-                f"INT8/FP32 {ratio:.3f}x", _warnings(data, target, ("quantize", "build"), "size") if status == "worse" else [])
+                f"INT8/FP32 {ratio:.3f}x",
+                _warnings(data, target, ("quantize", "build"), "size") if status == "worse" else [])
 
 
 def _checks(data, target) -> list[Axis]:

@@ -21,8 +21,8 @@ Loads: busy-looping processes, factor x nproc (0: none added; other users of a s
 still count: the load average is printed). Trial kinds are round-robin within a load, so load
 from other processes hits them alike. "fail" = the gate exits 1; "caught" = exits 1 on a slowdown.
 
-Usage:  python scripts/bench/bench_check.py             (100 trials per cell; 2100 trials, about 1.5-2 h on a busy 2-core machine)
-        python scripts/bench/bench_check.py --quick     (3 trials per cell, shorter timings; 5.7 min measured on a 2-core machine at load 12-19)
+Usage:  python scripts/bench/bench_check.py             (100 trials per cell, 2100 trials: 1.5-2 h, busy 2 cores)
+        python scripts/bench/bench_check.py --quick     (3 trials per cell, shorter: 5.7 min at load 12-19 on 2 cores)
         [--trials N] [--loads 0,2,4] [--duration 1] [--profile-duration 0.5] [--confirm-duration 2]
 The 100-trial run's goals (issue 21): identical 0/100 fails at every load (profiles and history),
 equal <= 1/100, +10% caught >= 95/100 at 0x and 2x (artifacts), +20% 100/100.
