@@ -268,9 +268,9 @@ def _warnings(data, target, commands: tuple[str, ...], about: str | None = None)
             continue
         sources = [data.reports.get((step["id"], step.get("target")))]
         folder = data.folder / (step.get("target") or "")
-        sources.append(_read(folder / f"{step['id']}.step.json"))
+        sources.append(_read(folder / f"{step['id']}.step.json", data.folder))
         if step.get("artifact"):
-            sources.append(_read(folder / f"{Path(step['artifact']).name}.manifest.json"))
+            sources.append(_read(folder / f"{Path(str(step['artifact'])).name}.manifest.json", data.folder))
         for source in sources:
             items = source.get("warnings") if isinstance(source, dict) else None
             for item in items if isinstance(items, list) else []:
@@ -282,10 +282,12 @@ def _warnings(data, target, commands: tuple[str, ...], about: str | None = None)
     return found[:5]
 
 
-def _read(path: Path) -> dict | None:
-    """A JSON file inside the run folder, or None (missing, unreadable, not an object)."""
+def _read(path: Path, folder: Path | None = None) -> dict | None:
+    """A JSON file inside the run folder `folder`, or None (outside it, missing, unreadable, not an object)."""
     try:
+        if folder is not None and not path.resolve().is_relative_to(folder.resolve()):
+            return None
         value = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
