@@ -54,6 +54,7 @@ STEP_KEYS = {"id", "run", "input", "per_target"}
 ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "command", "run"}
 # Step options naming files the step writes: resolved against the output folder, and kept in it.
 OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
+STEP_REF_OPTIONS = {"baseline", "vs"}  # may name an earlier step: its artifact (or JSON report) is passed
 STEP_SCHEMA = "edgepack.step/1"
 RUN_SCHEMA = "edgepack.run/1"
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of TOML
@@ -586,6 +587,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result, None
     command_parser, prefix, options = parser, [], dict(step.options)
+    option_refs = []
+    for key in sorted(STEP_REF_OPTIONS & set(options)):  # baseline = "build-fp32": that step's output
+        ref = options[key]
+        if isinstance(ref, str) and any(k[0] == ref for k in outputs):
+            resolved = _resolve_inputs([ref], step, target, recipe, outputs, reports)
+            if isinstance(resolved, str):
+                result.note = resolved
+                return result, None
+            options[key] = str(resolved[0])
+            option_refs.append(ref)
     choice = _subcommands(parser)
     if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
         prefix = [options.pop(choice.dest)]
@@ -603,6 +614,7 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
                             hint=f'set input = [...] with {len(positionals)} entries')
+    result.inputs = [*result.inputs, *option_refs]  # what the step reads (a fleet ships it, a change reruns it)
     argv = [step.command, *prefix, *map(str, inputs)]
     artifact = report = None
     if "output" in dests:

@@ -210,16 +210,19 @@ def test_a_failed_check_in_a_recipe_names_the_slowdown(tmp_path):
 
     current = edgepack.profile_artifact(MODEL, "x86-cpu", runs=40, warmup=2, layer_runs=0, history=False,
                                         progress=False).to_json()
-    baseline = {**current, "samples_ms": [t / 2 for t in current["samples_ms"]]}  # twice as fast
+    # twice as fast, and of another model whose file is not here (the same artifact is never slower)
+    baseline = {**current, "samples_ms": [t / 2 for t in current["samples_ms"]],
+                "model": {**current["model"], "sha256": "b" * 64, "path": str(tmp_path / "gone.onnx")}}
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     (tmp_path / "current.json").write_text(json.dumps(current))
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'model = "{MODEL}"\ntargets = ["x86-cpu"]\n\n[[step]]\nrun = "check"\n'
                       f'input = "{tmp_path / "current.json"}"\nbaseline = "{tmp_path / "baseline.json"}"\n'
-                      'metric = "p50"\n')
+                      'metric = "p50"\nforce = true\n')
     with pytest.raises(EdgepackError) as failure:
         run_recipe(load_recipe(recipe), tmp_path / "out")
-    assert "latency regression: 2.00x slower at p50 (threshold 1.05x)" in str(failure.value)
+    assert "latency slower: current/baseline 2.000x at p50" in str(failure.value)
+    assert "not confirmed: the baseline model file is not here" in str(failure.value)
 
 
 def test_a_compress_step_names_its_method(tmp_path):

@@ -105,7 +105,7 @@ def test_a_failed_check_inside_run_names_the_regression_not_an_exit_code(tmp_pat
     with pytest.raises(EdgepackError) as failed:
         run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "out")
     assert str(failed.value).startswith(
-        "step 'check' for target x86-cpu failed: latency regression: 1.41x slower at p50 (threshold 1.05x)")
+        "step 'check' for target x86-cpu failed: latency slower: current/baseline 1.410x at p50, 99% interval")
 
 
 def test_step_logs_hold_no_progress_bar_control_characters(tmp_path):

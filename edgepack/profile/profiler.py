@@ -246,7 +246,7 @@ def _result(path: Path, target, runner, batch: int, threads: int, options: Profi
         "schema": SCHEMA,
         "id": uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(path), "name": path.name, "sha256": sha},
+        "model": {"path": str(path), "name": path.name, "sha256": sha, "weights_sha256": env.weights_sha256(path)},
         "target": target.name if target else None,
         "backend": runner.backend,
         "batch": batch,
@@ -334,8 +334,10 @@ def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threa
 
 
 def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileOptions(), *,
-                 affinity: list[int] | None = None, block: int = 10) -> tuple[dict, dict]:
-    """Time A and B in one process, interleaved in blocks (ABBA), with the same inputs."""
+                 affinity: list[int] | None = None, block: int = 10, min_runs: int = 10,
+                 max_seconds: float | None = None) -> tuple[dict, dict]:
+    """Time A and B in one process, interleaved in blocks (ABBA), with the same inputs (a time
+    budget goes on until `min_runs` runs each, at most `max_seconds`: see time_interleaved)."""
     from edgepack.targets import load_target
 
     target = load_target(target) if target is not None else None
@@ -352,7 +354,8 @@ def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileO
     feeds_b, _ = make_feeds(runners[1].inputs, options)
     runs = [r.bind(f) for r, f in zip(runners, (feeds, feeds_b))]
     warmups = [warm_up(run, options.warmup) for run in runs]
-    a, b = time_interleaved(runs[0], runs[1], options.budget, block=block, progress=options.progress)
+    a, b = time_interleaved(runs[0], runs[1], options.budget, block=block, progress=options.progress,
+                            min_runs=min_runs, max_seconds=max_seconds)
     results = []
     for p, runner, f, samples, w in zip(paths, runners, (feeds, feeds_b), (a, b), warmups):
         result = _result(p, target, runner, batch, threads, options, samples, w, env.sha256_of(p))

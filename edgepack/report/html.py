@@ -143,7 +143,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
                                     for v in row) + "</tr>" for row in rows)
     thead = f"<thead><tr>{head}</tr></thead>" if head else ""  # key/value tables need no header
-    return f"<table>{thead}<tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table>{thead}<tbody>{body}</tbody></table></div>'
 
 
 def _figure(svg: str, caption: str) -> str:
@@ -158,7 +158,8 @@ def _steps_section(data: RunData) -> str:
     rows = [[s["id"], s["target"] or "", s["command"], s["status"], s["seconds"],
              s.get("size_bytes"), Path(s["artifact"]).name if s.get("artifact") else "", s.get("note", "")]
             for s in data.steps]
-    tables = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
+    steps = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
+    tables = ""
     optimize = data.of("optimize")
     if optimize:
         rows = [[step["id"], key, report["before"][key], report["after"][key],
@@ -172,7 +173,7 @@ def _steps_section(data: RunData) -> str:
         sizes = [data.run.get("model_size_bytes", 0) / 1024] + [s["size_bytes"] / 1024 for s in sized]
         chart = _figure(charts.grouped_bars(labels, {"size": sizes}, ylabel="KiB", title="artifact sizes"),
                         "Size of each step's artifact (KiB), beside the input model.")
-    return _section("Pipeline", f'<div class="grid2"><div>{tables}</div>{chart}</div>')
+    return _section("Pipeline", steps + f'<div class="grid2"><div>{tables}</div>{chart}</div>')
 
 
 def _accuracy_section(data: RunData) -> str:
@@ -321,6 +322,7 @@ margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem} h4{font-size:.9rem;mar
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem;max-width:100%}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right;vertical-align:top}
 th:first-child,td:first-child,td.t{text-align:left;overflow-wrap:anywhere} th{background:#f4f4f4}
+td.t{min-width:4em} td:first-child{min-width:7em} .scroll{overflow-x:auto;max-width:100%}
 td.n{white-space:nowrap;font-variant-numeric:tabular-nums}
 figure.chart{margin:.6rem 0 1.2rem;flex:1 1 0;min-width:0} figure.chart svg{width:100%;height:auto}
 figcaption{font-size:.8rem;color:#555} .summary td,.summary th{font-size:1rem}
@@ -334,23 +336,55 @@ details{margin:.3rem 0 1rem} summary{cursor:pointer;color:#1f4e8c}
 font-size:1rem;font-weight:600} .slower{background:#fde2e1;color:#8b1a14} .same{background:#e6f0e6;color:#1d5a1d}
 .faster{background:#e1ecfa;color:#1f4e8c}
 .muted{color:#666;font-size:.85rem}
+#verdict{margin:.4rem 0 .6rem}
+.target-verdict{border-radius:.4rem;padding:.5rem .9rem;margin:.4rem 0;border-left:.5rem solid}
+.target-verdict.good{background:#e6f4e6;border-color:#2e7d32} .target-verdict.bad{background:#fdecea;border-color:#c62828}
+.target-verdict.neutral{background:#f4f4f4;border-color:#888}
+.target-verdict .headline{font-size:1.15rem;font-weight:700}
+.target-verdict ul{margin:.3rem 0 .1rem;padding-left:1.2rem} .target-verdict li{margin:.15rem 0}
+li.axis-worse{color:#8b1a14} li.axis-worse b{color:#c62828} li.axis-better b{color:#2e7d32}
+.line{color:#444;font-size:.85rem} li.axis-worse .line{color:#8b1a14}
+.cause{font-size:.85rem;color:#6d1a14;margin-left:.4rem}
 """
 
 
 def _verdicts(data: RunData) -> str:
     """The answers first: each latency check's verdict and ratio (check steps, profile --vs)."""
+    from edgepack.profile.verdict import describe
+
     checks = [(s, r) for s, r in data.of("check") if "verdict" in r]
     checks += [(s, r["comparison"]) for s, r in data.of("profile") if isinstance(r.get("comparison"), dict)]
     out = ""
     for step, r in checks:
-        lo, hi = r.get("ci") or (None, None)
         where = f" on {step['target']}" if step.get("target") else ""
+        try:
+            line = describe(r)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue  # a hand-edited report without the numbers: left out
         out += (f'<div class="verdict {html.escape(str(r["verdict"]))}">{html.escape(step["id"])}{html.escape(where)}: '
-                f"{html.escape(str(r['verdict']))} · current / baseline {number(r['ratio'])}x at "
-                f"{html.escape(str(r['metric']))} ({number(r['confidence'] * 100, 3)}% interval {number(lo)}–"
-                f"{number(hi)}; threshold {number(1 + r['threshold'])}x) · "
-                f"{number(r['current']['value_ms'])} ms vs {number(r['baseline']['value_ms'])} ms</div>")
+                f"{html.escape(line)} · {number(r['current']['value_ms'])} ms vs "
+                f"{number(r['baseline']['value_ms'])} ms</div>")
     return out
+
+
+def _verdict_section(data: RunData) -> str:
+    """The answer first: per target, INT8 against FP32 on every axis (report/verdict.py), green when
+    better on all, a red line per axis where worse, with its likely causes."""
+    from edgepack.report.verdict import verdicts
+
+    out = ""
+    for verdict in verdicts(data):
+        state = "good" if verdict.green else "bad" if any(a.status == "worse" for a in verdict.axes) else "neutral"
+        items = ""
+        for axis in verdict.axes:
+            causes = "".join(f'<div class="cause">likely cause: {html.escape(c)}</div>' for c in axis.causes)
+            line = f' <span class="line">{html.escape(axis.line)}</span>' if axis.line else ""
+            items += (f'<li class="axis axis-{html.escape(axis.status)}" data-axis="{html.escape(axis.name)}">'
+                      f"<b>{html.escape(axis.name)}</b>: {html.escape(axis.sentence)}{line}{causes}</li>")
+        items += "".join(f'<li class="axis-warning">warning: {html.escape(w)}</li>' for w in verdict.warnings)
+        out += (f'<div class="target-verdict {state}" data-target="{html.escape(str(verdict.target))}">'
+                f'<div class="headline">{html.escape(verdict.headline)}</div><ul>{items}</ul></div>')
+    return f'<section id="verdict">{out}</section>' if out else ""
 
 
 def render(data: RunData) -> str:
@@ -359,7 +393,8 @@ def render(data: RunData) -> str:
                     for name, fp32, int8 in rows]
     summary_html = _table(["", "FP32", "INT8", "INT8 / FP32"], summary_rows).replace("<table>",
                                                                                      '<table class="summary">')
-    sections = [_section("Summary", _verdicts(data) + summary_html), _steps_section(data), _accuracy_section(data),
+    sections = [_verdict_section(data), _section("Summary", _verdicts(data) + summary_html), _steps_section(data),
+                _accuracy_section(data),
                 _latency_section(data), _layers_section(data), _environment_section(data)]
     title = f"edgepack report: {Path(data.run.get('model', '')).name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
