@@ -24,6 +24,7 @@ import onnx_ir as ir
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import has_qdq, model_inputs, parse_shapes, resolve_precision
 from edgepack.errors import EdgepackError
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path, mf.read_manifest(path))
 
 
+@cli_keywords
 def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,

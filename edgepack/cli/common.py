@@ -101,7 +101,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     """The preprocessing flags, on every command that reads data (see docs/data.md); read back with Preprocess.from_args."""
-    from edgepack.calib.preprocess import CHANNEL_ORDERS
+    from edgepack.calib.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 
     group = parser.add_argument_group(
         "preprocessing", "applied to arrays and image folders alike, in this order: resize, crop, "
@@ -114,8 +114,15 @@ def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--std", metavar="S,...", help="then divide per channel, e.g. 0.229,0.224,0.225")
     group.add_argument("--channel-order", metavar="ORDER", type=str.upper, choices=CHANNEL_ORDERS,
                        help="BGR: swap the stored RGB channels (default RGB: keep)")
-    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX (bilinear)")
+    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX")
+    group.add_argument("--interpolation", metavar="NAME", type=str.lower, choices=INTERPOLATIONS,
+                       help="the resize filter: bilinear (default), bicubic, nearest, lanczos, box, hamming")
     group.add_argument("--crop", type=int, metavar="PX", help="centre crop PX x PX")
+
+
+#: what --data takes, for every command's help
+DATA_HELP = ("a folder of images (.jpg .png .bmp .webp, sorted; no manifest needed), a calibration folder, "
+             ".npz (FILE.npz:ARRAY[:LABELS] picks the arrays) or .npy")
 
 
 def data_arg(args: argparse.Namespace):

@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from edgepack.commands.result import NOT_JSON, CommandResult
 from edgepack.errors import EdgepackError
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def _summary(model: ir.Model, path) -> dict:
     return {k: report[k] for k in ("nodes", "params", "macs", "size_bytes")}
 
 
+@cli_keywords
 def optimize(model: str | os.PathLike | ir.Model, output: str | os.PathLike | None = None, *,
              target=None, simplify: bool = True, tolerance: float = 1e-4) -> OptimizeReport:
     """Simplify, fold BatchNorm and remove pruned channels, then prove the outputs unchanged.

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgepack.commands.result import NOT_JSON, CommandResult
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 
@@ -54,6 +55,7 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
+@cli_keywords
 def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str | None = None,
             duration: float | str | None = None, warmup: int | str = "200ms", batch: int | None = None,
             threads: int | None = None, affinity: str | list[int] | None = None, data=None,
@@ -167,6 +169,7 @@ def read_result(path: str | os.PathLike) -> dict:
     return validate_profile(data, str(file))
 
 
+@cli_keywords
 def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict | list, *,
           threshold: str | float = "5%", confidence: float = 0.99, metric: str = "p1",
           history_db: str | os.PathLike | None = None, history_runs: int = 5,

@@ -17,6 +17,7 @@ from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.prepare import prepare
 from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 SCHEMA = "edgepack.quantize/1"
@@ -54,6 +55,7 @@ class QuantizeResult:
         return format_result(self.to_json())
 
 
+@cli_keywords
 def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu", ranges: Ranges | str | None = None,
              method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
@@ -140,7 +142,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     validate_quantized(model)  # checker + ONNX Runtime load, before anything is written
     from edgepack.quant.origin import stamp_quantized
 
-    stamp_quantized(model, target, preprocess)
+    stamp_quantized(model, target, preprocess, ranges)
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
                             scores, sqnr, problems)
     if target.is_tensorrt:
