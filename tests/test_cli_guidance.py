@@ -31,18 +31,26 @@ def _usage_error(capsys, *argv) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))
     assert exit_.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err  # one line, as every error
+    return err
 
 
 def test_mistyped_option_prints_the_subcommands_usage_and_the_nearest_option(capsys):
     err = _usage_error(capsys, "calibrate", "m.onnx", "-o", "r.json", "--metod", "entropy")
-    assert err.startswith("usage: edgepack calibrate")
-    assert "unrecognized arguments: --metod entropy; did you mean --method?" in err
+    assert err.startswith("error: edgepack calibrate: unrecognized arguments: --metod entropy")
+    assert "usage: edgepack calibrate MODEL -o OUT [options]" in err and "hint: did you mean --method?" in err
+
+
+def test_a_missing_option_names_it_with_the_short_usage(capsys):
+    err = _usage_error(capsys, "quantize", "m.onnx", "--data", "d")
+    assert "required: -t/--target, -o/--output" in err and "usage: edgepack quantize MODEL -t T -o OUT" in err
+    assert "hint: see `edgepack quantize --help`" in err
 
 
 def test_mistyped_option_that_leaves_a_required_one_missing_is_suggested_too(capsys):
     err = _usage_error(capsys, "compress", "lowrank", "m.onnx", "-o", "x.onnx", "--rnk", "3")
-    assert err.startswith("usage: edgepack compress lowrank") and "did you mean --rank?" in err
+    assert "usage: edgepack compress lowrank MODEL" in err and "did you mean --rank?" in err
 
 
 def test_mistyped_command_suggests_the_nearest(capsys):

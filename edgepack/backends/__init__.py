@@ -58,9 +58,12 @@ class Artifact:
         return dict(self.manifest)
 
     def text(self) -> str:
+        from edgepack.quant.origin import describe_defaults
+
         m = self.manifest
         files = ", ".join(m.get("files", [m["artifact"]]))
-        text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+        text = "".join(line + "\n" for line in describe_defaults(m.get("from_model") or {}))
+        text += (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
                 f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
         check = m.get("runtime_check")  # QDQ models built for ONNX Runtime: as built vs QDQ math
         if check:
@@ -108,7 +111,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 
 
 @cli_keywords
-def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
+def build(model: str | os.PathLike | ir.Model, target=None, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
           workspace_mb: int | None = None, threads: int | None = None, data=None,
@@ -121,9 +124,21 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
     built and as its QDQ math on a few samples of it (random inputs when None), and the manifest's
     `runtime_check` says whether they agree; where TensorRT 11 needs the model converted to float16
     first, nodes whose values leave the float16 range on it stay float32.
+
+    Without `target`, the target a quantized model records (`edgepack.quantized_for`) is used; `data`
+    without preprocessing is prepared as the model records; the manifest's `from_model` and the
+    text say so.
     """
+    from edgepack.quant.origin import QUANTIZED_FOR, PREPROCESS, recorded_defaults, recorded_in_file
     from edgepack.targets import load_target
 
+    metadata = ({k: model.metadata_props[k] for k in (QUANTIZED_FOR, PREPROCESS) if k in model.metadata_props}
+                if isinstance(model, ir.Model) else recorded_in_file(model))
+    from_model, target, data = recorded_defaults(metadata, target=target, data=data)
+    if target is None:
+        from edgepack.errors import UsageError
+
+        raise UsageError("build needs a target: the model records none", hint="pass -t T (see `edgepack targets`)")
     target = load_target(target)
     with _model_file(model) as model_path:
         from edgepack.io import has_external_data, load, weights_nbytes
@@ -165,6 +180,8 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
         manifest["quantized_for"] = graph.metadata_props[QUANTIZED_FOR]
     if stored_preprocess(graph):  # how inputs are prepared, for whoever deploys the artifact
         manifest["preprocess"] = stored_preprocess(graph)
+    if from_model:
+        manifest["from_model"] = from_model
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic

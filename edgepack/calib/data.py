@@ -551,15 +551,15 @@ def _image_batches(folder: Path, table: dict, specs: list[InputSpec], batch_size
         for file in files[start:start + batch_size]:
             image = decode(file)
             image = preprocess.resize_crop(image) if preprocess is not None else image
+            if arrays and image.shape != arrays[0].shape:
+                raise EdgepackError(f"{folder}: images of different sizes ({files[start].name} {arrays[0].shape}, "
+                                    f"{file.name} {image.shape})",
+                                    hint="set resize and crop in [images] of manifest.toml, or --resize/--crop")
             if pixels is not None and image.shape[0] * image.shape[1] != pixels:
-                raise EdgepackError(f"{file}: {image.shape[0]}x{image.shape[1]} pixels after resize/crop, the model "
+                raise EdgepackError(f"{file}: shape {image.shape[0]}x{image.shape[1]} after resize/crop, the model "
                                     f"takes {list(specs[0].shape[1:])}",
                                     hint="resize/crop the images with --resize and --crop")
             arrays.append(image)
-        sizes = {a.shape for a in arrays}
-        if len(sizes) > 1:
-            raise EdgepackError(f"{folder}: images of different sizes {sorted(sizes)[:3]}",
-                                hint="set resize and crop in [images] of manifest.toml, or --resize/--crop")
         batch = {specs[0].name: np.stack(arrays)}
         if labels is not None:
             batch["__labels__"] = labels[start:start + len(arrays)]

@@ -69,6 +69,8 @@ class Preprocess:
                 raise UsageError(f"unknown interpolation '{self.interpolation}'",
                                  hint=f"use one of {', '.join(INTERPOLATIONS)}")
             set_("interpolation", name)
+        if self.resize is not None and self.interpolation is None:
+            set_("interpolation", "bilinear")  # said, so that it is recorded with the resize
         for name in ("resize", "crop"):
             value = getattr(self, name)
             if value is not None:
@@ -109,8 +111,6 @@ class Preprocess:
         """The keys that are set, in manifest form (lists, not tuples); a resize says its
         interpolation (bilinear unless set), so that whoever deploys the model repeats it exactly."""
         values = asdict(self)
-        if self.resize is not None and self.interpolation is None:
-            values["interpolation"] = "bilinear"
         return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in PIPELINE_ORDER
                 if values[k] is not None}
 

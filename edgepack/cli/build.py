@@ -24,7 +24,7 @@ def register(subparsers):
     parser = common.add_command(subparsers, "build", "build a TensorRT engine or an ONNX Runtime artifact",
                                 description=DESCRIPTION)
     common.add_model(parser, help="input ONNX model (float, or QDQ from `edgepack quantize`)")
-    common.add_target(parser)
+    common.add_target(parser, recorded=True)
     common.add_output(parser, help="artifact: .engine/.plan (TensorRT) or .onnx/.ort (ONNX Runtime)")
     parser.add_argument("--precision", default="best", choices=["int8", "fp16", "fp32", "best"],
                         help="int8 needs a QDQ model; best: the fastest the target and model allow (default)")

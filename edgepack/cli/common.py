@@ -22,11 +22,29 @@ class GuidingParser(argparse.ArgumentParser):
             unknown = [w for w in getattr(self, "_seen", []) if w.startswith("--")
                        and w.split("=")[0] not in option_strings(self)]
             hint = suggestion(self, f"unrecognized arguments: {' '.join(unknown)}") if unknown else None
-        super().error(f"{message}{'; ' + hint if hint else ''}")
+        hint = hint or f"see `{self.prog} --help`"
+        # one line, as every other error: what, the short usage, what was probably meant
+        self.exit(2, f"error: {self.prog}: {message}. usage: {short_usage(self)}. hint: {hint}\n")
 
     def parse_known_args(self, args=None, namespace=None):
         self._seen = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
+
+
+def short_usage(parser: argparse.ArgumentParser) -> str:
+    """`edgepack quantize MODEL -t T -o OUT [options]`: the positionals and required options only."""
+    parts = [parser.prog]
+    optional = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parts.append(action.metavar or "COMMAND")
+        elif not action.option_strings:
+            parts.append(action.metavar or action.dest.upper())
+        elif action.required:
+            parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+        elif action.dest not in ("help", "version"):
+            optional = True
+    return " ".join(parts + (["[options]"] if optional else []))
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -85,10 +103,14 @@ def add_output(parser: argparse.ArgumentParser, help: str = "output file", requi
     parser.add_argument("-o", "--output", metavar="OUT", required=required, help=help)
 
 
-def add_target(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_target(parser: argparse.ArgumentParser, required: bool = True, recorded: bool = False) -> None:
+    """`-t T, --target T`; `recorded`: optional, defaulting to the target a quantized model (or an
+    artifact's manifest) records."""
     parser.add_argument(
-        "-t", "--target", metavar="T", required=required,
-        help="hardware target: a name from `edgepack targets` or a path to a .toml file",
+        "-t", "--target", metavar="T", required=required and not recorded,
+        help="hardware target: a name from `edgepack targets` or a path to a .toml file"
+             + ("; default: the target recorded in the model by `quantize` (or in the artifact's manifest)"
+                if recorded else ""),
     )
 
 
@@ -179,10 +201,10 @@ def call_options(function: Callable, args: argparse.Namespace, display: tuple[st
         if dest == "data" and "preprocess" not in params and preprocessing & set(vars(args)):
             kwargs["data"] = data_arg(args)
             continue
-        if dest in params:
-            kwargs[dest] = value
-        elif dest.startswith("no_") and dest[3:] in params:
+        if dest.startswith("no_") and dest[3:] in params:
             kwargs[dest[3:]] = not value
+        elif dest in params:
+            kwargs[dest] = value
         else:
             raise InternalError(f"edgepack {getattr(args, 'command', '?')}: option '{dest}' is not a parameter "
                                 f"of {function.__module__}.{function.__name__}")

@@ -27,7 +27,8 @@ def register(subparsers):
     parser.add_argument("--no-layers", action="store_true", help="outputs only")
     parser.add_argument("-t", "--target", metavar="T",
                         help="the target B is for: TensorRT targets run B as its exact QDQ math (the proxy "
-                             "for TensorRT), ONNX Runtime targets as ORT deploys it (default)")
+                             "for TensorRT), ONNX Runtime targets as ORT deploys it; default: the target "
+                             "recorded in B by `quantize`, else as ORT deploys it")
     parser.add_argument("--runtime", dest="runtime_name", choices=["ort", "qdq-math"],
                         help="how to run B: ort (all optimizations, fused INT8 kernels, as deployed) or "
                              "qdq-math (optimizations off); default: from --target, else ort")

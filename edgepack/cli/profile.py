@@ -18,7 +18,7 @@ def register(subparsers):
         subparsers, "profile", "time an ONNX model or TensorRT engine: latency percentiles and per-layer times")
     parser.epilog = EPILOG
     common.add_model(parser, help="ONNX model / ORT artifact, or TensorRT engine (.engine, .plan)")
-    common.add_target(parser)
+    common.add_target(parser, recorded=True)
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--runs", metavar="N", help="timed runs (default: --duration 3s)")
     budget.add_argument("--duration", metavar="S", help="time for this long: 3s, 500ms (at least 10 runs)")

@@ -22,6 +22,7 @@ class ProfileReport(CommandResult):
     baseline: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     comparison: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     history_path: str | None = field(default=None, metadata=NOT_JSON)
+    from_model: dict = field(default_factory=dict, metadata=NOT_JSON)  # defaults read from the artifact
 
     def to_json(self) -> dict[str, Any]:
         return self.result
@@ -30,7 +31,9 @@ class ProfileReport(CommandResult):
         from edgepack.profile.profiler import format_profile
         from edgepack.profile.regression import format_check
 
-        text = format_profile(self.result, top)
+        from edgepack.quant.origin import describe_defaults
+
+        text = "\n".join([*describe_defaults(self.from_model), format_profile(self.result, top)])
         if self.baseline is not None:
             text += ("\n\nvs " + self.baseline["model"]["name"] + "\n" + format_profile(self.baseline, top)
                      + "\n\n" + format_check(self.comparison))
@@ -68,8 +71,12 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     `warmup` runs or time. `vs`: a second artifact timed interleaved with `model` in this process,
     and the check of `model` against it (p50). Each result goes to the history database
     (`history_db`, $EDGEPACK_HISTORY or ~/.cache/edgepack/history.sqlite) unless `history=False`.
-    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`.
+    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`. Without
+    `target` (or preprocessing for `data`), those recorded for the artifact (its build manifest, or
+    a quantized model's metadata) are used, and the text says so.
     """
+    from edgepack.quant.origin import recorded_defaults, recorded_in_file
+
     from edgepack.profile.history import History
     from edgepack.profile.profiler import ProfileOptions, parse_shapes, profile_model, profile_pair
     from edgepack.profile.regression import check_regression
@@ -87,6 +94,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch}: must be 1 or more", hint="for example --batch 8")
+    from_model, target, data = recorded_defaults(recorded_in_file(model), target=target, data=data)
     options = ProfileOptions(budget=budget, warmup=Budget.parse(str(warmup), "--warmup"), batch=batch,
                              threads=threads, data=data, shapes=parse_shapes(shapes),
                              layer_runs=max(0, layer_runs), progress=progress)
@@ -105,7 +113,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         for item in ([result, baseline] if baseline is not None else [result]):
             store.add(item)
         path = str(store.path)
-    return ProfileReport(result, baseline, comparison, path)
+    return ProfileReport(result, baseline, comparison, path, from_model)
 
 
 @dataclass

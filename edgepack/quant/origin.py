@@ -45,18 +45,20 @@ def stamp_quantized(model: ir.Model, target, preprocess=None, ranges=None) -> No
         model.metadata_props[PREPROCESS] = json.dumps(recorded)
 
 
-def recorded_defaults(model: ir.Model, *, target=None, data=None, preprocess=None,
+def recorded_defaults(model, *, target=None, data=None, preprocess=None,
                       need_target: bool = True) -> tuple[dict, object, object]:
     """What `model`'s metadata records, for what the caller left out: the target it was quantized
     for (when `target` is None and `need_target`), and the preprocessing of its calibration data
     (for `data` given as a file or folder without `preprocess`; batches from Python are taken as
     ready). Returns (used, target, data): `used` = {"target": name, "preprocess": {...}} for what
-    was read, so that the command can say so."""
+    was read, so that the command can say so. `model`: an onnx-ir Model, or its metadata as a dict
+    (see recorded_in_file)."""
     from edgepack.calib.data import PreprocessedData, with_preprocess
     from edgepack.calib.preprocess import Preprocess
 
     used: dict = {}
-    stamped = model.metadata_props.get(QUANTIZED_FOR)
+    metadata = model.metadata_props if isinstance(model, ir.Model) else dict(model or {})
+    stamped = metadata.get(QUANTIZED_FOR)
     if target is None and need_target and stamped:
         from edgepack.targets import load_target
 
@@ -65,7 +67,7 @@ def recorded_defaults(model: ir.Model, *, target=None, data=None, preprocess=Non
             target, used["target"] = stamped, stamped
         except EdgepackError:
             logger.warning("the model was quantized for '%s', a target this machine does not know", stamped)
-    recorded = stored_preprocess(model)
+    recorded = _json_table(metadata.get(PREPROCESS))
     if (recorded and preprocess is None and isinstance(data, (str, os.PathLike))
             and not isinstance(data, PreprocessedData)):
         try:
@@ -89,8 +91,39 @@ def describe_defaults(used: dict) -> list[str]:
     return lines
 
 
+def recorded_in_file(path) -> dict:
+    """The metadata `recorded_defaults` reads, for a file: an artifact's build manifest (target,
+    preprocess), else an ONNX model's own metadata. {} when nothing is recorded or readable."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        from edgepack.backends.manifest import find_manifest
+
+        manifest = json.loads(find_manifest(path).read_text())
+        if isinstance(manifest, dict) and isinstance(manifest.get("target"), str):
+            metadata = {QUANTIZED_FOR: manifest["target"]}
+            if isinstance(manifest.get("preprocess"), dict):
+                metadata[PREPROCESS] = json.dumps(manifest["preprocess"])
+            return metadata
+    except (EdgepackError, OSError, ValueError):
+        pass
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return {}
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: the command reports that with its own message
+        return {}
+    return {p.key: p.value for p in proto.metadata_props if p.key in (QUANTIZED_FOR, PREPROCESS)}
+
+
 def stored_preprocess(model: ir.Model) -> dict | None:
-    text = model.metadata_props.get(PREPROCESS)
+    return _json_table(model.metadata_props.get(PREPROCESS))
+
+
+def _json_table(text: str | None) -> dict | None:
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError:
