@@ -26,9 +26,10 @@ def register(subparsers):
         subparsers, "check", "fail (exit 1) when a profile run is significantly slower than a baseline")
     parser.epilog = EPILOG
     parser.add_argument("current", metavar="CURRENT.json", help="result of `edgepack profile --json`")
-    parser.add_argument("--baseline", required=True, metavar="FILE|history",
-                        help="a baseline profile result, or `history` for the recent runs of the same model and target "
-                        "on the same kind of device")
+    parser.add_argument("--baseline", required=True, metavar="FILE|history|vs",
+                        help="a baseline profile result, `history` for the recent runs of the same model and target "
+                        "on the same kind of device, or `vs`: the model CURRENT was timed against with "
+                        "`profile --vs` (interleaved in one process)")
     parser.add_argument("--threshold", default="5%", metavar="PCT", help="slowdown tolerated: 5%% (default) or 0.05")
     parser.add_argument("--confidence", type=float, default=0.99, metavar="C", help="confidence level (default 0.99)")
     parser.add_argument("--metric", default="p1", choices=METRICS,

@@ -184,8 +184,8 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
           force: bool = False, confirm: bool | None = None, confirm_duration: str = "2s",
           progress: bool = False) -> CheckReport:
     """Is `current` (a profile JSON file or result) significantly slower than `baseline` (a file,
-    a result, a list of results, or "history": the recent runs of the same model and target on the
-    same kind of device)? The statistic is `edgepack.check_regression`. A suspect slowdown is
+    a result, a list of results, "history": the recent runs of the same model and target on the
+    same kind of device, or "vs": the model `current` was timed interleaved with by `profile --vs`)? The statistic is `edgepack.check_regression`. A suspect slowdown is
     confirmed by an interleaved rerun on this device (`confirm`; None: where the model files the
     profiles name are here), timed for `confirm_duration` (edgepack.profile.confirm)."""
     from edgepack.profile.confirm import gate
@@ -209,6 +209,13 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
                              f"in {store.path}", hint="profile the baseline first (on the same kind of device), "
                              "or pass --baseline FILE")
         baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in runs]
+    elif isinstance(baseline, str) and baseline == "vs":  # timed interleaved with it: same process, same load
+        if not isinstance(current.get("vs"), dict):
+            raise UsageError("--baseline vs: the current result was not timed with `profile --vs`",
+                             hint="profile it with --vs BASELINE, or pass --baseline FILE")
+        baseline = validate_profile({**current["vs"], "environment": current.get("environment")}, "vs")
+        force = True  # two models by design
+        confirm = False if confirm is None else confirm
     elif isinstance(baseline, dict):
         baseline = validate_profile(baseline, "baseline")
     elif not isinstance(baseline, list):
