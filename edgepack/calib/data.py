@@ -139,6 +139,10 @@ class Dataset:
             if self.preprocess is not None and np.issubdtype(spec.dtype, np.floating):
                 # (inputs such as token ids are not preprocessed; image files were resized and cropped one by one)
                 steps = replace(self.preprocess, resize=None, crop=None) if self._images else self.preprocess
+                if self._images and steps.layout and steps.layout.startswith("NCHW:"):
+                    raise EdgepackError(f"{self.description}: --layout {steps.layout} says the data is NCHW, but image "
+                                        "files decode as NHWC (height x width x channels)",
+                                        hint=f"the layout is DATA:MODEL: use --layout NHWC:{steps.layout[5:]}")
                 array = steps.apply(array, f"{self.description}: input '{spec.name}'")
             expected = spec.shape
             if array.ndim != len(expected) or any(

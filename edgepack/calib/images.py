@@ -116,9 +116,13 @@ def decode(file: Path, budget: int | None = None) -> np.ndarray:
     from PIL import Image
 
     budget = budget or max_pixels()
-    Image.MAX_IMAGE_PIXELS = budget  # PIL's own bomb check (it raises at twice this)
     try:
-        with Image.open(file) as image:
+        Image.MAX_IMAGE_PIXELS = None  # our own check, with the size in the message, comes first
+        try:
+            image = Image.open(file)
+        finally:
+            Image.MAX_IMAGE_PIXELS = budget  # PIL's own bomb check (it raises at twice this)
+        with image:
             width, height = image.size  # from the header; nothing decoded yet
             if width * height > budget:
                 raise EdgepackError(f"{file}: {width}x{height} pixels, above the budget of {budget:,} per image",
