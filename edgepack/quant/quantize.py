@@ -49,7 +49,8 @@ class QuantizeResult:
                 "output_sqnr_db": self.output_sqnr_db,
                 "check_qdq": {"ok": not self.problems, "problems": self.problems},
                 "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
-                "accuracy_proxy": self.accuracy_proxy}
+                "accuracy_proxy": self.accuracy_proxy,
+                "preprocess": self.ranges.preprocess if self.ranges is not None else None}
 
     def text(self) -> str:
         return format_result(self.to_json())

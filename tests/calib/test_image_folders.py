@@ -112,3 +112,15 @@ def test_a_folder_with_neither_images_nor_manifest_says_what_it_takes(tmp_path, 
     code = main(["calibrate", str(model), "--data", str(tmp_path / "empty"), "-o", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert code == 1 and "neither image files" in err and "folder of images" in err
+
+
+def test_the_report_shows_the_input_pipeline(tmp_path):
+    """The run report's environment table names the pipeline a build manifest records."""
+    from edgepack.report.html import RunData, _environment_section
+
+    step = {"id": "build", "command": "build", "target": "x86-cpu"}
+    data = RunData(tmp_path, {"model": "m.onnx", "targets": ["x86-cpu"]}, [step],
+                   {("build", "x86-cpu"): {"preprocess": {"resize": 256, "crop": 224, "scale": 1 / 255,
+                                                          "layout": "NHWC:NCHW"}}})
+    page = _environment_section(data)
+    assert "input pipeline" in page and "resize 256 (bilinear) -&gt; crop 224 -&gt; x*0.00392157" in page
