@@ -124,3 +124,14 @@ def test_the_report_shows_the_input_pipeline(tmp_path):
                                                           "layout": "NHWC:NCHW"}}})
     page = _environment_section(data)
     assert "input pipeline" in page and "resize 256 (bilinear) -&gt; crop 224 -&gt; x*0.00392157" in page
+
+
+def test_a_layout_the_wrong_way_round_on_arrays_names_the_layout():
+    """NHWC arrays with --layout NCHW:NHWC: the layout is named, not `--mean has 3 values for 224
+    channels`; the reverse mistake too."""
+    nhwc = np.zeros((2, 224, 224, 3), np.uint8)
+    with pytest.raises(EdgepackError, match="says the data is NCHW.*use --layout NHWC:NHWC"):
+        Preprocess(layout="NCHW:NHWC", scale=1, mean=(1, 2, 3)).apply(nhwc)
+    with pytest.raises(EdgepackError, match="says the data is NHWC.*use --layout NCHW:NCHW"):
+        Preprocess(layout="NHWC:NCHW", scale=1).apply(nhwc.transpose(0, 3, 1, 2))
+    assert Preprocess(layout="NHWC:NCHW", scale=1, mean=(1, 2, 3)).apply(nhwc).shape == (2, 3, 224, 224)
