@@ -150,3 +150,26 @@ def test_the_build_manifest_says_how_to_feed_the_artifact(tmp_path):
     manifest = build(tmp_path / "q.onnx", "x86-cpu", output=tmp_path / "out" / "q.opt.onnx").manifest
     assert manifest["quantized_for"] == "x86-cpu"
     assert manifest["preprocess"] == {"scale": pytest.approx(1 / 255), "mean": [0.5]}
+
+
+def test_every_help_lists_the_short_flag_first():
+    """`-t T, --target T` (never `--target T, -t T`) in every command's --help."""
+    import argparse
+
+    from edgepack.cli import build_parser
+
+    def parsers(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield sub
+                    yield from parsers(sub)
+
+    checked = 0
+    for parser in parsers(build_parser()):
+        for action in parser._actions:
+            shorts = [o for o in action.option_strings if not o.startswith("--")]
+            if shorts and len(action.option_strings) > 1:
+                assert action.option_strings[0] in shorts, (parser.prog, action.option_strings)
+                checked += 1
+    assert checked > 20
