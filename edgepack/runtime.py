@@ -229,10 +229,10 @@ def max_abs_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     where `a` has NaN, and the same infinity, are equal; NaN or inf against anything else is an
     error of inf."""
     worst = 0.0
-    for x, y in zip(a, b):
-        if not x.size:
+    for x, y in zip(_flat(a), _flat(b)):
+        if x is None or not x.size:
             continue
-        x64, y64 = np.asarray(x).astype(np.float64), np.asarray(y).astype(np.float64)
+        x64, y64 = np.atleast_1d(x).astype(np.float64), np.atleast_1d(y).astype(np.float64)
         with np.errstate(invalid="ignore"):
             diff = np.abs(x64 - y64)
         same = (x64 == y64) | (np.isnan(x64) & np.isnan(y64))
@@ -243,12 +243,32 @@ def max_abs_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return worst
 
 
+def _flat(outputs) -> list:
+    """Outputs with sequence outputs (lists of arrays) spread out, None (an empty optional) kept."""
+    flat = []
+    for o in outputs:
+        if isinstance(o, (list, tuple)):
+            flat += _flat(o)
+        else:
+            flat.append(None if o is None else np.asarray(o))
+    return flat
+
+
+def same_structure(a: list, b: list) -> bool:
+    """The same number of outputs, sequences of the same lengths, arrays of the same shapes."""
+    fa, fb = _flat(a), _flat(b)
+    return len(a) == len(b) and len(fa) == len(fb) and all(
+        (x is None) == (y is None) and (x is None or x.shape == y.shape) for x, y in zip(fa, fb))
+
+
 def output_scale(outputs: list[np.ndarray]) -> float:
     """The largest finite |output| (1 when there is none): the scale a relative error divides by
     (an infinite output must not make every error relative zero)."""
     scales = []
-    for o in outputs:
-        values = np.abs(np.asarray(o).astype(np.float64, copy=False)) if o.size else np.zeros(0)
+    for o in _flat(outputs):
+        if o is None or o.dtype.kind not in "biuf":
+            continue
+        values = np.abs(o.astype(np.float64, copy=False)).reshape(-1) if o.size else np.zeros(0)
         finite = values[np.isfinite(values)]
         scales.append(float(finite.max()) if finite.size else 0.0)
     return max(scales, default=0.0) or 1.0
