@@ -210,6 +210,13 @@ def infer_shapes(model: ir.Model) -> ir.Model:
                 (old is not None and not isinstance(old, ir.TensorType))
                 or (value.producer() is not None and value.producer().op_type in _NON_TENSOR_OPS)):
             value.type = old
+    for graph in (model.graph, *model.graph.subgraphs()):  # an If yields what its branches yield
+        for node in graph:
+            if node.op_type == "If" and "then_branch" in node.attributes:
+                branch = node.attributes["then_branch"].value
+                for out, inner in zip(node.outputs, branch.outputs):
+                    if inner.type is not None and not isinstance(inner.type, ir.TensorType):
+                        out.type = inner.type
     _forget_former_io(model)
     return model
 
