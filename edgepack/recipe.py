@@ -112,10 +112,14 @@ def _expand(text: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+#: options that take a file (or a folder): a step id there means that step's output
+FILE_OPTIONS = {"data", "ranges", "baseline", "labels_file", "labels", "vs"}
+
+
 def _is_path_option(action: argparse.Action) -> bool:
     if action.dest in OUTPUT_OPTIONS:
         return False
-    return action.dest in {"data", "ranges", "baseline", "labels_file"} or (
+    return action.dest in FILE_OPTIONS or (
         action.metavar in {"FILE", "D", "DIR", "PATH"} and action.dest != "json")
 
 
@@ -226,7 +230,7 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                     raise EdgepackError(f"{where} ('{step_id}'): `edgepack {command}` needs {choice.dest} = one of "
                                         f"{', '.join(choice.choices)}", hint=f'e.g. {choice.dest} = "{next(iter(choice.choices))}"')
                 parser = choice.choices[sub]
-            options = _check_options(step_id, command, options, parser, base, where)
+            options = _check_options(step_id, command, options, parser, base, where, seen - {step_id})
             if sub is not None:
                 options = {choice.dest: sub, **options}
         if isinstance(options.get("target"), str):
@@ -258,7 +262,7 @@ def _recipe_target(text: str, base: Path, recipe: Path, allow_outside: bool) -> 
     (resolved against it), never a path that reaches elsewhere."""
     from edgepack.targets import is_target_name
 
-    if is_target_name(text):
+    if is_target_name(text) and not (text.endswith(".toml") and (base / text).is_file()):
         return text
     if not text.endswith(".toml"):
         raise EdgepackError(f"recipe {recipe}: target '{text}' is neither a target name nor a .toml file",
@@ -306,8 +310,10 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction 
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
-def _check_options(step_id, command, options, parser, base, where) -> dict[str, Any]:
-    """Options keyed by argparse dest, values checked against the action's kind."""
+def _check_options(step_id, command, options, parser, base, where, step_ids=frozenset()) -> dict[str, Any]:
+    """Options keyed by argparse dest, values checked against the action's kind; a file option
+    naming an earlier step (`vs = "build-fp32"`) is kept as the id, paths become relative to the
+    recipe."""
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     for a in parser._actions:
         for s in a.option_strings:
@@ -339,7 +345,7 @@ def _check_options(step_id, command, options, parser, base, where) -> dict[str, 
                     raise EdgepackError(f"{where} ('{step_id}'): option '{key}' = {item!r} is not a valid "
                                         f"value for `edgepack {command} {action.option_strings[-1]}`",
                                         hint=f"see `edgepack {command} --help`") from None
-        if isinstance(value, str) and _is_path_option(action) and (
+        if isinstance(value, str) and _is_path_option(action) and value not in step_ids and (
                 _expand(value, base).exists() or "/" in value or Path(value).suffix):
             value = str(_expand(value, base))  # not a keyword such as `--baseline history`
         checked[action.dest] = value
@@ -364,8 +370,9 @@ def _argv_options(options: dict[str, Any], parser: argparse.ArgumentParser) -> l
 
 # ---------------------------------------------------------------- hashing and manifests
 
-def sha256_path(path: str | Path) -> str:
-    """sha256 of a file (an .onnx model with its external data files), or of a folder's files."""
+def sha256_path(path: str | Path, exclude: Path | None = None) -> str:
+    """sha256 of a file (an .onnx model with its external data files), or of a folder's files
+    (those under `exclude`, the run's own output folder, left out)."""
     from edgepack.backends.manifest import model_sha256, sha256_file
 
     path = Path(path)
@@ -377,7 +384,9 @@ def sha256_path(path: str | Path) -> str:
                 return sha256_file(path)
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    skip = exclude.resolve() if exclude is not None else None
+    for file in sorted(p for p in path.rglob("*") if p.is_file()
+                       and not (skip is not None and skip in p.resolve().parents)):
         digest.update(str(file.relative_to(path)).encode() + b"\0" + bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
 
@@ -626,6 +635,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         options["target"] = target or recipe.targets[0]
     if "data" in dests and "data" not in options and recipe.data:
         options["data"] = recipe.data
+    for key, value in options.items():  # `vs = "build-fp32"`: a step id where a file is accepted
+        action = next((a for a in parser._actions if a.dest == key), None)
+        if isinstance(value, str) and action is not None and _is_path_option(action):
+            ref = (value, target) if (value, target) in outputs else (value, None)
+            if ref in outputs and ref[0] != "model":
+                resolved = _resolve_inputs([value], step, target, recipe, outputs, reports)
+                if isinstance(resolved, str):
+                    result.note = resolved
+                    return result, None
+                options[key] = str(resolved[0])
     argv += _argv_options(options, parser)
     if "json" in dests:
         report = folder / f"{step.id}.json"
@@ -634,11 +653,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
     result.argv, result.artifact = argv, str(artifact) if artifact else None
     result.report = str(report) if report else None
 
-    hashed = {str(p): sha256_path(p) for p in inputs}
+    hashed = {str(p): sha256_path(p, exclude=out_dir) for p in inputs}
     from edgepack.calib.data import parse_data
 
-    hashed.update({str(v): sha256_path(parse_data(v).path) for k, v in options.items()
-                   if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and parse_data(v).path.exists()})
+    for k, v in options.items():
+        if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and parse_data(v).path.exists():
+            path = parse_data(v).path
+            if path.is_dir() and out_dir.resolve().is_relative_to(path.resolve()):
+                _say_once(f"the output folder {out_dir} is inside the input folder {path}: its files are "
+                          "left out of that input's hash")
+            hashed[str(v)] = sha256_path(path, exclude=out_dir)
     if "target" in options:  # a changed target file changes the step
         from edgepack.targets import load_target
         target_file = load_target(options["target"]).path
@@ -647,6 +671,15 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
                                     sort_keys=True).encode()).hexdigest()
     return result, StepPlan(argv, folder, artifact, report, options, hashed, key,
                             folder / f"{step.id}.step.json", command_parser)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning("%s", message)
 
 
 def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tuple[int, str | None]:

@@ -342,3 +342,48 @@ def test_fuzz_in_a_fresh_interpreter(corpus, tmp_path, kind, seed):
     before = _hashes(work)
     result = edgepack_cli(*argv, cwd=tmp_path)
     _check_outcome(corpus, work, before, result.returncode, result.stderr, out, argv)
+
+
+def test_mutated_image_folders_end_cleanly(tmp_path, capsys):
+    """Seeded mutations of PNG/JPEG files in an image folder (header sizes up to 2^31, byte flips,
+    truncation): each `calibrate` exits 0 or 1 with one error line, and never decodes a bomb."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from tests.helpers import save_text_model
+
+    model = save_text_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N,3,4,4] x) => (float[N,3] y) {
+            p = GlobalAveragePool(x)
+            y = Flatten(p)
+        }""", tmp_path / "m.onnx")
+    rng = random.Random(SEED)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(good)
+    Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / "good.jpg")
+    seeds = [good.read_bytes(), (tmp_path / "good.jpg").read_bytes()]
+    for case in range(24):
+        data = bytearray(rng.choice(seeds))
+        kind = rng.choice(["size", "flip", "truncate"])
+        if kind == "size" and data[:4] == b"\x89PNG":  # IHDR width/height, CRC fixed so PIL reads it
+            width, height = rng.choice([1, 4, 70000, 2**31 - 1]), rng.choice([1, 4, 70000, 2**31 - 1])
+            data[16:24] = struct.pack(">II", width, height)
+            data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        elif kind == "flip" or kind == "size":
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        else:
+            data = data[:rng.randrange(8, len(data))]
+        folder = tmp_path / f"case{case}"
+        folder.mkdir()
+        (folder / ("x.png" if data[:4] == b"\x89PNG" else "x.jpg")).write_bytes(bytes(data))
+        code = main(["calibrate", str(model), "--data", str(folder), "-o", str(tmp_path / f"r{case}.json"),
+                     "--resize", "4", "--crop", "4"])
+        err = capsys.readouterr().err
+        assert code in (0, 1), (case, kind, err)
+        assert "Traceback" not in err and "internal error" not in err, (case, kind, err)
+        if code == 1:
+            assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err

@@ -757,3 +757,156 @@ def test_a_killed_save_leaves_a_temporary_folder_that_the_next_run_removes(tmp_p
     assert len(left) == 1 and left[0].is_dir()
     io.write_atomic(tmp_path / "out" / "other.json", "{}")
     assert not left[0].exists()
+
+
+# ---------------------------------------------------------------- data: issue 23 item 3
+# Data is read only inside the folder the user named; images are refused above a pixel budget
+# from their header; FIFOs and devices are refused; data must be numbers.
+
+DATA_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+net (float[N,3,4,4] x) => (float[N,3] y) {
+    p = GlobalAveragePool(x)
+    y = Flatten(p)
+}"""
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    """A genuine grey PNG of width x height zeros, compressed row by row (a 13000 x 13000 one is
+    about 170 KB on disk and 169 MB decoded, 507 MB as RGB)."""
+    import struct
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def _small_images(folder: Path, count: int = 2) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.full((4, 4, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def data_model(tmp_path) -> Path:
+    from tests.helpers import save_text_model
+
+    return save_text_model(DATA_MODEL, tmp_path / "m.onnx")
+
+
+def test_image_bombs_are_refused_from_their_header_with_little_memory(data_model, tmp_path):
+    """Eight 13000 x 13000 PNGs: one error line, in a fresh process whose peak memory stays under
+    1 GB (decoding one would take 0.5 GB as RGB; the issue measured 5 GB for eight)."""
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    bomb = _png(folder / "0.png", 13000, 13000)
+    assert bomb.stat().st_size < 400_000
+    for i in range(1, 8):
+        (folder / f"{i}.png").write_bytes(bomb.read_bytes())
+    script = ("import resource, sys\nfrom edgepack.cli import main\n"
+              f"code = main(['calibrate', {str(data_model)!r}, '--data', {str(folder)!r}, '-o', "
+              f"{str(tmp_path / 'r.json')!r}])\n"
+              "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "13000x13000 pixels, above the budget" in errors[0] and "0.png" in errors[0]
+    peak_kb = int(done.stdout.split("PEAK_KB")[1])
+    assert peak_kb < 1024 * 1024, f"peak {peak_kb} KB"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_pil_limit_is_set_to_the_budget(tmp_path, monkeypatch):
+    """The budget is also PIL's own limit (which raises at twice it): a decoder that skipped the
+    header check would still stop."""
+    from PIL import Image
+
+    from edgepack.calib.images import decode
+
+    monkeypatch.setenv("EDGEPACK_MAX_IMAGE_PIXELS", "100")
+    small = _png(tmp_path / "s.png", 20, 20)
+    with pytest.raises(EdgepackError, match="20x20 pixels, above the budget of 100"):
+        decode(small)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    monkeypatch.setenv("EDGEPACK_MAX_IMAGE_PIXELS", "400")
+    assert decode(small).shape == (20, 20, 3)
+
+
+@pytest.mark.parametrize("case", ["manifest-folder-up", "manifest-folder-absolute", "files-absolute",
+                                  "linked-image", "linked-folder", "linked-npz"])
+def test_data_is_read_only_inside_the_folder_the_user_named(case, data_model, tmp_path, capsys, monkeypatch):
+    outside = _small_images(tmp_path / "outside")
+    np.savez(outside / "secret.npz", x=np.ones((2, 3, 4, 4), np.float32))
+    data = tmp_path / "data"
+    data.mkdir()
+    if case == "manifest-folder-up":
+        (data / "manifest.toml").write_text('[images]\nfolder = "../outside"\n')
+    elif case == "manifest-folder-absolute":
+        (data / "manifest.toml").write_text(f'[images]\nfolder = "{outside}"\n')
+    elif case == "files-absolute":
+        (data / "manifest.toml").write_text(f'[files]\ncalibration = "{outside / "secret.npz"}"\n')
+    elif case == "linked-image":
+        _small_images(data)
+        (data / "9.png").symlink_to(outside / "0.png")
+    elif case == "linked-folder":
+        _small_images(data)
+        (data / "more").symlink_to(outside)
+    elif case == "linked-npz":
+        (data / "manifest.toml").write_text('[files]\ncalibration = "calib.npz"\n')
+        (data / "calib.npz").symlink_to(outside / "secret.npz")
+    args = ["calibrate", data_model, "--data", data, "-o", tmp_path / "r.json"]
+    code, err = cli(capsys, *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "outside the data folder" in err and "EDGEPACK_DATA_OUTSIDE=1" in err
+    monkeypatch.setenv("EDGEPACK_DATA_OUTSIDE", "1")  # the explicit opt-in reads it
+    code, err = cli(capsys, *args)
+    assert code == 0, err
+
+
+def test_fifos_are_refused_as_data_and_as_images(data_model, tmp_path):
+    """A FIFO would block the read forever: refused before it is opened (in a fresh process with
+    a timeout, so that a regression fails instead of hanging)."""
+    fifo = tmp_path / "x.npz"
+    os.mkfifo(fifo)
+    folder = _small_images(tmp_path / "imgs")
+    os.mkfifo(folder / "z.png")
+    for data in (fifo, folder):
+        done = edgepack_cli_with_timeout("calibrate", str(data_model), "--data", str(data), "-o",
+                                         str(tmp_path / "r.json"))
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1 and len(errors) == 1, done.stderr
+        assert "not a regular file or folder" in errors[0]
+
+
+def edgepack_cli_with_timeout(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "object", "U3", "datetime64[s]"])
+def test_data_must_be_numbers(dtype, data_model, tmp_path, capsys):
+    array = np.ones((2, 3, 4, 4)).astype(dtype) if dtype != "object" else np.empty((2, 3, 4, 4), object)
+    if dtype == "object":  # numpy writes it only with pickles, which edgepack never loads
+        np.save(tmp_path / "x.npy", array, allow_pickle=True)
+        source = tmp_path / "x.npy"
+    else:
+        np.savez(tmp_path / "x.npz", x=array)
+        source = tmp_path / "x.npz"
+    code, err = cli(capsys, "calibrate", data_model, "--data", source, "-o", tmp_path / "r.json")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "numeric" in err or "not numbers" in err or "Python objects" in err
+    # from Python too: a complex batch is refused, not cast
+    from edgepack.calib import calibrate
+
+    with pytest.raises(EdgepackError, match="not numbers"):
+        calibrate(io.load(data_model), [{"x": np.ones((2, 3, 4, 4), np.complex64)}])

@@ -24,6 +24,7 @@ import onnx_ir as ir
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import has_qdq, model_inputs, parse_shapes, resolve_precision
 from edgepack.errors import EdgepackError
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,12 @@ class Artifact:
         return dict(self.manifest)
 
     def text(self) -> str:
+        from edgepack.quant.origin import describe_defaults
+
         m = self.manifest
         files = ", ".join(m.get("files", [m["artifact"]]))
-        text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+        text = "".join(line + "\n" for line in describe_defaults(m.get("from_model") or {}))
+        text += (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
                 f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
         check = m.get("runtime_check")  # QDQ models built for ONNX Runtime: as built vs QDQ math
         if check:
@@ -119,7 +123,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path, mf.read_manifest(path))
 
 
-def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
+@cli_keywords
+def build(model: str | os.PathLike | ir.Model, target=None, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
           workspace_mb: int | None = None, threads: int | None = None, data=None,
@@ -134,9 +139,21 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
     model's float twin (quant/speed.py, interleaved, batch 1) with a warning when INT8 is not
     faster, and the manifest lists what ORT left unfused (`ort_fusion`); where TensorRT 11 needs the model converted to float16
     first, nodes whose values leave the float16 range on it stay float32.
+
+    Without `target`, the target a quantized model records (`edgepack.quantized_for`) is used; `data`
+    without preprocessing is prepared as the model records; the manifest's `from_model` and the
+    text say so.
     """
+    from edgepack.quant.origin import QUANTIZED_FOR, PREPROCESS, recorded_defaults, recorded_in_file
     from edgepack.targets import load_target
 
+    metadata = ({k: model.metadata_props[k] for k in (QUANTIZED_FOR, PREPROCESS) if k in model.metadata_props}
+                if isinstance(model, ir.Model) else recorded_in_file(model))
+    from_model, target, data = recorded_defaults(metadata, target=target, data=data)
+    if target is None:
+        from edgepack.errors import UsageError
+
+        raise UsageError("build needs a target: the model records none", hint="pass -t T (see `edgepack targets`)")
     target = load_target(target)
     with _model_file(model) as model_path:
         from edgepack.io import has_external_data, load, weights_nbytes
@@ -180,6 +197,8 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
         manifest["quantized_for"] = graph.metadata_props[QUANTIZED_FOR]
     if stored_preprocess(graph):  # how inputs are prepared, for whoever deploys the artifact
         manifest["preprocess"] = stored_preprocess(graph)
+    if from_model:
+        manifest["from_model"] = from_model
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic

@@ -34,10 +34,11 @@ def register(subparsers):
     parser.add_argument("current", metavar="CURRENT",
                         help="an artifact (.onnx, .ort: timed here against the baseline artifact, interleaved), "
                         "or the result of `edgepack profile --json`")
-    parser.add_argument("--baseline", required=True, metavar="FILE|history",
-                        help="the baseline artifact, a baseline profile result, or `history` for the recent runs "
-                        "of the same model and target on the same kind of device")
-    parser.add_argument("--target", "-t", metavar="T",
+    parser.add_argument("--baseline", required=True, metavar="FILE|history|vs",
+                        help="the baseline artifact, a baseline profile result, `history` for the recent runs "
+                        "of the same model and target on the same kind of device, or `vs`: the model CURRENT "
+                        "was timed against with `profile --vs` (interleaved in one process)")
+    parser.add_argument("-t", "--target", metavar="T",
                         help="target whose execution providers and threads time two artifacts (default: ORT CPU, 1 thread)")
     parser.add_argument("--duration", default="3s", metavar="S",
                         help="how long two artifacts are timed, interleaved (default 3s)")

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgepack.commands.result import NOT_JSON, CommandResult
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 
@@ -21,6 +22,7 @@ class ProfileReport(CommandResult):
     baseline: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     comparison: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     history_path: str | None = field(default=None, metadata=NOT_JSON)
+    from_model: dict = field(default_factory=dict, metadata=NOT_JSON)  # defaults read from the artifact
 
     def to_json(self) -> dict[str, Any]:
         return self.result
@@ -29,7 +31,9 @@ class ProfileReport(CommandResult):
         from edgepack.profile.profiler import format_profile
         from edgepack.profile.regression import format_check
 
-        text = format_profile(self.result, top)
+        from edgepack.quant.origin import describe_defaults
+
+        text = "\n".join([*describe_defaults(self.from_model), format_profile(self.result, top)])
         if self.baseline is not None:
             text += ("\n\nvs " + self.baseline["model"]["name"] + "\n" + format_profile(self.baseline, top)
                      + "\n\n" + format_check(self.comparison))
@@ -54,6 +58,7 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
+@cli_keywords
 def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str | None = None,
             duration: float | str | None = None, warmup: int | str = "200ms", batch: int | None = None,
             threads: int | None = None, affinity: str | list[int] | None = None, data=None,
@@ -66,9 +71,13 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     `warmup` runs or time. `vs`: a second artifact timed interleaved with `model` in this process,
     and the check of `model` against it (p50). Each result goes to the history database
     (`history_db`, $EDGEPACK_HISTORY or ~/.cache/edgepack/history.sqlite) unless `history=False`.
-    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`.
+    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`. Without
+    `target` (or preprocessing for `data`), those recorded for the artifact (its build manifest, or
+    a quantized model's metadata) are used, and the text says so.
     """
     from edgepack.profile.confirm import interleaved_report
+    from edgepack.quant.origin import recorded_defaults, recorded_in_file
+
     from edgepack.profile.history import History
     from edgepack.profile.profiler import ProfileOptions, parse_shapes, profile_model, profile_pair
     from edgepack.profile.timing import DEFAULT_BUDGET_TEXT, Budget
@@ -90,6 +99,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch}: must be 1 or more", hint="for example --batch 8")
+    from_model, target, data = recorded_defaults(recorded_in_file(model), target=target, data=data)
     options = ProfileOptions(budget=budget, warmup=Budget.parse(str(warmup), "--warmup"), batch=batch,
                              threads=threads, data=data, shapes=parse_shapes(shapes),
                              layer_runs=max(0, layer_runs), progress=progress)
@@ -112,7 +122,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         for item in ([result, baseline] if baseline is not None else [result]):
             store.add(item)
         path = str(store.path)
-    return ProfileReport(result, baseline, comparison, path)
+    return ProfileReport(result, baseline, comparison, path, from_model)
 
 
 @dataclass
@@ -183,6 +193,7 @@ def is_artifact(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in ARTIFACT_SUFFIXES
 
 
+@cli_keywords
 def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict | list, *,
           threshold: str | float = "5%", confidence: float = 0.99, metric: str = "p1",
           history_db: str | os.PathLike | None = None, history_runs: int = 5,
@@ -193,11 +204,12 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
     Two artifacts (`check("new.onnx", "old.onnx", target="x86-cpu")`, the recommended CI gate):
     both are timed in this process, interleaved in alternating blocks, for `duration`; a suspect
     result is timed interleaved again (`confirm_duration`) and the pooled pairs decide.
-    Two profile results (JSON files or dicts; `baseline` may also be a list of results, or
-    "history": the recent runs of the same model and target on the same kind of device): the
-    statistic is `edgepack.check_regression`, and a suspect slowdown is confirmed by an interleaved
-    rerun on this device where the model files the profiles name are here (`confirm`; None: where
-    they are). The same artifact run by the same software is "same" (edgepack.profile.regression)."""
+    Two profile results (JSON files or dicts; `baseline` may also be a list of results,
+    "history": the recent runs of the same model and target on the same kind of device, or "vs":
+    the model `current` was timed interleaved with by `profile --vs`): the statistic is
+    `edgepack.check_regression`, and a suspect slowdown is confirmed by an interleaved rerun on
+    this device where the model files the profiles name are here (`confirm`; None: where they
+    are). The same artifact run by the same software is "same" (edgepack.profile.regression)."""
     from edgepack.profile.confirm import gate
     from edgepack.profile.environment import device_kind
     from edgepack.profile.history import History
@@ -237,6 +249,13 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
                              f"in {store.path}", hint="profile the baseline first (on the same kind of device), "
                              "or pass --baseline FILE")
         baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in runs]
+    elif isinstance(baseline, str) and baseline == "vs":  # timed interleaved with it: same process, same load
+        if not isinstance(current.get("vs"), dict):
+            raise UsageError("--baseline vs: the current result was not timed with `profile --vs`",
+                             hint="profile it with --vs BASELINE, or pass --baseline FILE")
+        baseline = validate_profile({**current["vs"], "environment": current.get("environment")}, "vs")
+        force = True  # two models by design
+        confirm = False if confirm is None else confirm
     elif isinstance(baseline, dict):
         baseline = validate_profile(baseline, "baseline")
     elif not isinstance(baseline, list):

@@ -17,6 +17,7 @@ from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.prepare import prepare
 from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 SCHEMA = "edgepack.quantize/1"
@@ -51,6 +52,7 @@ class QuantizeResult:
                 "check_qdq": {"ok": not self.problems, "problems": self.problems},
                 "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
                 "accuracy_proxy": self.accuracy_proxy,
+                "preprocess": self.ranges.preprocess if self.ranges is not None else None,
                 "decisions": self.decisions.to_json() if self.decisions is not None else [],
                 "speed": self.speed.to_json() if self.speed is not None else None,
                 "warnings": [w for w in (self.speed.warning if self.speed is not None else None,
@@ -60,6 +62,7 @@ class QuantizeResult:
         return format_result(self.to_json(), explain=explain)
 
 
+@cli_keywords
 def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu", ranges: Ranges | str | None = None,
              method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
@@ -172,7 +175,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
                            else "placement by rules")
     from edgepack.quant.origin import stamp_quantized
 
-    stamp_quantized(model, target, preprocess)  # before the rules check: it reads the activation codes
+    stamp_quantized(model, target, preprocess, ranges)  # before the rules check: it reads the activation codes
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",

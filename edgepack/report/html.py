@@ -311,7 +311,26 @@ def _environment_section(data: RunData) -> str:
     rows = [[k, v] for k, v in env.items()]
     rows += [["recipe", data.run.get("recipe")], ["recipe sha256", data.run.get("recipe_sha256")],
              ["model", data.run.get("model")], ["targets", ", ".join(data.run.get("targets") or [])]]
+    pipeline = _input_pipeline(data)
+    if pipeline:
+        rows.append(["input pipeline", pipeline])
     return _section("Environment", _table(["", ""], rows))
+
+
+def _input_pipeline(data: RunData) -> str | None:
+    """The preprocessing the model's inputs need, as the build manifest, quantize or the ranges
+    record it: `resize 256 (bilinear) -> crop 224 -> ...`."""
+    from edgepack.calib.preprocess import Preprocess
+
+    for command in ("build", "quantize", "calibrate"):
+        for _, report in data.of(command):
+            recorded = report.get("preprocess")
+            if isinstance(recorded, dict) and recorded:
+                try:
+                    return Preprocess.from_manifest(recorded, "report").describe()
+                except EdgepackError:
+                    return None
+    return None
 
 
 STYLE = """
