@@ -19,9 +19,10 @@ def register(subparsers):
     parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE",
                         help="nodes (by name) or op types to keep in float")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
-    parser.add_argument("--smoothquant", type=float, metavar="ALPHA",
+    parser.add_argument("--smoothquant", type=_alpha, default="auto", metavar="ALPHA|auto|off",
                         help="migrate activation outliers into the weights before calibrating "
-                             "(SmoothQuant, alpha 0..1, 0.5 usual; transformers)")
+                             "(SmoothQuant, alpha 0..1; default auto: alpha 0.8 where an activation "
+                             "has outlier channels; off: never)")
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="keep biases as they are (default: subtract the mean output shift that "
                              "weight rounding causes, from the calibrated input means)")
@@ -41,6 +42,18 @@ def register(subparsers):
                        help="keep sensitive layers float until top-1 agreement with float is >= F (0..1)")
     common.add_json(parser)
     return parser
+
+
+def _alpha(text: str):
+    """'auto', 'off' (None) or an alpha 0..1."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected a number 0..1, auto or off, got {text!r}") from None
 
 
 API = "edgepack.quant.quantize:quantize"  # the library function this command calls (and `edgepack run` too)

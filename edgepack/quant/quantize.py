@@ -59,7 +59,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
-             smoothquant: float | None = None, float_defaults: bool = True,
+             smoothquant: float | str | None = "auto", float_defaults: bool = True,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -73,7 +73,8 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     `edgepack.calib.preprocess.Preprocess`) turns the stored samples into the model's input; it is
     recorded, with the target, in the model's metadata (quant/origin.py). `smoothquant`: migrate
     activation outliers into the weights with this alpha (0..1) before calibrating
-    (quant/smoothquant.py); `float_defaults`: keep norms, masks, attention scores and detection-head
+    (quant/smoothquant.py); "auto" (the default) does so where an activation has outlier
+    channels and data is given without ranges, None never; `float_defaults`: keep norms, masks, attention scores and detection-head
     outputs float (quant/float_rules.py). Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     """
@@ -107,6 +108,8 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
     policy = prepare_opset(model, policy)
+    if smoothquant == "auto" and (data is None or ranges is not None):
+        smoothquant = None  # ranges of the unsmoothed model: nothing to smooth against
     if smoothquant is not None:
         if data is None or ranges is not None:
             raise EdgepackError("smoothquant needs calibration data and recalibrates after smoothing",
