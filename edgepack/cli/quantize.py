@@ -32,6 +32,16 @@ def register(subparsers):
     parser.add_argument("--no-equalize", action="store_true",
                         help="skip channel equalization around depthwise convs (an exact rewrite that lets one "
                              "activation scale serve every channel; on by default when calibrating)")
+    low = parser.add_argument_group("INT4 weight-only and FP8")
+    low.add_argument("--weights", choices=("int8", "int4", "fp8"), default="int8",
+                     help="int8: W8A8 (default); int4: weight-only INT4 MatMuls in the target's encoding "
+                          "(TensorRT: blocked DequantizeLinear; ONNX Runtime: MatMulNBits); fp8: E4M3 Q/DQ "
+                          "on weights and activations (GPUs of compute capability 8.9+)")
+    low.add_argument("--algorithm", choices=("rtn", "gptq", "awq"), default="awq",
+                     help="how INT4 codes are chosen: round to nearest, GPTQ (Hessian error compensation) "
+                          "or AWQ (activation-aware scaling + clip search); gptq/awq need --data")
+    low.add_argument("--block-size", type=int, metavar="B",
+                     help="INT4 block along the reduction axis (default: 128 for TensorRT, 32 for ONNX Runtime)")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")

@@ -60,6 +60,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
              smoothquant: float | str | None = "auto", float_defaults: bool = True,
+             weights: str = "int8", algorithm: str = "awq", block_size: int | None = None,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -75,7 +76,10 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     activation outliers into the weights with this alpha (0..1) before calibrating
     (quant/smoothquant.py); "auto" (the default) does so where an activation has outlier
     channels and data is given without ranges, None never; `float_defaults`: keep norms, masks, attention scores and detection-head
-    outputs float (quant/float_rules.py). Models below opset 13 are upgraded (or get per-tensor
+    outputs float (quant/float_rules.py). `weights`: "int8" (W8A8 as above), "int4" (weight-only
+    INT4 MatMuls with `algorithm` rtn/gptq/awq and `block_size`, in the target's encoding; the
+    `max_error` / `min_agreement` budget keeps sensitive layers at INT8) or "fp8" (E4M3 Q/DQ for
+    FP8 GPUs), see quant/low_precision.py. Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     """
     from edgepack.quant.smoothquant import smooth
@@ -83,6 +87,14 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     from edgepack import io
 
     target = load_target(target)
+    if weights != "int8":
+        from edgepack.quant.low_precision import quantize_low_precision
+
+        return quantize_low_precision(model, data, target=target, weights=weights, algorithm=algorithm,
+                                      block_size=block_size, method=method, percentile=percentile, exclude=exclude,
+                                      max_error=max_error, min_agreement=min_agreement, limit=limit,
+                                      progress=progress, preprocess=preprocess, ranges=ranges,
+                                      smoothquant=smoothquant, output=output)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8",
                             hint="build it with --precision fp16 instead of quantizing")
@@ -108,6 +120,10 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
     policy = prepare_opset(model, policy)
+    if target.is_tensorrt:  # inside the parser's opset window (onnx may have written a newer opset)
+        from edgepack.quant.opset_window import fit_opset
+
+        fit_opset(model, target)
     if smoothquant == "auto" and (data is None or ranges is not None):
         smoothquant = None  # ranges of the unsmoothed model: nothing to smooth against
     if smoothquant is not None:
