@@ -37,9 +37,10 @@ def register(subparsers):
                      help="int8: W8A8 (default); int4: weight-only INT4 MatMuls in the target's encoding "
                           "(TensorRT: blocked DequantizeLinear; ONNX Runtime: MatMulNBits); fp8: E4M3 Q/DQ "
                           "on weights and activations (GPUs of compute capability 8.9+)")
-    low.add_argument("--algorithm", choices=("rtn", "gptq", "awq"), default="awq",
-                     help="how INT4 codes are chosen: round to nearest, GPTQ (Hessian error compensation) "
-                          "or AWQ (activation-aware scaling + clip search); gptq/awq need --data")
+    low.add_argument("--algorithm", choices=("rtn", "gptq", "awq", "awq-gptq"), default="awq-gptq",
+                     help="how INT4 codes are chosen: round to nearest, GPTQ (Hessian error compensation), "
+                          "AWQ (activation-aware scaling + clip search) or AWQ's scaling with GPTQ rounding; "
+                          "all but rtn need --data")
     low.add_argument("--block-size", type=int, metavar="B",
                      help="INT4 block along the reduction axis (default: 128 for TensorRT, 32 for ONNX Runtime)")
     mixed = parser.add_argument_group("mixed precision")

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS = ("int8", "int4", "fp8")
 
 
-def quantize_low_precision(model, data, *, target, weights: str, algorithm: str = "awq",
+def quantize_low_precision(model, data, *, target, weights: str, algorithm: str = "awq-gptq",
                            block_size: int | None = None, method: str | None = None, percentile: float = 99.99,
                            exclude=(), max_error=None, min_agreement=None, limit=None, progress=False,
                            preprocess=None, ranges=None, smoothquant="auto", output=None):

@@ -60,7 +60,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
              smoothquant: float | str | None = "auto", float_defaults: bool = True,
-             weights: str = "int8", algorithm: str = "awq", block_size: int | None = None,
+             weights: str = "int8", algorithm: str = "awq-gptq", block_size: int | None = None,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 

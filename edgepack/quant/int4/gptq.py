@@ -13,6 +13,11 @@ which is what makes it fast. Damping adds `damp` · mean(diag H) to the diagonal
 hundred tokens is singular); rows with H_kk = 0 (dead inputs) are quantized as they are.
 Block scales are set from the current (already updated) rows of a block when its first row is
 reached (a batch is a whole number of blocks, so a block is never split between batches).
+
+`act_order`: rows are processed in order of decreasing H_kk (the inputs with the largest
+activations first, while the most rows are left to absorb their error), with "static groups":
+the block scales are fixed from W before GPTQ starts, so the blocks stay contiguous in K and
+the result is encodable as is (no g_idx permutation in the file).
 """
 from __future__ import annotations
 
@@ -22,21 +27,28 @@ from edgepack.quant.int4.grid import Grid, Quantized, codes, from_codes, params
 
 
 def gptq(w: np.ndarray, hessian: np.ndarray, grid: Grid, *, damp: float = 0.01,
-         batch: int = 128) -> Quantized:
+         batch: int = 128, act_order: bool = True) -> Quantized:
     """GPTQ codes for W [K, N] given H = XᵀX [K, K] of the layer's calibration inputs."""
     w = np.array(w, np.float64)  # a copy: updated in place
     k, n = w.shape
     h = np.array(hessian, np.float64)
+    b = grid.block
+    if act_order:
+        from edgepack.quant.int4.grid import blocks
+
+        static = params(blocks(w, b), grid)
+        perm = np.argsort(-np.diag(h), kind="stable")
+        w, h = w[perm], h[perm][:, perm]
+    else:
+        static, perm = None, np.arange(k)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     u = _upper_cholesky_of_inverse(h)
-    b = grid.block
     batch = max(b, batch // b * b)
     q_rows = np.zeros((k, n), np.int64)
     n_blocks = -(-k // b)
-    scale = np.zeros((n_blocks, n))
-    zero = np.zeros((n_blocks, n), np.int64)
+    scale, zero = static if static is not None else (np.zeros((n_blocks, n)), np.zeros((n_blocks, n), np.int64))
     for i1 in range(0, k, batch):
         i2 = min(i1 + batch, k)
         w1 = w[i1:i2]             # a view: updates land in w
@@ -44,13 +56,12 @@ def gptq(w: np.ndarray, hessian: np.ndarray, grid: Grid, *, damp: float = 0.01,
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             row = i1 + i
-            if row % b == 0:
-                blk = row // b
+            if static is None and row % b == 0:
                 s, z = params(w1[i:i + b], grid)
-                scale[blk], zero[blk] = s, z
-            blk = row // b
+                scale[row // b], zero[row // b] = s, z
+            blk = perm[row] // b
             q = codes(w1[i][None, :], scale[blk], zero[blk], grid)[0]
-            q_rows[row] = q
+            q_rows[perm[row]] = q
             deq = (q - zero[blk]) * scale[blk]
             e = (w1[i] - deq) / u1[i, i]
             w1[i + 1:] -= np.outer(u1[i, i + 1:], e)

@@ -26,7 +26,7 @@ from edgepack.quant.int4.gptq import gptq
 from edgepack.quant.int4.grid import Grid, Quantized, rtn
 
 logger = logging.getLogger(__name__)
-ALGORITHMS = ("rtn", "gptq", "awq")
+ALGORITHMS = ("rtn", "gptq", "awq", "awq-gptq")  # awq-gptq: AWQ's scaling, then GPTQ rounding
 MEMORY_BUDGET = 1 << 30  # bytes of Hessians collected in one calibration pass
 
 
@@ -119,14 +119,14 @@ def round_layers(model: ir.Model, nodes: list[ir.Node], stats, grid: Grid, algor
                  data=None) -> dict[ir.Node, Quantized]:
     """The INT4 codes of each node's weight (AWQ rescales the model's float weights first)."""
     layers: dict[ir.Node, Quantized] = {}
-    if algorithm == "awq":
+    if algorithm in ("awq", "awq-gptq"):
         _awq_scale(model, nodes, stats, grid, data)
     for node in nodes:
         w = const_array(node.inputs[1]).astype(np.float64)
         h = stats[node.inputs[0].name][0] if node.inputs[0].name in stats else None
         if algorithm == "rtn" or h is None:
             layers[node] = rtn(w, grid)
-        elif algorithm == "gptq":
+        elif algorithm in ("gptq", "awq-gptq"):
             layers[node] = gptq(w, h, grid)
         else:
             layers[node] = awq_mod.clip_search(w, h, grid)
@@ -221,7 +221,7 @@ def mix_int8(model: ir.Model, float_model: ir.Model, layers: dict[ir.Node, Quant
         eight.add(order.pop(0))
 
 
-def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq", block_size: int | None = None,
+def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gptq", block_size: int | None = None,
                      exclude=frozenset(), min_sqnr_db: float | None = None, min_agreement: float | None = None,
                      limit: int | None = None, progress: bool = False) -> WeightOnlyResult:
     """Weight-only INT4 of `model` (in place) for `target`; see the module docstring."""
