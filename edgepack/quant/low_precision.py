@@ -71,7 +71,7 @@ def _int4(model, data, target, algorithm, block_size, exclude, max_error, min_ag
         rows.sort(key=lambda row: row["sqnr_db"])
     else:
         rows = None if max_error is None and min_agreement is None else rows
-    name = f"int4-{algorithm} block {r.block} ({r.encoding})"
+    name = f"int4 {algorithm}, block {r.block}, {r.encoding}"
     eight = sum(layer.bits == 8 for layer in r.layers)
     if eight:
         name += f", {eight} layer(s) INT8"

@@ -178,7 +178,8 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
 def format_result(report: dict) -> str:
     """The text `edgepack quantize` prints for a `QuantizeResult.to_json()`."""
     lines = [f"{len(report['quantized_nodes'])} nodes quantized for {report['target']} "
-             f"({report['method']} ranges), {len(report['float_nodes'])} left in float; "
+             f"({report['method']}{'' if report['method'].startswith(('int4', 'fp8')) else ' ranges'}), "
+             f"{len(report['float_nodes'])} left in float; "
              f"check-qdq: {'ok' if report['check_qdq']['ok'] else 'FAILED'}"]
     for node, why in report["float_reasons"].items():
         lines.append(f"  float: {node} ({why})")

@@ -116,12 +116,17 @@ def collect(model: ir.Model, values: list[ir.Value], data, *, limit=None, batch_
 
 
 def round_layers(model: ir.Model, nodes: list[ir.Node], stats, grid: Grid, algorithm: str,
-                 data=None) -> dict[ir.Node, Quantized]:
+                 data=None, progress: bool = False) -> dict[ir.Node, Quantized]:
     """The INT4 codes of each node's weight (AWQ rescales the model's float weights first)."""
     layers: dict[ir.Node, Quantized] = {}
     if algorithm in ("awq", "awq-gptq"):
         _awq_scale(model, nodes, stats, grid, data)
-    for node in nodes:
+    iterator = nodes
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(nodes, desc=f"int4 {algorithm}", unit="layer", leave=False, disable=None)
+    for node in iterator:
         w = const_array(node.inputs[1]).astype(np.float64)
         h = stats[node.inputs[0].name][0] if node.inputs[0].name in stats else None
         if algorithm == "rtn" or h is None:
@@ -261,7 +266,7 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
     if data is not None and (algorithm != "rtn" or mixed):
         values = list({n.inputs[0].name: n.inputs[0] for n in nodes}.values())
         stats = collect(model, values, data, limit=limit, progress=progress)
-    layers = round_layers(model, nodes, stats, grid, algorithm, data)
+    layers = round_layers(model, nodes, stats, grid, algorithm, data, progress)
     records = {n: Layer(n, node_label(n)) for n in nodes}
     for node, q in layers.items():
         h = stats.get(node.inputs[0].name, (None,))[0]
