@@ -200,3 +200,25 @@ def test_fp8_decoder_for_thor_passes_the_rules_and_keeps_perplexity():
     ppl = dec.lm_stats(runtime.session(model, optimize=False), evaluation)[0]
     assert ppl <= 1.10 * ppl_float, (ppl, ppl_float)
     assert any("no FP8" in p for p in check_qdq(model, load_target("jetson-agx-orin-jp7")))
+
+
+def test_gemm_layers_become_int4_matmuls_with_their_bias():
+    #   x [M, 64] ─► Gemm(W [8, 64], b [8], transB=1) ─► y [M, 8]
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="/fc/Gemm", transB=1)], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 8])],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 10
+    model = ir.serde.deserialize_model(proto)
+    quantize(model, None, target="x86-cpu-vnni", weights="int4", algorithm="rtn", block_size=32)
+    check(model)
+    assert [n.op_type for n in model.graph] == ["MatMulNBits", "Add"]
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    expected = x @ _reference_weights(rtn(w.T, Grid(32, False))) + b
+    got = runtime.session(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -61,7 +61,7 @@ def candidates(model: ir.Model, exclude=frozenset()) -> tuple[list[ir.Node], lis
         label = node_label(node)
         w = const_array(node.inputs[1]) if node.op_type == "MatMul" else None
         if node.op_type == "Gemm":
-            skipped.append((label, "Gemm: weight-only INT4 covers MatMul (export the layer as MatMul)"))
+            skipped.append((label, "Gemm with transA, alpha/beta != 1 or a non-constant weight"))
         elif node.op_type == "Gather":
             if const_array(node.inputs[0]) is not None:
                 skipped.append((label, "embedding Gather stays float (no blocked INT4 Gather in the ONNX standard)"))
@@ -76,6 +76,42 @@ def candidates(model: ir.Model, exclude=frozenset()) -> tuple[list[ir.Node], lis
         else:
             nodes.append(node)
     return nodes, skipped
+
+
+def gemms_to_matmuls(model: ir.Model, exclude=frozenset()) -> int:
+    """Gemm(x, W, b) with transA = 0, alpha = beta = 1 and a constant 2-D W becomes
+    MatMul(x, W or Wᵀ) (+ Add(b)), so its weight can be blocked along K like a MatMul's."""
+    from edgepack.graph import attr_int
+    from edgepack.passes.rewrite import new_initializer, take_over_output
+
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain != "" or node_label(node) in exclude or node.name in exclude:
+            continue
+        w = const_array(node.inputs[1])
+        scale = [float(node.attributes[a].value) if a in node.attributes else 1.0 for a in ("alpha", "beta")]
+        if w is None or w.ndim != 2 or attr_int(node, "transA", 0) or scale != [1.0, 1.0]:
+            continue
+        if attr_int(node, "transB", 0):
+            w = np.ascontiguousarray(w.T)
+        weight = new_initializer(graph, w, f"{node.inputs[1].name}_kn")
+        matmul = ir.node("MatMul", [node.inputs[0], weight], name=f"{node.name}_MatMul")
+        new = [matmul]
+        out = matmul.outputs[0]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias is not None:
+            add = ir.node("Add", [out, bias], name=f"{node.name}_bias")
+            new.append(add)
+            out = add.outputs[0]
+        graph.insert_before(node, new)
+        name, was_output = node.outputs[0].name, node.outputs[0].is_graph_output()
+        out.dtype, out.shape = node.outputs[0].dtype, node.outputs[0].shape
+        take_over_output(node.outputs[0], out)
+        graph.remove(node, safe=True)
+        if not was_output:
+            node.outputs[0].name, out.name = f"{name}__replaced", name
+        count += 1
+    return count
 
 
 def collect(model: ir.Model, values: list[ir.Value], data, *, limit=None, batch_size=8,
@@ -255,6 +291,7 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
         fit_opset(model, target, 13, "MatMulNBits beside QDQ")
     from edgepack import io
 
+    gemms_to_matmuls(model, set(exclude))
     io.infer_shapes(model)
     nodes, skipped = candidates(model, set(exclude))
     result = WeightOnlyResult(model, encoding, block, algorithm, skipped=skipped)
