@@ -65,12 +65,9 @@ def _int4(model, data, target, algorithm, block_size, exclude, max_error, min_ag
     r = quantize_weights(model, data, target, algorithm=algorithm, block_size=block_size, exclude=set(exclude),
                          min_sqnr_db=max_error, min_agreement=min_agreement, limit=limit, progress=progress)
     quantized = [layer.label for layer in r.layers]
-    rows = [{"node": layer.label, "op_type": "MatMul", "bits": layer.bits, "sqnr_db": layer.sqnr_db,
-             "relative_error": layer.error} for layer in r.layers]
-    if all(row["sqnr_db"] is not None for row in rows):
-        rows.sort(key=lambda row: row["sqnr_db"])
-    else:
-        rows = None if max_error is None and min_agreement is None else rows
+    rows = [{"node": layer.label, "op_type": layer.node.op_type, "bits": layer.bits, "sqnr_db": layer.sqnr_db,
+             "relative_error": layer.error} for layer in r.layers if layer.sqnr_db is not None]
+    rows = sorted(rows, key=lambda row: row["sqnr_db"]) or None  # measured with a budget only
     name = f"int4 {algorithm}, block {r.block}, {r.encoding}"
     eight = sum(layer.bits == 8 for layer in r.layers)
     if eight:

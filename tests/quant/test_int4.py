@@ -127,15 +127,15 @@ def test_decoder_int4_default_within_25_percent_and_far_closer_than_rtn(target, 
         options = {"algorithm": algorithm} if algorithm else {}
         result = quantize(model, calib, target=target, weights="int4", block_size=block, **options)
         check(model)
-        assert not check_qdq(model, load_target(target)) and len(result.quantized) == 15
+        assert not check_qdq(model, load_target(target)) and len(result.quantized) == (15 if trt else 16)
         ppl[algorithm] = dec.lm_stats(runtime.session(model, optimize=not trt), evaluation)[0]
     ops = {n.op_type for n in model.graph}
     if trt:
         assert "MatMulNBits" not in ops and model.opset_imports[""] == 21
         dq = [n for n in model.graph if n.op_type == "DequantizeLinear"]
         assert len(dq) == 15 and all(n.inputs[0].dtype == ir.DataType.INT4 and len(n.inputs) == 2 for n in dq)
-    else:
-        assert "MatMulNBits" in ops and model.opset_imports[""] == 17  # no upgrade needed
+    else:  # ONNX Runtime also takes the embedding in 4 bits
+        assert "MatMulNBits" in ops and "GatherBlockQuantized" in ops and model.opset_imports[""] == 17
     assert ppl[None] <= 1.25 * ppl_float
     assert ppl[None] - ppl_float < (ppl["rtn"] - ppl_float) / 3, (ppl, ppl_float)
 
@@ -222,3 +222,23 @@ def test_gemm_layers_become_int4_matmuls_with_their_bias():
     expected = x @ _reference_weights(rtn(w.T, Grid(32, False))) + b
     got = runtime.session(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", (True, False))
+def test_gather_block_quantized_reads_the_embedding_bit_exactly(symmetric):
+    #   ids [M] ─► Gather(E [50, 40], axis 0) ─► rows [M, 40]   (D = 40: the last block is padded)
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((50, 40)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["e", "ids"], ["rows"], name="/embed/Gather", axis=0)], "emb",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["m"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["m", 40])],
+        [onnx.numpy_helper.from_array(table, "e")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 10
+    model = ir.serde.deserialize_model(proto)
+    q = rtn(table.T, Grid(16, symmetric))
+    encodings.gather_block_quantized(model.graph, next(iter(model.graph)), q)
+    ids = np.arange(50, dtype=np.int64)[::-1].copy()
+    got = runtime.session(model, optimize=False).run(None, {"ids": ids})[0]
+    np.testing.assert_array_equal(got, _reference_weights(q).T[ids])

@@ -114,3 +114,23 @@ def _take_over(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
     if not was_output:  # the MatMul's output name (and ranges, reports) carries over
         out.name = f"{name}__replaced"
         new.outputs[0].name = name
+
+
+def gather_block_quantized(graph: ir.Graph, node: ir.Node, quantized: Quantized) -> ir.Node:
+    """Gather(E [V, D], ids, axis=0) -> com.microsoft.GatherBlockQuantized(E_q int4/uint4 [V, D],
+    ids, scales [V, ceil(D/B)][, zero_points], gather_axis=0, quantize_axis=1, block_size=B).
+    `quantized` holds Eᵀ [D, V] blocked along D (the grid's axis 0), as ONNX Runtime's quantizer
+    blocks an embedding along its last axis."""
+    name = node.inputs[0].name
+    q = unblocks(quantized.q, quantized.k).T
+    dtype = ml_dtypes.int4 if quantized.grid.symmetric else ml_dtypes.uint4
+    inputs = [new_initializer(graph, np.ascontiguousarray(q).astype(dtype), f"{name}_int4"), node.inputs[1],
+              new_initializer(graph, np.ascontiguousarray(quantized.scale.T).astype(np.float32), f"{name}_scales")]
+    if not quantized.grid.symmetric:
+        inputs.append(new_initializer(graph, np.ascontiguousarray(quantized.zero.T).astype(dtype), f"{name}_zero_point"))
+    new = ir.node("GatherBlockQuantized", inputs,
+                  {"gather_axis": 0, "quantize_axis": 1, "block_size": quantized.grid.block},
+                  domain=MS_DOMAIN, name=f"{node.name or name}_GatherBlockQuantized")
+    graph.insert_before(node, new)
+    _take_over(graph, node, new)
+    return new

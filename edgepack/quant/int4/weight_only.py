@@ -52,7 +52,20 @@ class WeightOnlyResult:
     top1_agreement: float | None = None
 
 
-def candidates(model: ir.Model, exclude=frozenset()) -> tuple[list[ir.Node], list[tuple[str, str]]]:
+def embedding_gathers(model: ir.Model, exclude=frozenset()) -> list[ir.Node]:
+    """Gather(E, ids, axis 0) of a 2-D float32 constant table used by this node only."""
+    found = []
+    for node in model.graph:
+        if node.op_type != "Gather" or node.domain != "" or node_label(node) in exclude:
+            continue
+        e = const_array(node.inputs[0])
+        axis = node.attributes["axis"].value if "axis" in node.attributes else 0
+        if e is not None and e.ndim == 2 and e.dtype == np.float32 and axis == 0 and len(node.inputs[0].uses()) == 1:
+            found.append(node)
+    return found
+
+
+def candidates(model: ir.Model, exclude=frozenset(), embeddings: bool = False) -> tuple[list[ir.Node], list[tuple[str, str]]]:
     """MatMul nodes with a 2-D float32 constant weight; (nodes, skipped with why)."""
     nodes, skipped = [], []
     for node in model.graph:
@@ -63,8 +76,9 @@ def candidates(model: ir.Model, exclude=frozenset()) -> tuple[list[ir.Node], lis
         if node.op_type == "Gemm":
             skipped.append((label, "Gemm with transA, alpha/beta != 1 or a non-constant weight"))
         elif node.op_type == "Gather":
-            if const_array(node.inputs[0]) is not None:
-                skipped.append((label, "embedding Gather stays float (no blocked INT4 Gather in the ONNX standard)"))
+            if const_array(node.inputs[0]) is not None and not embeddings:
+                skipped.append((label, "embedding Gather stays float (TensorRT: no blocked INT4 Gather; "
+                                       "ONNX Runtime: GatherBlockQuantized with embeddings=True)"))
         elif w is None:
             continue  # activation x activation
         elif label in exclude or node.name in exclude or "MatMul" in exclude:
@@ -293,7 +307,8 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
 
     gemms_to_matmuls(model, set(exclude))
     io.infer_shapes(model)
-    nodes, skipped = candidates(model, set(exclude))
+    gathers = embedding_gathers(model, set(exclude)) if encoding == "matmulnbits" else []
+    nodes, skipped = candidates(model, set(exclude), embeddings=bool(gathers))
     result = WeightOnlyResult(model, encoding, block, algorithm, skipped=skipped)
     if not nodes:
         raise EdgepackError("no MatMul with a constant 2-D weight to quantize to INT4",
@@ -325,10 +340,14 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
             encodings.matmulnbits(graph, node, layers[node])
         else:
             encodings.dequantize_blocked(graph, node, layers[node])
+    for node in gathers:  # RTN: an embedding row is read, not multiplied: no Hessian to weigh it
+        table = const_array(node.inputs[0]).astype(np.float64)
+        encodings.gather_block_quantized(graph, node, rtn(table.T, grid))
+        result.layers.append(Layer(node, node_label(node)))
     if encoding == "matmulnbits":
         model.opset_imports.setdefault(encodings.MS_DOMAIN, 1)
     remove_unused_initializers(graph)
-    result.layers = list(records.values())
+    result.layers = list(records.values()) + result.layers
     logger.info("int4 %s (block %d, %s): %d layers INT4, %d INT8", algorithm, block, encoding,
                 sum(r.bits == 4 for r in result.layers), len(eight))
     return result
