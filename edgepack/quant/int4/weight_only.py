@@ -323,8 +323,12 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
     for node, q in layers.items():
         h = stats.get(node.inputs[0].name, (None,))[0]
         records[node].error = relative_error(const_array(node.inputs[1]).astype(np.float64), q, h)
+    for node in gathers:  # RTN: an embedding row is read, not multiplied: no Hessian to weigh it
+        table = const_array(node.inputs[0]).astype(np.float64)
+        encodings.gather_block_quantized(model.graph, node, rtn(table.T, grid))
+        result.layers.append(Layer(node, node_label(node)))
     eight: set[ir.Node] = set()
-    if mixed:
+    if mixed:  # measured with the embeddings already in 4 bits: the budget covers what ships
         eight, rows, result.output_sqnr_db, result.top1_agreement = mix_int8(
             model, float_model, layers, data, min_sqnr_db=min_sqnr_db, min_agreement=min_agreement,
             limit=limit or 64, progress=progress)
@@ -340,10 +344,6 @@ def quantize_weights(model: ir.Model, data, target, *, algorithm: str = "awq-gpt
             encodings.matmulnbits(graph, node, layers[node])
         else:
             encodings.dequantize_blocked(graph, node, layers[node])
-    for node in gathers:  # RTN: an embedding row is read, not multiplied: no Hessian to weigh it
-        table = const_array(node.inputs[0]).astype(np.float64)
-        encodings.gather_block_quantized(graph, node, rtn(table.T, grid))
-        result.layers.append(Layer(node, node_label(node)))
     if encoding == "matmulnbits":
         model.opset_imports.setdefault(encodings.MS_DOMAIN, 1)
     remove_unused_initializers(graph)
