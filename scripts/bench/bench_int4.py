@@ -11,7 +11,9 @@ optimizations off; block 32 through a CPU target file that asks for blocked DQ, 
 TensorRT-legal). Latency: ORT CPU, one 64-token window, interleaved with FP32, median ratio.
 File size: the whole model and the MatMul weights alone (INT4 codes + scales vs float32).
 
-    python3 scripts/bench/bench_int4.py [--only int8|int4|large] [--large-dim 512] [--reps 30]
+    python3 scripts/bench/bench_int4.py [--only int8|int4|nncf|large] [--large-dim 512] [--reps 30]
+
+NNCF's ONNX weight compression is compared where `import nncf` works (pip install nncf).
 """
 from __future__ import annotations
 
@@ -170,6 +172,34 @@ def bench_int4(base, calib, evaluation, ppl_float, top_float, sizes, args, feeds
                 sizes=sizes, reps=args.reps, feeds=feeds)
 
 
+def bench_nncf(base, calib, evaluation, ppl_float, top_float, sizes):
+    """NNCF's ONNX weight compression (`pip install nncf`), where it installs and its output loads."""
+    header("NNCF compress_weights (ONNX backend), same model and data")
+    try:
+        import nncf
+        import onnx_ir as ir
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+    except ImportError as exc:
+        print(f"| nncf: not installed ({exc}) |")
+        return
+    adv = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
+    dataset = nncf.Dataset([{"input_ids": calib[0]["input_ids"][i:i + 8]} for i in range(0, 32, 8)])
+    sym, asym = nncf.CompressWeightsMode.INT4_SYM, nncf.CompressWeightsMode.INT4_ASYM
+    for name, options in (("int4_sym b128", dict(mode=sym, group_size=128)),
+                          ("int4_sym b128 awq", dict(mode=sym, group_size=128, dataset=dataset, awq=True)),
+                          ("int4_sym b128 awq+scale estimation", dict(mode=sym, group_size=128, dataset=dataset,
+                                                                       awq=True, scale_estimation=True)),
+                          ("int4_asym b32", dict(mode=asym, group_size=32)),
+                          ("int4_asym b32 awq", dict(mode=asym, group_size=32, dataset=dataset, awq=True))):
+        try:
+            proto = nncf.compress_weights(ir.serde.serialize_model(copy_model(base)), ratio=1.0,
+                                          advanced_parameters=adv, **options)
+            model = ir.serde.deserialize_model(proto)
+            row(f"nncf {nncf.__version__} {name}", model, base, evaluation, ppl_float, top_float, sizes=sizes)
+        except Exception as exc:  # noqa: BLE001 - a peer tool's failure is a result here
+            print(f"| nncf {name}: fails ({type(exc).__name__}: {str(exc).splitlines()[0][:110]}) |")
+
+
 def bench_large(args):
     """A larger code-built decoder (random weights, outliers planted): latency and size, and
     agreement of INT4 logits with FP32 (perplexity of an untrained model means nothing)."""
@@ -206,7 +236,7 @@ def bench_large(args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("int8", "int4", "large"))
+    parser.add_argument("--only", choices=("int8", "int4", "nncf", "large"))
     parser.add_argument("--large-dim", type=int, default=512)
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
@@ -215,7 +245,7 @@ def main() -> None:
     import onnxruntime
 
     print(f"CPU flags: {cpu_flags()}; ONNX Runtime {onnxruntime.__version__}")
-    if args.only in (None, "int8", "int4"):
+    if args.only in (None, "int8", "int4", "nncf"):
         base = dec.representative()
         calib = [{"input_ids": dec.windows(dec.corpus(), 64, 32, seed=5)[:, :-1]}]
         evaluation = dec.windows(dec.corpus(dec.EVAL_FILES), 64, 32, seed=None)
@@ -228,6 +258,8 @@ def main() -> None:
             bench_int8(base, calib, evaluation, ppl_float, top_float, sizes, args)
         if args.only in (None, "int4"):
             bench_int4(base, calib, evaluation, ppl_float, top_float, sizes, args, feeds)
+        if args.only in (None, "nncf"):
+            bench_nncf(base, calib, evaluation, ppl_float, top_float, sizes)
     if args.only in (None, "large"):
         bench_large(args)
 
