@@ -56,6 +56,9 @@ ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "comman
 OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
 STEP_SCHEMA = "edgepack.step/1"
 RUN_SCHEMA = "edgepack.run/1"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of TOML
+MAX_RECIPE_DEPTH = 16       # tables and arrays inside each other
+MAX_STEP_ID = 64            # an id names files: <id>.step.json must fit a file name (255 bytes)
 
 
 @dataclass(frozen=True)
@@ -125,10 +128,17 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
     if not path.is_file():
         raise EdgepackError(f"recipe not found: {path}", hint="pass the path of a .toml recipe")
     raw_bytes = path.read_bytes()
+    if len(raw_bytes) > MAX_RECIPE_BYTES:
+        raise EdgepackError(f"recipe {path}: {len(raw_bytes)} bytes, more than a recipe holds "
+                            f"(at most {MAX_RECIPE_BYTES})", hint="pass the recipe, not a data file")
     try:
         raw = tomllib.loads(raw_bytes.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EdgepackError(f"recipe {path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise EdgepackError(f"recipe {path}: nested too deeply to read",
+                            hint=f"a recipe nests a few levels; at most {MAX_RECIPE_DEPTH}") from None
+    _check_depth(raw, path)
     base = path.parent
     unknown = sorted(set(raw) - RECIPE_KEYS)
     if unknown:
@@ -183,6 +193,9 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
         if command not in STEPS:
             raise EdgepackError(f"{where}: unknown step '{command}'", hint=f"steps are: {', '.join(STEPS)}")
         step_id = str(table.get("id", command))
+        if len(step_id) > MAX_STEP_ID:
+            raise EdgepackError(f"{where}: id '{step_id[:40]}...' is {len(step_id)} characters long",
+                                hint=f"use at most {MAX_STEP_ID} (it names the step's files)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", step_id):
             raise EdgepackError(f"{where}: id '{step_id}' is not a plain name",
                                 hint="use letters, digits, '.', '_' and '-' (it names the step's files)")
@@ -224,6 +237,19 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                             hint='add targets = ["x86-cpu"] or pass --targets')
     return Recipe(path, model, tuple(chosen), data, baseline, tuple(steps),
                   hashlib.sha256(raw_bytes).hexdigest())
+
+
+def _check_depth(raw: dict, path: Path) -> None:
+    """Refuse values nested deeper than MAX_RECIPE_DEPTH (walked without recursion), so that no
+    later reader of the recipe can exhaust Python's stack."""
+    stack = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_RECIPE_DEPTH:
+            raise EdgepackError(f"recipe {path}: values nested {depth} levels deep",
+                                hint=f"a recipe nests a few levels; at most {MAX_RECIPE_DEPTH}")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _recipe_target(text: str, base: Path, recipe: Path, allow_outside: bool) -> str:

@@ -25,7 +25,7 @@ INT4_ENCODINGS = ("dequantize", "matmulnbits")
 TENSORRT_INT4_BLOCKS = (64, 128)         # TensorRT's blocked INT4 weights
 ORT_INT4_BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
-                      "int8-asymmetric-per-tensor")
+                      "int8-asymmetric-per-tensor", "uint7-asymmetric-per-tensor")
 DEVICE_MATCHES = ("exact", "minimum")
 MAX_THREADS = 1024  # more is a typo; ORT would try to start them all
 WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor",
@@ -42,7 +42,16 @@ class QDQPolicy:
 
     @property
     def activation_dtype(self) -> str:
-        return self.activations.split("-")[0]
+        """Storage type; "uint7" activations are stored as uint8."""
+        kind = self.activations.split("-")[0]
+        return "uint8" if kind == "uint7" else kind
+
+    @property
+    def activation_qmax(self) -> int:
+        """Largest code of an unsigned activation: 255, or 127 for "uint7" (7-bit activations: a pair
+        of u7 x s8 products, 2 * 127 * 127 = 32258, fits the int16 that AVX2 kernels add in, so
+        8-bit weights stay exact without VNNI)."""
+        return 127 if self.activations.startswith("uint7") else 255
 
     @property
     def activation_symmetric(self) -> bool:
@@ -191,11 +200,19 @@ def is_target_name(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) is not None and ".." not in text
 
 
+HOST = "host"  # the CPU target of this machine, chosen from /proc/cpuinfo
+
+
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A target by name (a file in targets/) or by the path of a TOML file."""
+    """A target by name (a file in targets/) or by the path of a TOML file. The name "host" is the
+    shipped CPU target that fits this machine (`edgepack targets --host`)."""
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
+    if text == HOST and not Path(text).is_file():
+        from edgepack.cpu import host_target
+
+        text = host_target()[0]
     path = Path(text)
     if not (text.endswith(".toml") or path.is_file()):
         if not is_target_name(text):  # "../x", "a/b": a name may not reach outside targets/
@@ -311,7 +328,8 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
 
     if raw.get("calibration_method", "entropy") not in METHODS:
         raise fail("calibration_method", f"must be one of {', '.join(METHODS)}")
-    if raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8":
+    if (raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8"
+            and policy.activation_qmax > 127):
         raise fail("qdq.weights", "must be an int7 or uint8 scheme where int8_saturates = true: int8 "
                    "weights overflow the CPU's 16-bit pair sums",
                    hint=f"use {policy.weights.replace('int8', 'uint8')} or {policy.weights.replace('int8', 'int7')}")

@@ -48,6 +48,9 @@ def register(subparsers):
                              "keeps nodes whose values leave the float16 range on them in float32")
     parser.add_argument("--no-runtime-check", action="store_true",
                         help="skip the runtime check of ONNX Runtime QDQ artifacts")
+    parser.add_argument("--no-speed-check", action="store_true",
+                        help="skip timing an ONNX Runtime QDQ artifact against its float twin (INT8 vs FP32 "
+                             "verdict, interleaved, batch 1) and the warning when INT8 is not faster")
     common.add_json(parser)
     return parser
 

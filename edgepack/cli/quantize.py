@@ -43,6 +43,21 @@ def register(subparsers):
                           "all but rtn need --data")
     low.add_argument("--block-size", type=int, metavar="B",
                      help="INT4 block along the reduction axis (default: 128 for TensorRT, 32 for ONNX Runtime)")
+    speed = parser.add_argument_group("speed (ONNX Runtime targets)")
+    speed.add_argument("--placement", choices=("measured", "rules"),
+                       help="measured (default with --data on ONNX Runtime targets): a layer whose INT8 kernel is "
+                            "slower than its float kernel on this CPU stays float; rules: placement rules only "
+                            "(TensorRT targets always)")
+    speed.add_argument("--no-speed-check", action="store_true",
+                       help="skip timing the result against the float model (interleaved, batch 1) and the "
+                            "warning when INT8 is not faster")
+    speed.add_argument("--if-slower", choices=("warn", "error", "float"), default="warn",
+                       help="when the INT8 result is slower than FP32 here: warn (default), error (exit 1, "
+                            "nothing written: a CI gate), or float (write the float model instead)")
+    speed.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="threads for the timings (default 1; 0: all cores)")
+    speed.add_argument("--explain", action="store_true",
+                       help="print every layer's choice (INT8 or float) with its measured reason")
     mixed = parser.add_argument_group("mixed precision")
     mixed.add_argument("--sensitivity", action="store_true",
                        help="quantize one layer at a time and report each layer's output SQNR")
@@ -67,8 +82,9 @@ def _alpha(text: str):
         raise argparse.ArgumentTypeError(f"expected a number 0..1, auto or off, got {text!r}") from None
 
 
+DISPLAY = ("explain",)  # options that only change the printed text
 API = "edgepack.quant.quantize:quantize"  # the library function this command calls (and `edgepack run` too)
 
 
 def run(args) -> int:
-    return common.run_api(args, API)
+    return common.run_api(args, API, DISPLAY)

@@ -73,6 +73,11 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     from edgepack.profile.regression import check_regression
     from edgepack.profile.timing import DEFAULT_BUDGET_TEXT, Budget
 
+    from edgepack.limits import MAX_BATCH, MAX_LAYER_RUNS, check_count
+
+    if batch is not None:  # documented maxima (docs/security.md), before any work
+        check_count(batch, "--batch", MAX_BATCH, minimum=1)
+    check_count(max(0, layer_runs) if isinstance(layer_runs, int) else layer_runs, "--layer-runs", MAX_LAYER_RUNS)
     if runs is not None and duration is not None:
         raise UsageError("--runs and --duration exclude each other", hint="give one of them")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool):

@@ -42,8 +42,12 @@ class Budget:
             if number != int(number):
                 raise UsageError(f"{option} {text!r}: a number of runs must be whole",
                                  hint=f"add a unit for a duration: {option} {text}s")
-            return cls(runs=int(number))
-        return cls(seconds=number / 1000.0 if unit == "ms" else number)
+            from edgepack.limits import MAX_RUNS, check_count
+
+            return cls(runs=check_count(int(number), option, MAX_RUNS))
+        from edgepack.limits import check_seconds
+
+        return cls(seconds=check_seconds(number / 1000.0 if unit == "ms" else number, option))
 
     def describe(self) -> str:
         return f"{self.runs} runs" if self.runs is not None else f"{self.seconds:g} s"

@@ -35,9 +35,11 @@ def check_qdq(model: ir.Model, target: Target) -> list[str]:
 def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
     """Every rule the model breaks, one Finding per node and rule."""
     from edgepack.quant.low_precision_rules import low_precision_findings
+    from edgepack.quant.origin import seven_bit_activations
 
     policy = QuantPolicy.for_target(target)
     problems: list[Finding] = low_precision_findings(model, target)
+    int8_weights_exact = seven_bit_activations(model)  # u7 x s8 pairs fit int16
     for node in iter_nodes(model):
         label = node_label(node)
         add = lambda rule, detail: problems.append(Finding(rule, label, detail))  # noqa: E731
@@ -68,12 +70,12 @@ def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
             if src is not None and src.dtype != np.int8:
                 add(f"dequantizes {src.dtype} (TensorRT takes int8 only)",
                     f"dequantizes {src.dtype}; TensorRT takes int8 only (keep biases float)")
-        if target.int8_saturates and node.op_type == "DequantizeLinear":
+        if target.int8_saturates and not int8_weights_exact and node.op_type == "DequantizeLinear":
             src = const_array(node.inputs[0])
             if src is not None and src.dtype == np.int8 and int(np.abs(src.astype(np.int16)).max(initial=0)) > 64:
-                add(f"int8 weights (saturate on {target.name}; use uint8)",
+                add(f"int8 weights with 8-bit activations (saturate on {target.name})",
                     f"int8 weights on {target.name}, whose CPU adds u8 x s8 product pairs in int16 and "
-                    "saturates; uint8 (U8U8) or 7-bit weights are exact there")
+                    "saturates; 7-bit activations, uint8 (U8U8) or 7-bit weights are exact there")
         if node.op_type == "QuantizeLinear":
             users = node.outputs[0].uses()
             if not users or any(u.node.op_type != "DequantizeLinear" for u in users):

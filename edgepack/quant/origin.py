@@ -18,6 +18,8 @@ from edgepack.graph import const_array, iter_nodes
 
 QUANTIZED_FOR = "edgepack.quantized_for"
 PREPROCESS = "edgepack.preprocess"
+# the largest unsigned activation code the model was calibrated for: "127" for 7-bit activations
+ACTIVATION_QMAX = "edgepack.activation_qmax"
 
 
 @dataclass(frozen=True)
@@ -79,3 +81,8 @@ def target_mismatch(model: ir.Model, target) -> str | None:
     if target.is_tensorrt and origin.form == "onnxruntime":
         return f"quantized for {origin.target or 'an ONNX Runtime CPU target'} ({origin.evidence})"
     return None
+
+
+def seven_bit_activations(model: ir.Model) -> bool:
+    """Whether the model's uint8 activations were calibrated to codes 0..127 (stamped by quantize)."""
+    return model.metadata_props.get(ACTIVATION_QMAX) == "127"

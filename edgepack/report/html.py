@@ -30,14 +30,19 @@ class RunData:
     baseline: dict | None = None
 
     def precision(self, ref: str) -> str:
-        """int8 when a quantize step is upstream of `ref` (a step id), else fp32."""
+        """int8 when a quantize step is upstream of `ref` (a step id), else fp32 (walked without
+        recursion, each step once: a hand-edited run.json may hold a cycle)."""
         by_id = {s["id"]: s for s in self.steps}
-        step = by_id.get(ref)
-        if step is None:
-            return "fp32"
-        if step["command"] == "quantize":
-            return "int8"
-        return "int8" if any(self.precision(r) == "int8" for r in step.get("inputs", [])) else "fp32"
+        todo, seen = [ref], set()
+        while todo:
+            step = by_id.get(todo.pop())
+            if step is None or step["id"] in seen:
+                continue
+            seen.add(step["id"])
+            if step["command"] == "quantize":
+                return "int8"
+            todo.extend(step.get("inputs") or [])
+        return "fp32"
 
     def of(self, command: str) -> list[tuple[dict, dict]]:
         """(step, its JSON report) for the steps of `command` that have a report."""
@@ -46,36 +51,47 @@ class RunData:
 
 
 def load_run(folder: str | Path) -> RunData:
+    """The run folder's run.json and step reports, read only from inside the folder and checked
+    (edgepack.report.run_files): a step report that is not one is left out with a warning."""
+    from edgepack.report.run_files import RunFileError, check_run, inside, read_json
+
     folder = Path(folder)
     run_file = folder / "run.json"
-    try:
-        run = json.loads(run_file.read_text())
-    except FileNotFoundError:
+    if not run_file.exists():
         raise EdgepackError(f"{folder} is not a run folder (no run.json)",
-                            hint="pass the output folder of `edgepack run` or `edgepack demo`") from None
-    except ValueError as exc:
-        raise EdgepackError(f"{run_file}: not valid JSON ({exc})") from None
-    data = RunData(folder, run, run.get("steps", []))
+                            hint="pass the output folder of `edgepack run` or `edgepack demo`")
+    run = read_json(folder, run_file)
+    data = RunData(folder, run, check_run(run, run_file))
     for step in data.steps:
         path = _step_file(folder, step, step.get("report"))
         if path is not None:
             try:
-                data.reports[(step["id"], step["target"])] = json.loads(path.read_text())
-            except ValueError:
-                logger.warning("%s: not valid JSON, left out of the report", path)
-    if run.get("baseline") and Path(run["baseline"]).is_file():
-        data.baseline = json.loads(Path(run["baseline"]).read_text())
+                data.reports[(step["id"], step["target"])] = read_json(folder, path)
+            except RunFileError as exc:
+                logger.warning("%s; left out of the report", exc.message)
+    baseline = Path(run["baseline"]) if run.get("baseline") else None
+    if baseline is not None and inside(folder, baseline if baseline.is_absolute() else folder / baseline):
+        try:
+            data.baseline = read_json(folder, baseline if baseline.is_absolute() else folder / baseline)
+        except RunFileError as exc:
+            logger.warning("%s; the baseline is left out of the report", exc.message)
+    elif baseline is not None:
+        logger.warning("the baseline %s is outside the run folder; not read (copy it into %s to show it)",
+                       baseline, folder)
     return data
 
 
 def _step_file(folder: Path, step: dict, recorded: str | None) -> Path | None:
-    """A step's file: as recorded (relative to where `edgepack run` ran), else found in the run
-    folder itself (`DIR/[<target>/]<name>`), so the report works from any directory."""
+    """A step's file inside the run folder: `DIR/[<target>/]<name>` of the name recorded (the
+    recorded path itself only when it is inside the folder), so the report works from any directory."""
+    from edgepack.report.run_files import inside
+
     if not recorded:
         return None
     name = Path(recorded).name
-    for candidate in (Path(recorded), folder / (step.get("target") or "") / name, folder / name):
-        if candidate.is_file():
+    target = step.get("target") or ""
+    for candidate in (Path(recorded), folder / target / name, folder / name):
+        if inside(folder, candidate if candidate.is_absolute() else Path.cwd() / candidate):
             return candidate
     return None
 
@@ -357,7 +373,14 @@ def write_report(folder: str | Path, output: str | Path) -> Path:
     import os
 
     from edgepack.cli.common import write_text_atomic
-    path = write_text_atomic(output, render(load_run(folder)))
+    data = load_run(folder)
+    try:
+        page = render(data)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise EdgepackError(f"{folder}: a report in the run folder does not have the shape edgepack writes "
+                            f"({type(exc).__name__}: {str(exc)[:120]})",
+                            hint="re-run the recipe into a fresh folder, or remove the edited file") from None
+    path = write_text_atomic(output, page)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # a page to share: readable like any new file, not 0600

@@ -78,7 +78,7 @@ def test_decoder_quantizes_with_every_method_within_10_percent_perplexity(target
 def test_norms_masks_scores_stay_float_attention_matmul_per_target(target):
     base, calib, _ = _trained()
     model = copy_model(base)
-    result = quantize(model, calib, target=target, method="minmax")
+    result = quantize(model, calib, target=target, method="minmax", placement="rules")
     producers = {n.name: [v.producer().op_type if v is not None and v.producer() else None for v in n.inputs]
                  for n in model.graph}
     for name, inputs in producers.items():
@@ -95,14 +95,18 @@ def test_norms_masks_scores_stay_float_attention_matmul_per_target(target):
     assert producers["/lm_head/MatMul"][1] == "DequantizeLinear"
 
 
-def test_without_the_float_rules_the_mask_leaks_on_cpu():
-    # the reason for the rules: a quantized Add(scores, mask) turns -inf into a finite code
+def test_without_the_float_rules_the_masked_scores_still_stay_float_on_cpu():
+    # a quantized Add(scores, mask) would turn -inf into a finite code; on ONNX Runtime its only
+    # consumer (Softmax) is float, so INT8 there would only add a Q and a DQ: it stays float anyway
     base, calib, evaluation = _trained()
     ppl_float, _ = dec.lm_stats(runtime.session(base), evaluation)
     model = copy_model(base)
-    quantize(model, calib, target="x86-cpu", method="minmax", float_defaults=False)
+    result = quantize(model, calib, target="x86-cpu", method="minmax", float_defaults=False)
+    reasons = dict(result.skipped)
+    masked = [name for name in reasons if "/masked/" in name]
+    assert masked and all("no INT8 consumer" in reasons[name] for name in masked)
     ppl, _ = dec.lm_stats(runtime.session(model), evaluation)
-    assert ppl > 1.10 * ppl_float
+    assert np.isfinite(ppl)
 
 
 def test_smoothquant_keeps_the_function_and_flattens_channels():
