@@ -56,7 +56,7 @@ def test_user_target_file(tmp_path):
 
 @pytest.mark.parametrize("change, key", [
     (("backend = \"onnxruntime\"", "backend = \"tflite\""), "backend"),
-    (("precisions = [\"int8\", \"fp32\"]", "precisions = [\"int4\"]"), "precisions"),
+    (("precisions = [\"int8\", \"fp32\"]", "precisions = [\"int2\"]"), "precisions"),
     (("name = \"mine\"", "name = \"mine\"\ncolour = \"red\""), "colour"),
     (("name = \"mine\"", "name = \"mine\"\ndla_cores = \"two\""), "dla_cores"),
     (("activations = \"uint8-asymmetric-per-tensor\"", "activations = \"fp8\""), "qdq.activations"),

@@ -68,8 +68,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
-             smoothquant: float | None = None, float_defaults: bool = True, placement: str | None = None,
+             smoothquant: float | str | None = "auto", float_defaults: bool = True, placement: str | None = None,
              speed_check: bool = True, threads: int = 1, if_slower: str = "warn",
+             weights: str = "int8", algorithm: str = "awq-gptq", block_size: int | None = None,
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -83,8 +84,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     `edgepack.calib.preprocess.Preprocess`) turns the stored samples into the model's input; it is
     recorded, with the target, in the model's metadata (quant/origin.py). `smoothquant`: migrate
     activation outliers into the weights with this alpha (0..1) before calibrating
-    (quant/smoothquant.py); `float_defaults`: keep norms, masks, attention scores and detection-head
-    outputs float (quant/float_rules.py). Models below opset 13 are upgraded (or get per-tensor
+    (quant/smoothquant.py); "auto" (the default) does so where an activation has outlier
+    channels and data is given without ranges, None never; `float_defaults`: keep norms, masks, attention scores and detection-head
+    outputs float (quant/float_rules.py). `weights`: "int8" (W8A8 as above), "int4" (weight-only
+    INT4 MatMuls with `algorithm` rtn/gptq/awq and `block_size`, in the target's encoding; the
+    `max_error` / `min_agreement` budget keeps sensitive layers at INT8) or "fp8" (E4M3 Q/DQ for
+    FP8 GPUs), see quant/low_precision.py. Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     `placement`: "measured" (ONNX Runtime targets' default with data: a weighted layer whose INT8
     kernel is slower than its float one on this CPU stays float, quant/speed.py) or "rules".
@@ -98,6 +103,14 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     from edgepack import io
 
     target = load_target(target)
+    if weights != "int8":
+        from edgepack.quant.low_precision import quantize_low_precision
+
+        return quantize_low_precision(model, data, target=target, weights=weights, algorithm=algorithm,
+                                      block_size=block_size, method=method, percentile=percentile, exclude=exclude,
+                                      max_error=max_error, min_agreement=min_agreement, limit=limit,
+                                      progress=progress, preprocess=preprocess, ranges=ranges,
+                                      smoothquant=smoothquant, output=output)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8",
                             hint="build it with --precision fp16 instead of quantizing")
@@ -123,6 +136,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
     policy = prepare_opset(model, policy)
+    if target.is_tensorrt:  # inside the parser's opset window (onnx may have written a newer opset)
+        from edgepack.quant.opset_window import fit_opset
+
+        fit_opset(model, target)
+    if smoothquant == "auto" and (data is None or ranges is not None):
+        smoothquant = None  # ranges of the unsmoothed model: nothing to smooth against
     if smoothquant is not None:
         if data is None or ranges is not None:
             raise EdgepackError("smoothquant needs calibration data and recalibrates after smoothing",
@@ -231,7 +250,8 @@ def _speed_verdict(float_model: ir.Model, model: ir.Model, feeds: dict, threads:
 def format_result(report: dict, *, explain: bool = False) -> str:
     """The text `edgepack quantize` prints for a `QuantizeResult.to_json()`."""
     lines = [f"{len(report['quantized_nodes'])} nodes quantized for {report['target']} "
-             f"({report['method']} ranges), {len(report['float_nodes'])} left in float; "
+             f"({report['method']}{'' if report['method'].startswith(('int4', 'fp8')) else ' ranges'}), "
+             f"{len(report['float_nodes'])} left in float; "
              f"check-qdq: {'ok' if report['check_qdq']['ok'] else 'FAILED'}"]
     for node, why in report["float_reasons"].items():
         lines.append(f"  float: {node} ({why})")
