@@ -92,7 +92,6 @@ def calibrate(model: ir.Model, data, *, method: str = "entropy", percentile: flo
                     preprocess=dataset.preprocess.to_json() if dataset.preprocess is not None else None)
     for name, obs in observers.items():
         ranges.tensors[name] = tuple(float(v) for v in obs.range(method, symmetric=symmetric, percentile=percentile))
-        ranges.extrema[name] = tuple(float(v) for v in obs.range("minmax", symmetric=symmetric))
     ranges.means = {name: m for name, obs in means.items() if (m := obs.mean()) is not None}
     ranges.model_sha256 = hashlib.sha256(ir.serde.serialize_model(model).graph.SerializeToString()).hexdigest()
     logger.info("calibrated %d tensors on %d samples (%s)", len(names), samples, method)

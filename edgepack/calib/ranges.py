@@ -23,9 +23,6 @@ class Ranges:
     percentile: float | None = None
     means: dict[str, list[float]] = field(default_factory=dict)  # per-channel means (bias correction)
     preprocess: dict | None = None  # Preprocess.to_json() of the data, so a later step reuses it
-    # the exact observed [min, max] of each tensor whatever the method ([-T, T] when symmetric):
-    # placement rules may need a tensor's full range where the method clips (quant/float_rules.py)
-    extrema: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> tuple[float, float]:
         return self.tensors[name]
@@ -37,8 +34,7 @@ class Ranges:
         return {"schema": SCHEMA, "method": self.method, "symmetric": self.symmetric, "samples": self.samples,
                 "percentile": self.percentile, "model_sha256": self.model_sha256,
                 **({"preprocess": self.preprocess} if self.preprocess else {}),
-                "tensors": {k: {"min": lo, "max": hi, **({"mean": self.means[k]} if k in self.means else {}),
-                                **({"observed": list(self.extrema[k])} if k in self.extrema else {})}
+                "tensors": {k: {"min": lo, "max": hi, **({"mean": self.means[k]} if k in self.means else {})}
                             for k, (lo, hi) in self.tensors.items()}}
 
     def save(self, path: str | Path) -> Path:
@@ -60,8 +56,6 @@ class Ranges:
         try:
             tensors = {k: (float(v["min"]), float(v["max"])) for k, v in data["tensors"].items()}
             means = {k: [float(m) for m in v["mean"]] for k, v in data["tensors"].items() if "mean" in v}
-            extrema = {k: (float(v["observed"][0]), float(v["observed"][1])) for k, v in data["tensors"].items()
-                       if "observed" in v}
         except (KeyError, TypeError, ValueError):
             raise EdgepackError(f"{path}: malformed 'tensors' entry") from None
         preprocess = data.get("preprocess")
@@ -70,7 +64,7 @@ class Ranges:
 
             preprocess = Preprocess.from_manifest(preprocess, f"{path}: preprocess").to_json()
         return cls(data["method"], tensors, bool(data.get("symmetric")), int(data.get("samples", 0)),
-                   data.get("model_sha256"), data.get("percentile"), means, preprocess, extrema)
+                   data.get("model_sha256"), data.get("percentile"), means, preprocess)
 
     def to_tensorrt_cache(self, path: str | Path, version: str | None = None, *,
                           tensorrt_version: str = "8.6.1") -> Path:

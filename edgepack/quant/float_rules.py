@@ -88,43 +88,6 @@ def exact_ranges(model: ir.Model) -> dict[str, tuple[float, float]]:
             if n.op_type in ("Softmax", "Sigmoid") and n.domain == "" and n.outputs}
 
 
-def full_range_inputs(model: ir.Model) -> dict[str, str]:
-    """Activations that keep their observed [min, max] whatever the range method, with the reason:
-    the inputs of the prediction ops, the weighted ops (a detector's cls/obj/reg convs, a
-    classifier's last Gemm) whose output reaches a graph output through data movement and bounded
-    activations only.
-
-        cls_convs ─► SiLU ─► x ─► cls Conv ─► Sigmoid ─► Concat ─► ... ─► output
-                             ^ full range: the rare large activations are the confident ones
-
-    A prediction is decided by its largest logits (the one class of 80 that fires, the few cells
-    with an object), and those come from the rare large values of x. Percentile and entropy ranges
-    clip exactly those (they are the 0.01 % tail), so every confident score drops below the
-    threshold: measured on the code-built YOLOX-like detector (tests/quant/detector.py), class
-    probabilities lose all but 1-2 dB of SQNR under percentile ranges and keep 15+ dB under the
-    observed range. The cost of the full range, coarser steps on the small values, does not move
-    an argmax or a threshold."""
-    found: dict[str, str] = {}
-    frontier, seen = list(model.graph.outputs), set()
-    while frontier:
-        value = frontier.pop()
-        if value in seen:
-            continue
-        seen.add(value)
-        producer = value.producer()
-        if producer is None:
-            continue
-        if producer.op_type in WEIGHTED_OPS:
-            x = producer.inputs[0] if producer.inputs else None
-            if x is not None and const_array(x) is None:
-                found[x.name] = (f"input of the prediction op {producer.name or producer.op_type}: "
-                                 "keeps its observed range (clipping cuts the confident logits)")
-            continue
-        if producer.op_type in DATA_MOVEMENT + BOUNDED_OPS:
-            frontier.extend(v for v in producer.inputs if v is not None and const_array(v) is None)
-    return found
-
-
 def _normalization_nodes(graph: ir.Graph) -> set[ir.Node]:
     """Nodes of written-out RMSNorm/LayerNorm: from a variance (ReduceMean of Pow(x, 2) or x*x),
     forward through the statistics (Add eps, Sqrt, Reciprocal, Pow) to the node that applies them

@@ -73,7 +73,6 @@ class QuantizeResult:
     model: ir.Model
     quantized: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
-    full_range: list[tuple[str, str]] = field(default_factory=list)  # (tensor, why its range is not clipped)
 
 
 def activation_qparams(lo: float, hi: float, policy: QuantPolicy) -> tuple[float, int]:
@@ -179,7 +178,7 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
     `float_defaults`: keep the nodes of quant/float_rules.py float (norms, masks, attention
     scores, detection-head outputs); False quantizes everything the policy allows."""
     from edgepack import io
-    from edgepack.quant.float_rules import default_float_nodes, exact_ranges, full_range_inputs
+    from edgepack.quant.float_rules import default_float_nodes, exact_ranges
 
     io.infer_shapes(model)
     result = QuantizeResult(model)
@@ -187,10 +186,6 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
     floats = default_float_nodes(model, policy, ranges) if float_defaults else {}
     if float_defaults:
         ins.override.update({k: v for k, v in exact_ranges(model).items() if k in ranges})
-        for name, why in full_range_inputs(model).items():  # prediction inputs: observed range, unclipped
-            if name in ranges.extrema and ranges.extrema[name] != ranges[name]:
-                ins.override[name] = ranges.extrema[name]
-                result.full_range.append((name, why))
     result.skipped += [(node_label(n), why) for n, why in floats.items()]
     nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops and n not in floats]
     _share_concat_ranges(nodes, ranges, ins)
