@@ -42,7 +42,6 @@ from edgepack.quant import detection
 SIZE = 320
 CLASSES = 80
 STRIDES = detection.STRIDES
-STAT_SIZE = 192  # the resolution the BatchNorm statistics are measured at (weights fit any size)
 
 
 def letterbox(path: Path, size: int = SIZE) -> np.ndarray:
@@ -257,7 +256,7 @@ class _Builder:
 
 def build(opset: int = 11, *, images: np.ndarray, seed: int = 0, size: int = SIZE, width: float = 0.125,
           depth: int = 1, spread: float = 0.7, outliers: float = 0.05, decode_in_graph: bool = False,
-          boxes_per_image: float = 8.0, obj_gain: float = 3.5, ridge: float = 0.1,
+          boxes_per_image: float = 8.0, ridge: float = 0.1,
           outlier_gain: tuple[float, float] = (4.0, 10.0), beta: tuple[float, float] = (-0.6, 0.8),
           csp_depth: int = 3, smooth: float = 0.0, rank: float = 1.0, align: float = 0.0,
           std_floor: float = 0.0, cls_gain: float | None = None, cls_bias: float = -3.0,
@@ -266,8 +265,15 @@ def build(opset: int = 11, *, images: np.ndarray, seed: int = 0, size: int = SIZ
 
     `width` scales YOLOX-s's channels (0.5 = YOLOX-s: 32..512, head 128); `spread` is the standard
     deviation of log BN gamma (0 = every channel alike, as a random net); `outliers` the share of
-    channels 4-10x wider; `boxes_per_image` sets the objectness prior so that about that many
-    boxes per image pass score 0.3 before NMS."""
+    channels `outlier_gain` wider; `beta` the (mean, std) of beta / gamma; `csp_depth` the
+    Bottlenecks of dark3/dark4 (YOLOX-s: 3); `align` the share of each backbone/PAN filter in
+    the span of its input's principal patch directions (0: He-random; `align_head` also for the
+    head); `smooth`/`rank`: low-pass, low-rank random filters (when not aligned); `std_floor`
+    bounds each BN's folded gain; `boxes_per_image` sets the objectness bias so that the median
+    image has about that many cells above score 0.3 before NMS; `cls_gain`/`cls_bias`: a random
+    class head with that logit std and mean (None: fitted by ridge regression to colour-hashed
+    classes, which does not generalize); `ridge`: the fits' regularization. REPRESENTATIVE holds
+    the measured choice."""
     rng = np.random.default_rng(seed)
     b = _Builder(images.astype(np.float32), rng, spread, outliers)
     b.ridge, b.outlier_gain, b.beta = ridge, outlier_gain, beta
