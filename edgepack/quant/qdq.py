@@ -119,10 +119,14 @@ def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[n
     (None: one scale)."""
     w = w.astype(np.float32)
     if axis is None:
-        scale = np.array(max(float(np.abs(w).max()), 1e-12) / qmax, np.float32)
+        peak = float(np.abs(w).max()) if w.size else 0.0
+        scale = np.array(peak / qmax if peak > 0 else 1.0, np.float32)
         return np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8), scale
     reduce = tuple(i for i in range(w.ndim) if i != axis)
-    scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / qmax).astype(np.float32)
+    peak = np.abs(w).max(axis=reduce)
+    # an all-zero channel gets scale 1, not a tiny one: its bias is quantized with x_scale * w_scale
+    # and would saturate int32 (a pruned channel whose bias carries a constant)
+    scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     return np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8), scale

@@ -171,3 +171,21 @@ def test_compare_on_a_corrupt_npz_is_a_clean_error(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip at all")
     assert_one_line_error(edgepack_cli("compare", example_model(), example_model(), "--data",
                                        tmp_path / "broken.npz"), "broken.npz", "not a valid .npz")
+
+
+def test_an_all_zero_weight_channel_keeps_its_bias():
+    # Conv channel 1: weights all 0, bias 5 -> its output is the constant 5 and must stay so
+    text = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 2, 4, 4] x) => (float[N, 2, 4, 4] y) <float[2, 2, 1, 1] W = {0.5, -0.25, 0.0, 0.0}, float[2] b = {0.1, 5.0}> {
+  y = Conv (x, W, b)
+}
+"""
+    from tests.helpers import model_from_text, run_ort
+
+    model = model_from_text(text)
+    data = [{"x": np.random.default_rng(0).standard_normal((4, 2, 4, 4)).astype(np.float32)}]
+    quantize(model, data, target="x86-cpu-vnni", runtime_check=False, speed_check=False, placement="rules",
+             equalize=False)
+    out = run_ort(model, data[0])[0]
+    np.testing.assert_allclose(out[:, 1], 5.0, atol=0.05)
