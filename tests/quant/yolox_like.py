@@ -45,15 +45,10 @@ STRIDES = detection.STRIDES
 
 
 def letterbox(path: Path, size: int = SIZE) -> np.ndarray:
-    """YOLOX preprocessing: resize keeping the aspect ratio, pad with 114, BGR, 0..255, [3, S, S]."""
-    from PIL import Image
+    """YOLOX preprocessing (tests/quant/detector.py): aspect-kept resize, pad 114, BGR, 0..255."""
+    from tests.quant.detector import letterbox as yolox_letterbox
 
-    image = Image.open(path).convert("RGB")
-    ratio = min(size / image.width, size / image.height)
-    image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))), Image.BILINEAR)
-    canvas = np.full((size, size, 3), 114, np.float32)
-    canvas[:image.height, :image.width] = np.asarray(image, np.float32)
-    return np.ascontiguousarray(canvas[..., ::-1].transpose(2, 0, 1))
+    return yolox_letterbox(path, size)
 
 
 def coco_images(folder: Path, count: int | None = None, size: int = SIZE, start: int = 0) -> np.ndarray:
