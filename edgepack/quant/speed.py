@@ -11,6 +11,8 @@ targets:
        (`Decisions` keeps both times as the reason);
     3. if any did, the two whole-model placements are timed in one process, interleaved, and the
        faster one is kept: a mixed placement is never kept when it is slower than all-INT8;
+       activation regions that ORT may run faster in float (a YOLOX Focus at the input, SiLU:
+       `op_groups`) are each tried in float the same way, and kept float only when faster;
     4. the result is timed against FP32 the same way: the verdict (ratio, 99 % interval) that
        `quantize` prints, with one warning line when INT8 is not faster.
 
@@ -288,14 +290,81 @@ def place_by_speed(model: ir.Model, ranges, policy, *, reference: ir.Model, feed
         else:
             why_not = (f"moving them to float made the whole model slower ({np.percentile(mixed_ms, 10):.3f} ms "
                        f"vs {np.percentile(all_ms, 10):.3f} ms): kept INT8")
-    result = insert_qdq(model, ranges, policy, exclude=exclude | moved, float_defaults=float_defaults)
-    result.skipped = [(n, "measured: INT8 kernel slower than float" if n in moved else why)
+    group_moves = _try_groups(model, ranges, policy, feeds, exclude | moved, float_defaults, threads)
+    result = insert_qdq(model, ranges, policy, exclude=exclude | moved | set().union(*group_moves.values()),
+                        float_defaults=float_defaults)
+    group_of = {n: why for why, names in group_moves.items() for n in names}
+    result.skipped = [(n, "measured: INT8 kernel slower than float" if n in moved else group_of.get(n, why))
                       for n, why in result.skipped]
-    _record(decisions, result, speeds, moved, why_not)
+    _record(decisions, result, speeds, moved, why_not, group_of)
     return result
 
 
-def _record(decisions, result, speeds: dict[str, LayerSpeed], moved: set[str], why_not: str | None) -> None:
+INPUT_REGION_OPS = ("Slice", "Concat", "Reshape", "Transpose", "Pad", "Split", "Squeeze", "Unsqueeze", "Flatten",
+                    "Resize", "Expand", "Tile", "Gather", "MaxPool")
+
+
+def op_groups(model: ir.Model) -> dict[str, set[str]]:
+    """Activation regions whose INT8 form ORT may run slower than float, each toggled as a whole:
+
+      input region  data movement and Concat between a graph input and the first weighted ops
+                    (a YOLOX Focus: four Slices + Concat, which ORT fuses into one SpaceToDepth in
+                    float, but runs as four strided uint8 Slices in INT8)
+      SiLU          x * Sigmoid(x) (ORT fuses it into one QuickGelu kernel in float; in INT8 it is a
+                    QLinearSigmoid and a QLinearMul)
+    """
+    graph = model.graph
+    region: set[str] = set()
+    frontier = [v for v in graph.inputs]
+    seen: set[ir.Value] = set()
+    while frontier:
+        value = frontier.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        for use in value.uses():
+            node = use.node
+            if node.op_type not in INPUT_REGION_OPS or node.domain != "":
+                continue
+            region.add(node_label(node))
+            frontier.extend(node.outputs)
+    silu: set[str] = set()
+    for node in graph:
+        if node.op_type == "Mul" and node.domain == "" and len(node.inputs) == 2:
+            a, b = node.inputs
+            for x, s in ((a, b), (b, a)):
+                sig = s.producer() if s is not None else None
+                if sig is not None and sig.op_type == "Sigmoid" and sig.inputs[0] is x:
+                    silu |= {node_label(node), node_label(sig)}
+    return {name: names for name, names in (("input region", region), ("SiLU (Sigmoid·Mul)", silu)) if names}
+
+
+def _try_groups(model, ranges, policy, feeds, exclude: set[str], float_defaults: bool, threads: int):
+    """Each op group of `op_groups` moved to float, kept only when the whole model, timed
+    interleaved against the placement without the move, is faster (2 % at least)."""
+    from edgepack import io
+    from edgepack.graph import copy_model
+    from edgepack.quant.qdq import insert_qdq
+
+    kept: dict[str, set[str]] = {}
+    current = set(exclude)
+    for name, names in op_groups(model).items():
+        with tempfile.TemporaryDirectory(prefix="edgepack-speed-") as folder:
+            a = io.save(insert_qdq(copy_model(model), ranges, policy, exclude=current,
+                                   float_defaults=float_defaults).model, Path(folder) / "a.onnx")
+            b = io.save(insert_qdq(copy_model(model), ranges, policy, exclude=current | names,
+                                   float_defaults=float_defaults).model, Path(folder) / "b.onnx")
+            a_ms, b_ms = time_pair(str(a), str(b), feeds, threads=threads, seconds=verdict_seconds())
+        int8_ms, float_ms = float(np.percentile(a_ms, 10)), float(np.percentile(b_ms, 10))
+        logger.info("%s: INT8 %.3f ms, float %.3f ms", name, int8_ms, float_ms)
+        if float_ms < 0.98 * int8_ms:
+            kept[f"measured: {name} in float is faster (whole model {float_ms:.3f} ms vs {int8_ms:.3f} ms in INT8)"] = names
+            current |= names
+    return kept
+
+
+def _record(decisions, result, speeds: dict[str, LayerSpeed], moved: set[str], why_not: str | None,
+            group_of: dict[str, str] | None = None) -> None:
     op_of = {node_label(n): n.op_type for n in result.model.graph}
     for name in result.quantized:
         s = speeds.get(name)
@@ -312,6 +381,8 @@ def _record(decisions, result, speeds: dict[str, LayerSpeed], moved: set[str], w
         if name in moved and s is not None:
             decisions.decide(name, s.op_type, "float", f"measured: INT8 kernel {s.int8_ms:.3f} ms slower than "
                              f"float {s.float_ms:.3f} ms", int8_ms=s.int8_ms, float_ms=s.float_ms)
+        elif group_of and name in group_of:
+            decisions.decide(name, op_of.get(name, ""), "float", group_of[name])
         else:
             decisions.decide(name, op_of.get(name, ""), "float", f"rules: {why}")
 

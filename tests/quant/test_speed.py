@@ -112,3 +112,28 @@ def test_if_slower_refuses_or_keeps_the_float_model(tmp_path, monkeypatch):
     assert all(d.choice == "float" and "slower than FP32" in d.reason for d in result.decisions)
     warned = quantize(example_model(), DIGITS, target="x86-cpu", output=tmp_path / "w.onnx")  # default: warn
     assert "not faster" in warned.text() and "likely cause: too small" in warned.text()
+
+
+def test_regions_tried_in_float_as_a_whole_are_the_focus_input_and_silu():
+    #   images ─► Slice ×2 ─► Concat ─► Conv ─► y ─► Sigmoid ─► s ─► Mul(y, s) ─► out
+    from edgepack.quant.speed import op_groups
+    from tests.helpers import model_from_text
+
+    model = model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 3, 8, 8] images) => (float[1, 4, 4, 8] out) <float[4, 6, 1, 1] W = {%s},
+    int64[1] s0 = {0}, int64[1] s1 = {1}, int64[1] e = {8}, int64[1] ax = {2}, int64[1] st = {2}> {
+  a = Slice (images, s0, e, ax, st)
+  b = Slice (images, s1, e, ax, st)
+  cat = Concat <axis = 1> (a, b)
+  y = Conv (cat, W)
+  s = Sigmoid (y)
+  out = Mul (y, s)
+}
+""" % ", ".join(["0.1"] * 24))
+    groups = op_groups(model)
+    from edgepack.graph import node_label
+
+    by_op = {node_label(n): n.op_type for n in model.graph}
+    assert sorted(by_op[n] for n in groups["input region"]) == ["Concat", "Slice", "Slice"]  # not the Conv
+    assert sorted(by_op[n] for n in groups["SiLU (Sigmoid·Mul)"]) == ["Mul", "Sigmoid"]
