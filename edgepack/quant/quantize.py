@@ -40,6 +40,7 @@ class QuantizeResult:
     runtime_check: Any = None                      # faithfulness.RuntimeCheck for ONNX Runtime targets
     accuracy_proxy: str | None = None              # how accuracy is measured where the runtime is absent
     output: str | None = None
+    rounding: Any = None                           # rounding.RoundingReport: weights fitted to data
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "target": self.target, "method": self.method, "output": self.output,
@@ -48,7 +49,8 @@ class QuantizeResult:
                 "output_sqnr_db": self.output_sqnr_db,
                 "check_qdq": {"ok": not self.problems, "problems": self.problems},
                 "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
-                "accuracy_proxy": self.accuracy_proxy}
+                "accuracy_proxy": self.accuracy_proxy,
+                "rounding": self.rounding.to_json() if self.rounding is not None else None}
 
     def text(self) -> str:
         return format_result(self.to_json())
@@ -59,7 +61,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
-             smoothquant: float | None = None, float_defaults: bool = True,
+             smoothquant: float | None = None, float_defaults: bool = True, rounding: str = "auto",
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -74,7 +76,9 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     recorded, with the target, in the model's metadata (quant/origin.py). `smoothquant`: migrate
     activation outliers into the weights with this alpha (0..1) before calibrating
     (quant/smoothquant.py); `float_defaults`: keep norms, masks, attention scores and detection-head
-    outputs float (quant/float_rules.py). Models below opset 13 are upgraded (or get per-tensor
+    outputs float (quant/float_rules.py). `rounding` (with `data`): fit the integer weights to the
+    float model's layer outputs after insertion (quant/rounding.py): "nearest", "clip", "adaround",
+    "bias", a '+' list of those, "all", or "auto" (the measured default). Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     """
     from edgepack.quant.smoothquant import smooth
@@ -118,6 +122,10 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         equalize_depthwise_inputs(model, data)
         balance_depthwise_outputs(model, data)
     reference = copy_model(model) if (mixed or (runtime_check and not target.is_tensorrt)) else None
+    from edgepack.quant.rounding import techniques_for
+
+    rounding_on = bool(techniques_for(rounding)) and (data is not None or rounding != "auto")
+    teacher = (reference or copy_model(model)) if rounding_on else None
     if ranges is None:
         ranges = calibrate(copy_model(model), data, method=method, percentile=percentile, limit=limit,
                            symmetric=policy.symmetric_activations, progress=progress,
@@ -133,6 +141,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         model = inserted.model
     else:
         inserted = insert_qdq(model, ranges, policy, exclude=set(exclude), float_defaults=float_defaults)
+    rounded = None
+    if rounding_on:  # ---- rounding stage (quant/rounding.py): weights fitted to the float model on data
+        from edgepack.quant.rounding import DEFAULT_SAMPLES, round_weights
+
+        rounded = round_weights(model, teacher, data, policy, method=rounding, progress=progress,
+                                limit=min(limit or DEFAULT_SAMPLES, DEFAULT_SAMPLES))
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
@@ -143,6 +157,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     stamp_quantized(model, target, preprocess)
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
                             scores, sqnr, problems)
+    result.rounding = rounded
     if target.is_tensorrt:
         result.accuracy_proxy = EMULATED
     elif runtime_check:
@@ -166,6 +181,10 @@ def format_result(report: dict) -> str:
     if report["sensitivity"]:
         lines += ["", f"{'most sensitive layers':<40} {'op':<10} {'SQNR dB':>9}"]
         lines += [f"{r['node'][:40]:<40} {r['op_type']:<10} {r['sqnr_db']:>9.2f}" for r in report["sensitivity"][:10]]
+    if report.get("rounding") and report["rounding"]["layers"]:
+        r = report["rounding"]
+        lines.append(f"rounding {'+'.join(r['techniques'])}: {len(r['layers'])} layers fitted on {r['samples']} "
+                     f"samples in {r['seconds']:.1f} s")
     if report["output_sqnr_db"] is not None:
         lines.append(f"output SQNR {report['output_sqnr_db']:.2f} dB")
     check = report["runtime_check"]
