@@ -32,7 +32,7 @@ from edgepack.quant.layer_math import LayerShape, LayerStats, layer_shape
 logger = logging.getLogger(__name__)
 DEFAULT_SAMPLES = 512
 RIDGE = 1e-3
-ROWS_PER_SAMPLE = 256
+ROWS_PER_SAMPLE = 64
 
 
 @dataclasses.dataclass

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 TECHNIQUES = ("clip", "adaround", "bias")
 METHODS = ("nearest", "clip", "adaround", "bias", "all", "auto")
 DEFAULT_SAMPLES = 256
-ROWS_PER_SAMPLE = 256               # output positions of each sample that enter the moments
+ROWS_PER_SAMPLE = 64                # output positions of each sample that enter the moments
 FEED_BUDGET_BYTES = 64 * 2**20     # one batch of model inputs
 
 
