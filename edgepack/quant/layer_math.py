@@ -36,6 +36,20 @@ class LayerShape:
     pads: tuple[int, ...] = ()        # begin..., end...
     dilations: tuple[int, ...] = ()
     trans_b: bool = False
+    auto_pad: str = "NOTSET"
+
+    def pads_for(self, size: list[int]) -> tuple[int, ...]:
+        """Explicit pads (begin..., end...) for input spatial `size` (SAME_UPPER/LOWER resolved)."""
+        if self.auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+            return self.pads
+        begin, end = [], []
+        for i, n in enumerate(size):
+            span = (self.kernel[i] - 1) * self.dilations[i] + 1
+            total = max((-(-n // self.strides[i]) - 1) * self.strides[i] + span - n, 0)
+            first = total // 2 if self.auto_pad == "SAME_UPPER" else total - total // 2
+            begin.append(first)
+            end.append(total - first)
+        return tuple(begin + end)
 
     @property
     def out_channels(self) -> int:
@@ -62,10 +76,11 @@ class LayerShape:
         if self.op != "Conv":
             return 1
         size = list(x_shape[2:]) if len(x_shape) == 4 else [1, x_shape[2]]
+        pads = self.pads_for(size)
         count = 1
         for i, n in enumerate(size):
             span = (self.kernel[i] - 1) * self.dilations[i] + 1
-            count *= (n + self.pads[i] + self.pads[i + 2] - span) // self.strides[i] + 1
+            count *= (n + pads[i] + pads[i + 2] - span) // self.strides[i] + 1
         return count
 
     def patches(self, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -77,8 +92,9 @@ class LayerShape:
         if x.ndim == 3:
             x = x[:, :, None, :]
         n, c = x.shape[:2]
-        pad = [(0, 0), (0, 0)] + [(self.pads[i], self.pads[i + len(self.kernel)]) for i in range(len(self.kernel))]
-        x = np.pad(x, pad) if any(self.pads) else x
+        pads = self.pads_for(list(x.shape[2:]))
+        pad = [(0, 0), (0, 0)] + [(pads[i], pads[i + len(self.kernel)]) for i in range(len(self.kernel))]
+        x = np.pad(x, pad) if any(pads) else x
         kh, kw = self.kernel
         dh, dw = self.dilations
         window = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
@@ -105,7 +121,8 @@ def layer_shape(node: ir.Node, weight: np.ndarray) -> LayerShape | None:
     """The node as a matrix problem, or None where it is not one this module handles."""
     op = node.op_type
     if op == "Conv":
-        if weight.ndim not in (3, 4) or attr_str(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        auto_pad = attr_str(node, "auto_pad", "NOTSET")
+        if weight.ndim not in (3, 4) or auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return None
         spatial = weight.ndim - 2
         kernel = tuple(weight.shape[2:])
@@ -118,7 +135,7 @@ def layer_shape(node: ir.Node, weight: np.ndarray) -> LayerShape | None:
         groups = attr_int(node, "group", 1)
         if weight.shape[0] % groups:
             return None
-        return LayerShape(op, tuple(weight.shape), groups, kernel, strides, pads, dilations)
+        return LayerShape(op, tuple(weight.shape), groups, kernel, strides, pads, dilations, auto_pad=auto_pad)
     if op == "Gemm":
         if weight.ndim != 2 or attr_int(node, "transA", 0) or attr_float(node, "alpha", 1.0) != 1.0 \
                 or attr_float(node, "beta", 1.0) != 1.0:

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 TECHNIQUES = ("clip", "adaround", "bias")
 METHODS = ("nearest", "clip", "adaround", "bias", "all", "auto")
 DEFAULT_SAMPLES = 256
+MIN_ROWS_PER_WEIGHT = 4            # learned rounding needs this many input rows per weight of a row
 ROWS_PER_SAMPLE = 64                # output positions of each sample that enter the moments
 FEED_BUDGET_BYTES = 64 * 2**20     # one batch of model inputs
 
@@ -320,6 +321,17 @@ def _fit(layer: _Layer, stats: LayerStats, policy, techniques, iterations: int, 
                 and not _feeds_clipping_activation(layer.node))
     quad = stats.problem(layer.w_float, centered=centered)
     plain = stats.problem(layer.w_float, centered=False)
+    k = quad.h.shape[-1]
+    if stats.n < MIN_ROWS_PER_WEIGHT * k:
+        # too few input rows to pin K weights per row (a classifier fed one row per sample): no
+        # learned rounding, and the clip search fits the float weights (not the float output,
+        # which would fit noise) under H shrunk towards its diagonal
+        techniques = tuple(t for t in techniques if t != "adaround")
+        shrink = k / max(stats.n, 1)
+        quad.h = quad.h + shrink * np.einsum("gkk->gk", quad.h)[:, :, None] * np.eye(k)
+        wf = shape.to_groups(layer.w_float).astype(np.float64)
+        quad.g = np.matmul(wf, quad.h)
+        quad.yy = np.einsum("gmk,gmk->gm", quad.g, wf)
     wg = shape.to_groups(layer.w_float).astype(np.float64)
     grid = Grid(int(policy.weight_qmax), layer.axis is not None)
     before_w, before_b = _current(layer)
