@@ -124,7 +124,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     reference = copy_model(model) if (mixed or (runtime_check and not target.is_tensorrt)) else None
     from edgepack.quant.rounding import techniques_for
 
-    rounding_on = bool(techniques_for(rounding)) and (data is not None or rounding != "auto")
+    rounding_on = bool(techniques_for(rounding, policy)) and (data is not None or rounding != "auto")
     teacher = (reference or copy_model(model)) if rounding_on else None
     if ranges is None:
         ranges = calibrate(copy_model(model), data, method=method, percentile=percentile, limit=limit,

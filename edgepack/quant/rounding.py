@@ -44,13 +44,23 @@ ROWS_PER_SAMPLE = 64                # output positions of each sample that enter
 FEED_BUDGET_BYTES = 64 * 2**20     # one batch of model inputs
 
 
+# "auto": what measured better within the time budget (docs/quantization.md, bench_rounding.py).
+# TensorRT targets (symmetric activations, where INT8 loses accuracy): clip search + bias
+# correction, one pass over the data per layer group and no iterations. AdaRound measured within
+# noise of them at ~10x the time on 2 cores, so it is opt-in. ONNX Runtime CPU targets (uint8
+# activations) lose ~0 to nearest rounding already: nearest.
+AUTO = {True: ("clip", "bias"), False: ()}
+
+
 def techniques_for(method: str, policy=None) -> tuple[str, ...]:
     """`method` -> the techniques it runs. "clip+bias" combines; "all" = every one; "auto" is the
-    measured default (docs/quantization.md): every technique, for every target."""
+    measured default for the policy's target style (AUTO)."""
     method = (method or "nearest").lower()
     if method == "nearest":
         return ()
-    if method in ("all", "auto"):
+    if method == "auto":
+        return AUTO[bool(policy is not None and policy.tensorrt)]
+    if method == "all":
         return TECHNIQUES
     parts = tuple(p.strip() for p in method.split("+"))
     unknown = [p for p in parts if p not in TECHNIQUES]

@@ -12,7 +12,9 @@ held-out COCO images (no ImageNet labels here).
 Pruning: ResNet-20 with 30/50/70 % of channels removed (prune --granularity channel), top-1 before
 and after `--refit` (least squares against the float model on 1024 images, evaluated on others).
 
-    python3 scripts/bench/bench_rounding.py [--only resnet20,mnist,shufflenet,prune] [--calib N]
+Memory: peak RSS of `quantize` (calibration + rounding) on ShuffleNetV2 with 50 and 400 samples.
+
+    python3 scripts/bench/bench_rounding.py [--only resnet20,mnist,shufflenet,prune,memory] [--calib N]
 """
 from __future__ import annotations
 
@@ -155,6 +157,38 @@ def _onnxsim(base, batches):
         return io.load(dst, check=False)
 
 
+def memory(samples: int, target: str, rounding: str) -> dict:
+    """Peak RSS of `quantize` on ShuffleNetV2 (224x224) with `samples` calibration images (the 100
+    COCO images, mirrored and shifted to make more), in this fresh process."""
+    from edgepack.quant import quantize
+
+    path, name, x, _, _ = load("shufflenet", 50)
+    _, _, rest, _, _ = load("shufflenet", 0)
+    pool = np.concatenate([x, rest] if len(rest) else [x])
+    pool = np.concatenate([pool, pool[..., ::-1]])
+
+    def batches():
+        for i in range(0, samples, 16):
+            idx = np.arange(i, min(i + 16, samples))
+            yield {name: np.roll(pool[idx % len(pool)], (idx // len(pool))[0], axis=-1).copy()}
+
+    start = time.perf_counter()
+    quantize(str(path), list(batches()) if samples <= 64 else _Replay(batches), target=target,
+             rounding=rounding, runtime_check=False)
+    return {"samples": samples, "target": target, "rounding": rounding, "seconds": time.perf_counter() - start,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class _Replay:
+    """A re-iterable source that makes its batches on the fly (nothing held in memory)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
+
+
 def prune_rows(calib: int) -> list[dict]:
     from edgepack import io
     from edgepack.passes.prune import prune
@@ -184,7 +218,11 @@ def main() -> None:
     parser.add_argument("--only", default="resnet20,mnist,shufflenet,prune")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "TARGET", "VARIANT"))
+    parser.add_argument("--memory-one", nargs=3, metavar=("SAMPLES", "TARGET", "ROUNDING"))
     args = parser.parse_args()
+    if args.memory_one:
+        print(json.dumps(memory(int(args.memory_one[0]), *args.memory_one[1:])))
+        return
     if args.one:
         print(json.dumps(one(*args.one, args.calib)))
         return
@@ -207,6 +245,18 @@ def main() -> None:
                 print(f"{target:<18} {variant:<22} {100 * r['fp32']:>7.2f} {100 * r['int8']:>7.2f} "
                       f"{100 * (r['int8'] - r['fp32']):>+7.2f} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
         print(f"({r['metric']}, %)" if proc.returncode == 0 else "")
+    if "memory" in only:
+        print("\n## peak RSS of quantize, ShuffleNetV2 224x224, fresh process each (ru_maxrss)")
+        print(f"{'samples':>8} {'target':<18} {'rounding':<10} {'time s':>7} {'peak MB':>8}")
+        for samples, target, rounding in ((50, "jetson-orin-nano", "nearest"), (50, "jetson-orin-nano", "auto"),
+                                          (400, "jetson-orin-nano", "auto"), (400, "x86-cpu", "auto")):
+            proc = subprocess.run([sys.executable, __file__, "--memory-one", str(samples), target, rounding],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                print(f"{samples:>8} {target:<18} {rounding:<10} failed: {proc.stderr.strip().splitlines()[-1][:80]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{samples:>8} {target:<18} {rounding:<10} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
     if "prune" in only:
         print(f"\n## ResNet-20, channels pruned, then --refit ({max(args.calib, 1024)} images; top-1 on 2000 others)")
         print(f"{'sparsity':>8} {'fp32':>7} {'pruned':>7} {'refit':>7} {'recovered':>10} {'refit s':>8}")
