@@ -162,9 +162,8 @@ def memory(samples: int, target: str, rounding: str) -> dict:
     COCO images, mirrored and shifted to make more), in this fresh process."""
     from edgepack.quant import quantize
 
-    path, name, x, _, _ = load("shufflenet", 50)
-    _, _, rest, _, _ = load("shufflenet", 0)
-    pool = np.concatenate([x, rest] if len(rest) else [x])
+    path, name, x, rest, _ = load("shufflenet", 50)
+    pool = np.concatenate([x, rest])
     pool = np.concatenate([pool, pool[..., ::-1]])
 
     def batches():
@@ -228,7 +227,7 @@ def main() -> None:
         return
     print(f"CPU flags: {cpu_flags()}; calibration/fitting samples: {args.calib} (ShuffleNetV2: 50)")
     only = args.only.split(",")
-    for model_name in [m for m in only if m != "prune"]:
+    for model_name in [m for m in only if m not in ("prune", "memory")]:
         print(f"\n## {model_name}\n{'target':<18} {'variant':<22} {'fp32':>7} {'int8':>7} {'delta':>7} "
               f"{'time s':>7} {'peak MB':>8}")
         for target in TARGETS:
