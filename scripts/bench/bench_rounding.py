@@ -102,7 +102,7 @@ def one(model_name: str, target: str, variant: str, calib: int) -> dict:
     batches = [{name: xc[i:i + 32]} for i in range(0, len(xc), 32)]
     tensorrt = load_target(target).is_tensorrt
     start = time.perf_counter()
-    if variant in VARIANTS:
+    if variant in VARIANTS or "+" in variant or variant == "auto":
         model = copy_model(base)
         quantize(model, batches, target=target, rounding=variant, runtime_check=False)
     elif variant == "ort-quantize_static":
