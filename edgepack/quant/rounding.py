@@ -180,6 +180,9 @@ def _find_layers(model: ir.Model, float_model: ir.Model) -> tuple[list[_Layer], 
         if dq is None or dq.op_type != "DequantizeLinear" or const_array(dq.inputs[0]) is None:
             continue
         label = node_label(node)
+        if len(dq.outputs[0].uses()) != 1:
+            skipped.append((label, "weight shared with another node"))
+            continue
         twin = float_by_output.get(node.outputs[0].name)
         w_float = const_array(twin.inputs[1]) if twin is not None and len(twin.inputs) > 1 else None
         if w_float is None or twin.op_type != node.op_type:
