@@ -330,8 +330,13 @@ def _collect(model: ir.Model, float_model: ir.Model, wave: list[_Layer], dataset
 
 def _fit(layer: _Layer, stats: LayerStats, policy, techniques, iterations: int, seed: int) -> LayerResult:
     shape = layer.shape
-    centered = ("bias" in techniques and (layer.node.op_type != "MatMul" or layer.bias_add is not None)
-                and not _feeds_clipping_activation(layer.node))
+    has_bias_slot = layer.node.op_type != "MatMul" or layer.bias_add is not None
+    # full: the bias removes the whole mean output error (weights and upstream); weight-only: it
+    # removes the weights' own shift (W~ - W) E[x], as insertion's correction does. Either way
+    # the weights are fitted to the error's covariance, the mean being the bias' job.
+    full = "bias" in techniques and has_bias_slot and not _feeds_clipping_activation(layer.node)
+    weight_only = not full and has_bias_slot and bool(getattr(policy, "bias_correction", True))
+    centered = full or weight_only
     quad = stats.problem(layer.w_float, centered=centered)
     plain = stats.problem(layer.w_float, centered=False)
     k = quad.h.shape[-1]
@@ -359,9 +364,11 @@ def _fit(layer: _Layer, stats: LayerStats, policy, techniques, iterations: int, 
         if quad.per_channel(fitted * scale).sum() < quad.per_channel(q * scale).sum():
             q = fitted
     bias = None
-    if centered:
+    if full:
         # b = E[y] - W~ E[x]; quad.mean_y is E[y - b_float], so the float bias is added back
         bias = (stats.bias + quad.mean_y - np.einsum("gmk,gk->gm", q * scale, quad.mean_x)).reshape(-1)
+    elif weight_only:
+        bias = (stats.bias - np.einsum("gmk,gk->gm", q * scale - wg, quad.mean_x)).reshape(-1)
     elif before_b is not None:
         bias = before_b
     error_fitted = _error(plain, stats, q * scale, bias) / energy

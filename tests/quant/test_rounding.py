@@ -85,3 +85,33 @@ def test_techniques_parse():
     assert techniques_for("all") == ("clip", "adaround", "bias")
     with pytest.raises(Exception, match="unknown technique"):
         techniques_for("stochastic")
+
+
+@pytest.mark.parametrize("weight_qmax", [127, 63])
+def test_cpu_grids_uint8_zero_point_128_and_7_bit(weight_qmax):
+    """x86-cpu's uint8 weights (zero point 128), with 8- or 7-bit range: fitted weights stay on it."""
+    import dataclasses
+
+    digits = _digits()
+    calib = [{"Input3": digits[:64]}]
+    target = load_target("x86-cpu")
+    model = io.load(SHARED_MODELS / "mnist_cntk_fp32.onnx")
+    prepare(model)
+    policy = prepare_opset(model, QuantPolicy.for_target(target))
+    policy = dataclasses.replace(policy, weight_qmax=weight_qmax, weight_dtype="uint8")
+    teacher = copy_model(model)
+    ranges = calibrate(copy_model(model), calib, method="minmax", progress=False,
+                       only=tensors_to_calibrate(model, policy))
+    insert_qdq(model, ranges, policy)
+    report = round_weights(model, teacher, calib, policy, method="clip+bias")
+    assert len(report.layers) == 3
+    for layer in report.layers:
+        assert layer.error_fitted <= layer.error_nearest * 1.001, layer
+    weights = [n for n in model.graph if n.op_type == "DequantizeLinear" and const_array(n.inputs[0]) is not None
+               and const_array(n.inputs[0]).dtype == np.uint8 and const_array(n.inputs[0]).size > 16]
+    assert len(weights) == 3
+    for dq in weights:
+        q = const_array(dq.inputs[0]).astype(np.int32)
+        assert np.all(const_array(dq.inputs[2]) == 128) and np.abs(q - 128).max() <= weight_qmax
+    assert check_qdq(model, target) == []
+    runtime.session(model).run(None, {"Input3": digits[-8:]})  # ORT loads and runs the fused artifact
