@@ -86,10 +86,19 @@ def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndar
     ref = np.concatenate([r[0].astype(np.float64).reshape(len(r[0]), -1) for r in reference])
     out = np.concatenate([c[0].astype(np.float64).reshape(len(c[0]), -1) for c in candidate])
     diff = out - ref
-    noise = float(np.sum(diff ** 2))
-    sqnr = math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref ** 2)), 1e-30) / noise)
+    non_finite = int(np.count_nonzero(~np.isfinite(out))) - int(np.count_nonzero(~np.isfinite(ref)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        noise, energy = float(np.sum(diff ** 2)), float(np.sum(ref ** 2))
+    if noise == 0:
+        sqnr = math.inf
+    elif math.isfinite(noise) and math.isfinite(energy):
+        sqnr = 10 * math.log10(max(energy, 1e-30) / noise)
+    else:  # an output overflowed (inf, nan): no ratio to give
+        sqnr = math.nan
     report = {"max_abs_error": float(np.abs(diff).max()), "mean_abs_error": float(np.abs(diff).mean()),
               "sqnr_db": sqnr if math.isfinite(sqnr) else None}
+    if non_finite > 0:  # the candidate computes inf/nan where the reference does not
+        report["non_finite_outputs"] = non_finite
     if ref.shape[1] > 1:
         report["top1_agreement"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
         if labels is not None:
@@ -139,9 +148,13 @@ def format_cost(report: dict) -> str:
 
     lines = [f"params {ratio('params')}, nonzeros {ratio('nonzeros')}, MACs {ratio('macs')}, "
              f"size {ratio('size_bytes')} bytes"]
-    sqnr = "inf" if e["sqnr_db"] is None else f"{e['sqnr_db']:.1f}"
+    sqnr = ("-" if e.get("non_finite_outputs") or not math.isfinite(e["max_abs_error"]) else "inf") \
+        if e["sqnr_db"] is None else f"{e['sqnr_db']:.1f}"
     text = (f"output error on {e['samples']} samples ({e['data']}): max |diff| {e['max_abs_error']:.4g}, "
             f"SQNR {sqnr} dB")
+    if e.get("non_finite_outputs"):
+        text += (f", {e['non_finite_outputs']:,} output values are inf/nan where the original's are finite "
+                 "(an overflow: float16 stops at 65504)")
     if "top1_agreement" in e:
         text += f", top-1 agreement {e['top1_agreement']:.1%}"
     if "accuracy" in e:

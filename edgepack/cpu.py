@@ -67,4 +67,4 @@ def host_target(flags: frozenset[str] | None = None) -> tuple[str, str]:
         found = "avx512_vnni" if "avx512_vnni" in flags else "avx_vnni"
         return "x86-cpu-vnni", f"/proc/cpuinfo lists {found}: int8 dot products sum in int32"
     return "x86-cpu", ("no avx512_vnni / avx_vnni in /proc/cpuinfo: u8 x s8 dot products saturate in "
-                       "int16, so x86-cpu uses the exact U8U8 kernels")
+                       "int16, so x86-cpu uses 7-bit weights (exact U8S8)")

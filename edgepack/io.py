@@ -197,10 +197,40 @@ def check_model(model: ir.Model, *, full_check: bool = False) -> None:
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
-    """ONNX shape inference in place: fills value shapes and dtypes where they can be inferred."""
+    """ONNX shape inference in place: fills value shapes and dtypes where they can be inferred.
+
+    onnx-ir merges an inferred sequence or optional type as a tensor type (a SequenceConstruct
+    output in an If branch became tensor(float), and ONNX Runtime then refuses the model): values
+    that held a sequence/optional type, or that sequence/optional ops produce, keep their type."""
+    before = {v: v.type for v in _all_values(model)}
     model = ShapeInferencePass()(model).model
+    for value in _all_values(model):
+        old = before.get(value)
+        if isinstance(value.type, ir.TensorType) and (
+                (old is not None and not isinstance(old, ir.TensorType))
+                or (value.producer() is not None and value.producer().op_type in _NON_TENSOR_OPS)):
+            value.type = old
+    for graph in (model.graph, *model.graph.subgraphs()):  # an If yields what its branches yield
+        for node in graph:
+            if node.op_type == "If" and "then_branch" in node.attributes:
+                branch = node.attributes["then_branch"].value
+                for out, inner in zip(node.outputs, branch.outputs):
+                    if inner.type is not None and not isinstance(inner.type, ir.TensorType):
+                        out.type = inner.type
     _forget_former_io(model)
     return model
+
+
+#: ops whose outputs are sequences or optionals, never tensors
+_NON_TENSOR_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
+                             "SplitToSequence", "SequenceMap", "Optional"})
+
+
+def _all_values(model: ir.Model):
+    for graph in (model.graph, *model.graph.subgraphs()):
+        yield from graph.inputs
+        for node in graph:
+            yield from node.outputs
 
 
 def _forget_former_io(model: ir.Model) -> None:

@@ -54,8 +54,12 @@ STEP_KEYS = {"id", "run", "input", "per_target"}
 ENGINE_OPTIONS = {"output", "json", "help", "debug", "verbose", "quiet", "command", "run"}
 # Step options naming files the step writes: resolved against the output folder, and kept in it.
 OUTPUT_OPTIONS = {"tensorrt_cache", "history_db", "timing_cache"}
+STEP_REF_OPTIONS = {"baseline", "vs"}  # may name an earlier step: its artifact (or JSON report) is passed
 STEP_SCHEMA = "edgepack.step/1"
 RUN_SCHEMA = "edgepack.run/1"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of TOML
+MAX_RECIPE_DEPTH = 16       # tables and arrays inside each other
+MAX_STEP_ID = 64            # an id names files: <id>.step.json must fit a file name (255 bytes)
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,14 @@ def _expand(text: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+#: options that take a file (or a folder): a step id there means that step's output
+FILE_OPTIONS = {"data", "ranges", "baseline", "labels_file", "labels", "vs"}
+
+
 def _is_path_option(action: argparse.Action) -> bool:
     if action.dest in OUTPUT_OPTIONS:
         return False
-    return action.dest in {"data", "ranges", "baseline", "labels_file"} or (
+    return action.dest in FILE_OPTIONS or (
         action.metavar in {"FILE", "D", "DIR", "PATH"} and action.dest != "json")
 
 
@@ -125,10 +133,17 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
     if not path.is_file():
         raise EdgepackError(f"recipe not found: {path}", hint="pass the path of a .toml recipe")
     raw_bytes = path.read_bytes()
+    if len(raw_bytes) > MAX_RECIPE_BYTES:
+        raise EdgepackError(f"recipe {path}: {len(raw_bytes)} bytes, more than a recipe holds "
+                            f"(at most {MAX_RECIPE_BYTES})", hint="pass the recipe, not a data file")
     try:
         raw = tomllib.loads(raw_bytes.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EdgepackError(f"recipe {path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise EdgepackError(f"recipe {path}: nested too deeply to read",
+                            hint=f"a recipe nests a few levels; at most {MAX_RECIPE_DEPTH}") from None
+    _check_depth(raw, path)
     base = path.parent
     unknown = sorted(set(raw) - RECIPE_KEYS)
     if unknown:
@@ -183,6 +198,9 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
         if command not in STEPS:
             raise EdgepackError(f"{where}: unknown step '{command}'", hint=f"steps are: {', '.join(STEPS)}")
         step_id = str(table.get("id", command))
+        if len(step_id) > MAX_STEP_ID:
+            raise EdgepackError(f"{where}: id '{step_id[:40]}...' is {len(step_id)} characters long",
+                                hint=f"use at most {MAX_STEP_ID} (it names the step's files)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", step_id):
             raise EdgepackError(f"{where}: id '{step_id}' is not a plain name",
                                 hint="use letters, digits, '.', '_' and '-' (it names the step's files)")
@@ -212,7 +230,7 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                     raise EdgepackError(f"{where} ('{step_id}'): `edgepack {command}` needs {choice.dest} = one of "
                                         f"{', '.join(choice.choices)}", hint=f'e.g. {choice.dest} = "{next(iter(choice.choices))}"')
                 parser = choice.choices[sub]
-            options = _check_options(step_id, command, options, parser, base, where)
+            options = _check_options(step_id, command, options, parser, base, where, seen - {step_id})
             if sub is not None:
                 options = {choice.dest: sub, **options}
         if isinstance(options.get("target"), str):
@@ -226,12 +244,25 @@ def load_recipe(path: str | Path, *, targets: list[str] | None = None, allow_out
                   hashlib.sha256(raw_bytes).hexdigest())
 
 
+def _check_depth(raw: dict, path: Path) -> None:
+    """Refuse values nested deeper than MAX_RECIPE_DEPTH (walked without recursion), so that no
+    later reader of the recipe can exhaust Python's stack."""
+    stack = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_RECIPE_DEPTH:
+            raise EdgepackError(f"recipe {path}: values nested {depth} levels deep",
+                                hint=f"a recipe nests a few levels; at most {MAX_RECIPE_DEPTH}")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
 def _recipe_target(text: str, base: Path, recipe: Path, allow_outside: bool) -> str:
     """A target as a recipe names it: a plain name, or a .toml file under the recipe's folder
     (resolved against it), never a path that reaches elsewhere."""
     from edgepack.targets import is_target_name
 
-    if is_target_name(text):
+    if is_target_name(text) and not (text.endswith(".toml") and (base / text).is_file()):
         return text
     if not text.endswith(".toml"):
         raise EdgepackError(f"recipe {recipe}: target '{text}' is neither a target name nor a .toml file",
@@ -279,8 +310,10 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction 
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
-def _check_options(step_id, command, options, parser, base, where) -> dict[str, Any]:
-    """Options keyed by argparse dest, values checked against the action's kind."""
+def _check_options(step_id, command, options, parser, base, where, step_ids=frozenset()) -> dict[str, Any]:
+    """Options keyed by argparse dest, values checked against the action's kind; a file option
+    naming an earlier step (`vs = "build-fp32"`) is kept as the id, paths become relative to the
+    recipe."""
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     for a in parser._actions:
         for s in a.option_strings:
@@ -312,7 +345,7 @@ def _check_options(step_id, command, options, parser, base, where) -> dict[str, 
                     raise EdgepackError(f"{where} ('{step_id}'): option '{key}' = {item!r} is not a valid "
                                         f"value for `edgepack {command} {action.option_strings[-1]}`",
                                         hint=f"see `edgepack {command} --help`") from None
-        if isinstance(value, str) and _is_path_option(action) and (
+        if isinstance(value, str) and _is_path_option(action) and value not in step_ids and (
                 _expand(value, base).exists() or "/" in value or Path(value).suffix):
             value = str(_expand(value, base))  # not a keyword such as `--baseline history`
         checked[action.dest] = value
@@ -337,8 +370,9 @@ def _argv_options(options: dict[str, Any], parser: argparse.ArgumentParser) -> l
 
 # ---------------------------------------------------------------- hashing and manifests
 
-def sha256_path(path: str | Path) -> str:
-    """sha256 of a file (an .onnx model with its external data files), or of a folder's files."""
+def sha256_path(path: str | Path, exclude: Path | None = None) -> str:
+    """sha256 of a file (an .onnx model with its external data files), or of a folder's files
+    (those under `exclude`, the run's own output folder, left out)."""
     from edgepack.backends.manifest import model_sha256, sha256_file
 
     path = Path(path)
@@ -350,7 +384,9 @@ def sha256_path(path: str | Path) -> str:
                 return sha256_file(path)
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    skip = exclude.resolve() if exclude is not None else None
+    for file in sorted(p for p in path.rglob("*") if p.is_file()
+                       and not (skip is not None and skip in p.resolve().parents)):
         digest.update(str(file.relative_to(path)).encode() + b"\0" + bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
 
@@ -560,6 +596,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         result.note = f"`edgepack {step.command}` is not in this installation"
         return result, None
     command_parser, prefix, options = parser, [], dict(step.options)
+    option_refs = []
+    for key in sorted(STEP_REF_OPTIONS & set(options)):  # baseline = "build-fp32": that step's output
+        ref = options[key]
+        if isinstance(ref, str) and any(k[0] == ref for k in outputs):
+            resolved = _resolve_inputs([ref], step, target, recipe, outputs, reports)
+            if isinstance(resolved, str):
+                result.note = resolved
+                return result, None
+            options[key] = str(resolved[0])
+            option_refs.append(ref)
     choice = _subcommands(parser)
     if choice is not None:  # compress METHOD: the options and inputs are the sub-command's
         prefix = [options.pop(choice.dest)]
@@ -577,6 +623,7 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         raise EdgepackError(f"recipe {recipe.path}: step '{step.id}' has {len(inputs)} input(s), "
                             f"`edgepack {step.command}` takes {len(positionals)}",
                             hint=f'set input = [...] with {len(positionals)} entries')
+    result.inputs = [*result.inputs, *option_refs]  # what the step reads (a fleet ships it, a change reruns it)
     argv = [step.command, *prefix, *map(str, inputs)]
     artifact = report = None
     if "output" in dests:
@@ -588,6 +635,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
         options["target"] = target or recipe.targets[0]
     if "data" in dests and "data" not in options and recipe.data:
         options["data"] = recipe.data
+    for key, value in options.items():  # `vs = "build-fp32"`: a step id where a file is accepted
+        action = next((a for a in parser._actions if a.dest == key), None)
+        if isinstance(value, str) and action is not None and _is_path_option(action):
+            ref = (value, target) if (value, target) in outputs else (value, None)
+            if ref in outputs and ref[0] != "model":
+                resolved = _resolve_inputs([value], step, target, recipe, outputs, reports)
+                if isinstance(resolved, str):
+                    result.note = resolved
+                    return result, None
+                options[key] = str(resolved[0])
     argv += _argv_options(options, parser)
     if "json" in dests:
         report = folder / f"{step.id}.json"
@@ -596,11 +653,16 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
     result.argv, result.artifact = argv, str(artifact) if artifact else None
     result.report = str(report) if report else None
 
-    hashed = {str(p): sha256_path(p) for p in inputs}
+    hashed = {str(p): sha256_path(p, exclude=out_dir) for p in inputs}
     from edgepack.calib.data import parse_data
 
-    hashed.update({str(v): sha256_path(parse_data(v).path) for k, v in options.items()
-                   if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and parse_data(v).path.exists()})
+    for k, v in options.items():
+        if isinstance(v, str) and k != "target" and k not in OUTPUT_OPTIONS and parse_data(v).path.exists():
+            path = parse_data(v).path
+            if path.is_dir() and out_dir.resolve().is_relative_to(path.resolve()):
+                _say_once(f"the output folder {out_dir} is inside the input folder {path}: its files are "
+                          "left out of that input's hash")
+            hashed[str(v)] = sha256_path(path, exclude=out_dir)
     if "target" in options:  # a changed target file changes the step
         from edgepack.targets import load_target
         target_file = load_target(options["target"]).path
@@ -609,6 +671,15 @@ def _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env,
                                     sort_keys=True).encode()).hexdigest()
     return result, StepPlan(argv, folder, artifact, report, options, hashed, key,
                             folder / f"{step.id}.step.json", command_parser)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning("%s", message)
 
 
 def _call(command: str, parser: argparse.ArgumentParser, argv: list[str]) -> tuple[int, str | None]:

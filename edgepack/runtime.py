@@ -24,7 +24,7 @@ def session(model: ir.Model | str | os.PathLike, *, threads: int = 0, optimize: 
 
     quiet_onnxruntime()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = ort_log_severity()
     options.intra_op_num_threads = bound_threads(threads)
     if lean:
         options.enable_cpu_mem_arena = False
@@ -111,18 +111,25 @@ def bound_threads(threads: int) -> int:
 _QUIET = False
 
 
+def ort_log_severity() -> int:
+    """ORT's C++ log level for edgepack's: nothing below FATAL (4) unless edgepack's own logging is
+    at INFO (-v: warnings, 2) or DEBUG (--debug: everything, 0). An ORT error is raised as a Python
+    exception too, which edgepack turns into its own message: the log line would only repeat it
+    on stderr, where a library must not write unasked."""
+    import logging
+
+    level = logging.getLogger("edgepack").getEffectiveLevel()
+    return 0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 4
+
+
 def quiet_onnxruntime() -> None:
-    """ORT's C++ logger writes warnings to stderr before any session exists: errors only, unless
-    edgepack's own logging is at DEBUG/INFO (--debug / -v)."""
+    """ORT's C++ logger writes warnings to stderr before any session exists: see ort_log_severity."""
     global _QUIET
     if _QUIET:
         return
-    import logging
-
     import onnxruntime as ort
 
-    level = logging.getLogger("edgepack").getEffectiveLevel()
-    ort.set_default_logger_severity(0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 3)
+    ort.set_default_logger_severity(ort_log_severity())
     _QUIET = True
 
 
@@ -218,9 +225,50 @@ def trim_memory() -> None:
 
 
 def max_abs_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0)
-               for x, y in zip(a, b))
+    """Largest |a - b| over all outputs, compared as ONNX's node tests compare (equal_nan): NaN
+    where `a` has NaN, and the same infinity, are equal; NaN or inf against anything else is an
+    error of inf."""
+    worst = 0.0
+    for x, y in zip(_flat(a), _flat(b)):
+        if x is None or not x.size:
+            continue
+        x64, y64 = np.atleast_1d(x).astype(np.float64), np.atleast_1d(y).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(x64 - y64)
+        same = (x64 == y64) | (np.isnan(x64) & np.isnan(y64))
+        diff[same] = 0.0
+        if np.isnan(diff).any():
+            return float("inf")
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def _flat(outputs) -> list:
+    """Outputs with sequence outputs (lists of arrays) spread out, None (an empty optional) kept."""
+    flat = []
+    for o in outputs:
+        if isinstance(o, (list, tuple)):
+            flat += _flat(o)
+        else:
+            flat.append(None if o is None else np.asarray(o))
+    return flat
+
+
+def same_structure(a: list, b: list) -> bool:
+    """The same number of outputs, sequences of the same lengths, arrays of the same shapes."""
+    fa, fb = _flat(a), _flat(b)
+    return len(a) == len(b) and len(fa) == len(fb) and all(
+        (x is None) == (y is None) and (x is None or x.shape == y.shape) for x, y in zip(fa, fb))
 
 
 def output_scale(outputs: list[np.ndarray]) -> float:
-    return max((float(np.max(np.abs(o))) if o.size else 0.0) for o in outputs) or 1.0
+    """The largest finite |output| (1 when there is none): the scale a relative error divides by
+    (an infinite output must not make every error relative zero)."""
+    scales = []
+    for o in _flat(outputs):
+        if o is None or o.dtype.kind not in "biuf":
+            continue
+        values = np.abs(o.astype(np.float64, copy=False)).reshape(-1) if o.size else np.zeros(0)
+        finite = values[np.isfinite(values)]
+        scales.append(float(finite.max()) if finite.size else 0.0)
+    return max(scales, default=0.0) or 1.0

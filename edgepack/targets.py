@@ -20,9 +20,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("int8", "fp16", "fp32")
+PRECISIONS = ("int8", "fp16", "fp32", "int4", "fp8")  # int4: weight-only; fp8: E4M3 Q/DQ
+INT4_ENCODINGS = ("dequantize", "matmulnbits")
+TENSORRT_INT4_BLOCKS = (64, 128)         # TensorRT's blocked INT4 weights
+ORT_INT4_BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACTIVATION_SCHEMES = ("int8-symmetric-per-tensor", "uint8-asymmetric-per-tensor",
-                      "int8-asymmetric-per-tensor")
+                      "int8-asymmetric-per-tensor", "uint7-asymmetric-per-tensor")
 DEVICE_MATCHES = ("exact", "minimum")
 MAX_THREADS = 1024  # more is a typo; ORT would try to start them all
 WEIGHT_SCHEMES = ("int8-symmetric-per-channel", "int8-symmetric-per-tensor",
@@ -39,7 +42,16 @@ class QDQPolicy:
 
     @property
     def activation_dtype(self) -> str:
-        return self.activations.split("-")[0]
+        """Storage type; "uint7" activations are stored as uint8."""
+        kind = self.activations.split("-")[0]
+        return "uint8" if kind == "uint7" else kind
+
+    @property
+    def activation_qmax(self) -> int:
+        """Largest code of an unsigned activation: 255, or 127 for "uint7" (7-bit activations: a pair
+        of u7 x s8 products, 2 * 127 * 127 = 32258, fits the int16 that AVX2 kernels add in, so
+        8-bit weights stay exact without VNNI)."""
+        return 127 if self.activations.startswith("uint7") else 255
 
     @property
     def activation_symmetric(self) -> bool:
@@ -89,10 +101,30 @@ class Target:
     # "exact": an engine is built on this compute capability only (a Jetson module);
     # "minimum": any GPU at or above it (a generic desktop/server target)
     device_match: str = "exact"
+    # INT4 weight-only: legal block sizes (along K), encoding (TensorRT: blocked DequantizeLinear;
+    # ONNX Runtime: com.microsoft.MatMulNBits) and, for ONNX Runtime, symmetric codes or not
+    int4_block_sizes: tuple[int, ...] = ORT_INT4_BLOCKS
+    int4_encoding: str = "matmulnbits"
+    int4_symmetric: bool = False
+    # the newest ONNX opset the target's runtime reads (TensorRT: its parser's, from the version)
+    onnx_opset_max: int | None = None
 
     @property
     def is_tensorrt(self) -> bool:
         return self.backend == "tensorrt"
+
+    @property
+    def fp8(self) -> bool:
+        return "fp8" in self.precisions
+
+    def int4_problem(self) -> str | None:
+        """Why this target cannot take INT4 weights, or None."""
+        if "int4" in self.precisions:
+            return None
+        if self.is_tensorrt and self.onnx_opset_max is not None and self.onnx_opset_max < 21:
+            return (f"INT4 DequantizeLinear(block_size) needs opset 21; the ONNX parser of TensorRT "
+                    f"{self.tensorrt_version} reads opsets up to {self.onnx_opset_max}")
+        return f"'int4' is not among the precisions of {self.name}"
 
     @property
     def tensorrt(self):
@@ -147,6 +179,10 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "int8_saturates": ((bool,), False),
     "calibration_method": ((str,), False),
     "device_match": ((str,), False),
+    "int4_block_sizes": ((list,), False),
+    "int4_encoding": ((str,), False),
+    "int4_symmetric": ((bool,), False),
+    "onnx_opset_max": ((int,), False),
     "qdq": ((dict,), True),
 }
 
@@ -164,11 +200,19 @@ def is_target_name(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) is not None and ".." not in text
 
 
+HOST = "host"  # the CPU target of this machine, chosen from /proc/cpuinfo
+
+
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A target by name (a file in targets/) or by the path of a TOML file."""
+    """A target by name (a file in targets/) or by the path of a TOML file. The name "host" is the
+    shipped CPU target that fits this machine (`edgepack targets --host`)."""
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
+    if text == HOST and not Path(text).is_file():
+        from edgepack.cpu import host_target
+
+        text = host_target()[0]
     path = Path(text)
     if not (text.endswith(".toml") or path.is_file()):
         if not is_target_name(text):  # "../x", "a/b": a name may not reach outside targets/
@@ -284,7 +328,8 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
 
     if raw.get("calibration_method", "entropy") not in METHODS:
         raise fail("calibration_method", f"must be one of {', '.join(METHODS)}")
-    if raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8":
+    if (raw.get("int8_saturates") and policy.weight_qmax > 63 and policy.weight_dtype == "int8"
+            and policy.activation_qmax > 127):
         raise fail("qdq.weights", "must be an int7 or uint8 scheme where int8_saturates = true: int8 "
                    "weights overflow the CPU's 16-bit pair sums",
                    hint=f"use {policy.weights.replace('int8', 'uint8')} or {policy.weights.replace('int8', 'int7')}")
@@ -296,8 +341,50 @@ def _validate(raw: dict[str, Any], path: Path) -> Target:
         raise fail("qdq.activations", "must be int8-symmetric-per-tensor: TensorRT takes zero point 0 only")
     fields = {k: v for k, v in raw.items() if k != "qdq"}
     fields["precisions"] = tuple(fields["precisions"])
+    _validate_low_precision(raw, fields, fail)
     if "execution_providers" in fields:
         fields["execution_providers"] = tuple(fields["execution_providers"])
     if "memory_gb" in fields:
         fields["memory_gb"] = float(fields["memory_gb"])
     return Target(**fields, qdq=policy, path=path)
+
+
+def _validate_low_precision(raw: dict[str, Any], fields: dict[str, Any], fail) -> None:
+    """INT4 / FP8 and the opset window: what the target's runtime can read, filled in from the
+    TensorRT version where the file does not say."""
+    trt = raw["backend"] == "tensorrt"
+    if trt:
+        from edgepack.backends import tensorrt_versions as tv
+
+        parser_max = tv.max_onnx_opset(raw["tensorrt_version"])
+        if raw.get("onnx_opset_max", parser_max) > parser_max:
+            raise fail("onnx_opset_max", f"is {raw['onnx_opset_max']}, but the ONNX parser of TensorRT "
+                       f"{raw['tensorrt_version']} reads opsets up to {parser_max}")
+        fields["onnx_opset_max"] = raw.get("onnx_opset_max", parser_max)
+    blocks = raw.get("int4_block_sizes", list(TENSORRT_INT4_BLOCKS if trt else ORT_INT4_BLOCKS))
+    legal = TENSORRT_INT4_BLOCKS if trt else ORT_INT4_BLOCKS
+    if not blocks or any(not isinstance(b, int) or b not in legal for b in blocks):
+        raise fail("int4_block_sizes", f"must be a non-empty list of {', '.join(map(str, legal))} for a "
+                   f"{raw['backend']} target, got {blocks!r}")
+    fields["int4_block_sizes"] = tuple(sorted(blocks))
+    encoding = raw.get("int4_encoding", "dequantize" if trt else "matmulnbits")
+    if encoding not in INT4_ENCODINGS or (trt and encoding != "dequantize"):
+        raise fail("int4_encoding", f"must be {'dequantize' if trt else ' or '.join(INT4_ENCODINGS)} "
+                   f"for a {raw['backend']} target, got {encoding!r}")
+    fields["int4_encoding"] = encoding
+    if trt and raw.get("int4_symmetric") is False:
+        raise fail("int4_symmetric", "must be true for a tensorrt target: TensorRT takes zero point 0 only")
+    opset_max = fields.get("onnx_opset_max")
+    if "int4" in raw["precisions"] and encoding == "dequantize" and opset_max is not None and opset_max < 21:
+        raise fail("precisions", f"has int4, but INT4 DequantizeLinear(block_size) needs opset 21 and "
+                   f"this runtime reads opsets up to {opset_max}", "remove int4 from precisions")
+    if "fp8" in raw["precisions"]:
+        if not trt:
+            raise fail("precisions", "has fp8, which only TensorRT targets run (FP8 tensor cores)")
+        cc = tuple(int(x) for x in raw["compute_capability"].split("."))
+        if cc < (8, 9):
+            raise fail("precisions", f"has fp8, but compute capability {raw['compute_capability']} has no FP8 "
+                       "(it needs 8.9 or later: Ada, Hopper, Blackwell, Thor)", "remove fp8 from precisions")
+        if opset_max is not None and opset_max < 19:
+            raise fail("precisions", f"has fp8, which needs opset 19; TensorRT {raw['tensorrt_version']} "
+                       f"reads up to {opset_max}")

@@ -188,6 +188,57 @@ def test_every_option_of_every_command_is_a_parameter_of_its_function():
     assert len({n for n, _ in checked}) >= 14 and len(checked) > 60
 
 
+def _keyword(option: str) -> str:
+    """`--no-layers` -> `no_layers`, `--global` -> `global_` (a Python keyword)."""
+    import keyword
+
+    name = option.lstrip("-").replace("-", "_")
+    return name + "_" if keyword.iskeyword(name) else name
+
+
+def test_every_long_option_is_a_keyword_of_the_same_name():
+    """The names users type are the names the API takes: every `--long-option` of every command
+    (and of each `compress` method) is a parameter of its function under the same name,
+    `--no-X` as `no_X` (and `X`), the preprocessing flags included."""
+    checked = []
+    for name, parser in _subparsers(build_parser()).items():
+        module = importlib.import_module(f"edgepack.cli.{name.replace('-', '_')}")
+        params = set(__import__("inspect").signature(api_function(module.API)).parameters)
+        parsers = [parser]
+        if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+            parsers = list(_subparsers(parser).values())
+        for p in parsers:
+            for action in p._actions:
+                if action.dest in GENERAL or action.dest in getattr(module, "DISPLAY", ()) or \
+                        action.dest == "help" or isinstance(action, argparse._SubParsersAction):
+                    continue
+                for option in (o for o in action.option_strings if o.startswith("--")):
+                    assert _keyword(option) in params, \
+                        f"edgepack {name} {option}: {module.API} takes no keyword '{_keyword(option)}'"
+                    checked.append((name, option))
+    assert {"quantize", "compare", "build", "profile", "calibrate", "prune"} <= {n for n, _ in checked}
+    assert ("compare", "--no-layers") in checked and ("quantize", "--scale") in checked
+
+
+def test_cli_names_as_keywords_do_what_the_flags_do(tmp_path):
+    """`scale=`, `mean=`, `layout=` are one Preprocess; `no_layers=True` is `layers=False`;
+    `runtime=` is `runtime_name=`; a contradiction is refused."""
+    from edgepack.calib.preprocess import Preprocess
+    from edgepack.errors import UsageError
+
+    data = str(data_dir("calibration") / "digits")
+    by_names = edgepack.compare(MODEL, MODEL, data, no_layers=True, runtime="qdq-math", limit=8, scale=1)
+    by_object = edgepack.compare(MODEL, MODEL, data, layers=False, runtime_name="qdq-math", limit=8,
+                                 preprocess=Preprocess(scale=1))
+    assert by_names.layers == [] and _strip(by_names.to_json()) == _strip(by_object.to_json())
+    assert by_names.runtime["b"].startswith("ONNX Runtime, graph optimizations off")
+    with pytest.raises(UsageError, match="contradicts"):
+        edgepack.compare(MODEL, MODEL, data, no_layers=True, layers=True)
+    ranges = edgepack.calibrate(MODEL, data, tmp_path / "r.json", limit=8, scale="1/255", mean=0.5,
+                                progress=False).ranges
+    assert ranges.preprocess == {"scale": 1 / 255, "mean": [0.5]}
+
+
 def test_a_recipe_step_calls_the_same_function(tmp_path, monkeypatch):
     """`edgepack run` calls the command's function: a step's JSON and artifact are the API's."""
     from edgepack.recipe import load_recipe, run_recipe
@@ -210,16 +261,19 @@ def test_a_failed_check_in_a_recipe_names_the_slowdown(tmp_path):
 
     current = edgepack.profile_artifact(MODEL, "x86-cpu", runs=40, warmup=2, layer_runs=0, history=False,
                                         progress=False).to_json()
-    baseline = {**current, "samples_ms": [t / 2 for t in current["samples_ms"]]}  # twice as fast
+    # twice as fast, and of another model whose file is not here (the same artifact is never slower)
+    baseline = {**current, "samples_ms": [t / 2 for t in current["samples_ms"]],
+                "model": {**current["model"], "sha256": "b" * 64, "path": str(tmp_path / "gone.onnx")}}
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     (tmp_path / "current.json").write_text(json.dumps(current))
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'model = "{MODEL}"\ntargets = ["x86-cpu"]\n\n[[step]]\nrun = "check"\n'
                       f'input = "{tmp_path / "current.json"}"\nbaseline = "{tmp_path / "baseline.json"}"\n'
-                      'metric = "p50"\n')
+                      'metric = "p50"\nforce = true\n')
     with pytest.raises(EdgepackError) as failure:
         run_recipe(load_recipe(recipe), tmp_path / "out")
-    assert "latency regression: 2.00x slower at p50 (threshold 1.05x)" in str(failure.value)
+    assert "latency slower: current/baseline 2.000x at p50" in str(failure.value)
+    assert "not confirmed: the baseline model file is not here" in str(failure.value)
 
 
 def test_a_compress_step_names_its_method(tmp_path):

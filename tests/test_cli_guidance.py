@@ -31,18 +31,26 @@ def _usage_error(capsys, *argv) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))
     assert exit_.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err  # one line, as every error
+    return err
 
 
 def test_mistyped_option_prints_the_subcommands_usage_and_the_nearest_option(capsys):
     err = _usage_error(capsys, "calibrate", "m.onnx", "-o", "r.json", "--metod", "entropy")
-    assert err.startswith("usage: edgepack calibrate")
-    assert "unrecognized arguments: --metod entropy; did you mean --method?" in err
+    assert err.startswith("error: edgepack calibrate: unrecognized arguments: --metod entropy")
+    assert "usage: edgepack calibrate MODEL -o OUT [options]" in err and "hint: did you mean --method?" in err
+
+
+def test_a_missing_option_names_it_with_the_short_usage(capsys):
+    err = _usage_error(capsys, "quantize", "m.onnx", "--data", "d")
+    assert "required: -t/--target, -o/--output" in err and "usage: edgepack quantize MODEL -t T -o OUT" in err
+    assert "hint: see `edgepack quantize --help`" in err
 
 
 def test_mistyped_option_that_leaves_a_required_one_missing_is_suggested_too(capsys):
     err = _usage_error(capsys, "compress", "lowrank", "m.onnx", "-o", "x.onnx", "--rnk", "3")
-    assert err.startswith("usage: edgepack compress lowrank") and "did you mean --rank?" in err
+    assert "usage: edgepack compress lowrank MODEL" in err and "did you mean --rank?" in err
 
 
 def test_mistyped_command_suggests_the_nearest(capsys):
@@ -105,7 +113,7 @@ def test_a_failed_check_inside_run_names_the_regression_not_an_exit_code(tmp_pat
     with pytest.raises(EdgepackError) as failed:
         run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "out")
     assert str(failed.value).startswith(
-        "step 'check' for target x86-cpu failed: latency regression: 1.41x slower at p50 (threshold 1.05x)")
+        "step 'check' for target x86-cpu failed: latency slower: current/baseline 1.410x at p50, 99% interval")
 
 
 def test_step_logs_hold_no_progress_bar_control_characters(tmp_path):
@@ -142,3 +150,26 @@ def test_the_build_manifest_says_how_to_feed_the_artifact(tmp_path):
     manifest = build(tmp_path / "q.onnx", "x86-cpu", output=tmp_path / "out" / "q.opt.onnx").manifest
     assert manifest["quantized_for"] == "x86-cpu"
     assert manifest["preprocess"] == {"scale": pytest.approx(1 / 255), "mean": [0.5]}
+
+
+def test_every_help_lists_the_short_flag_first():
+    """`-t T, --target T` (never `--target T, -t T`) in every command's --help."""
+    import argparse
+
+    from edgepack.cli import build_parser
+
+    def parsers(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield sub
+                    yield from parsers(sub)
+
+    checked = 0
+    for parser in parsers(build_parser()):
+        for action in parser._actions:
+            shorts = [o for o in action.option_strings if not o.startswith("--")]
+            if shorts and len(action.option_strings) > 1:
+                assert action.option_strings[0] in shorts, (parser.prog, action.option_strings)
+                checked += 1
+    assert checked > 20

@@ -1,9 +1,12 @@
 """Fuzzing with hostile and careless inputs: seeded mutations of real files, run through the CLI.
 
 Seeds: a small CNN (weights embedded), the same CNN with its weights in external data, its .epk
-package, a recipe, a target file and a calibration .npz. Mutations: byte flips, truncation, inserted
+package, a recipe, a target file, a calibration .npz, a recipe with a profile step and a run
+folder (run.json + a profile report) for `report`. Mutations: byte flips, truncation, inserted
 bytes, protobuf field edits (dims, types, op types, names, external-data locations pointing at a
-canary file outside the input's folder), TOML values of the wrong type or size.
+canary file outside the input's folder), TOML values of the wrong type or size, profile counts
+and durations of 10^9-10^26 and recipes nested 17-3000 deep, run.json values of other types,
+baselines and reports named outside the run folder (the canary), cycles and 5000-deep nesting.
 
 Each case runs in-process (`edgepack.cli.main`, stderr captured), a few in a fresh interpreter, and
 must end in one of two ways:
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io as stdio
+import json
 import random
 import shutil
 import sys
@@ -68,6 +72,18 @@ def corpus(tmp_path_factory):
     (seeds / "t.toml").write_text((io_targets() / "x86-cpu.toml").read_text())
     (seeds / "r.toml").write_text('model = "m.onnx"\ntargets = ["x86-cpu"]\n\n[[step]]\nrun = "optimize"\n\n'
                                   '[[step]]\nrun = "prune"\nsparsity = 0.5\n')
+    (seeds / "p.toml").write_text('model = "m.onnx"\ntargets = ["x86-cpu"]\n\n[[step]]\nrun = "profile"\n'
+                                  'runs = 5\nwarmup = 1\nlayer-runs = 0\nno-history = true\n')
+    run = seeds / "run"  # a run folder for `report`: run.json and one profile report
+    (run / "x86-cpu").mkdir(parents=True)
+    code, err = _run(["profile", str(seeds / "m.onnx"), "-t", "x86-cpu", "--runs", "5", "--warmup", "1",
+                      "--layer-runs", "2", "--no-history", "--json", str(run / "x86-cpu" / "profile.json")])
+    assert code == 0, err
+    (run / "run.json").write_text(json.dumps({
+        "schema": "edgepack.run/1", "recipe": "p.toml", "model": "m.onnx", "model_size_bytes": 1000,
+        "targets": ["x86-cpu"], "baseline": None,
+        "steps": [{"id": "profile", "command": "profile", "target": "x86-cpu", "status": "done", "seconds": 1.0,
+                   "note": "", "inputs": ["model"], "artifact": None, "report": "x86-cpu/profile.json"}]}))
     return root
 
 
@@ -183,6 +199,57 @@ def edit_npz(data: bytes, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
+HUGE_VALUES = ['10000000000000', '"99999999s"', '1e300', '-5', '"x"', '[1]', '1000000000', '"1000000000000ms"',
+               '100000000000000000000000000', '"1e9s"', '{a = 1}']
+
+
+def edit_profile_toml(data: bytes, rng: random.Random) -> bytes:
+    """A profile step's count or duration made huge, negative or of another type (or nested deep)."""
+    text = data.decode()
+    if rng.random() < 0.15:
+        return (text + "deep = " + "[" * rng.choice([17, 300, 3000]) + "]" * 3000 + "\n").encode()
+    key = rng.choice(["runs", "warmup", "duration", "layer-runs", "batch"])
+    lines = [line for line in text.splitlines() if not line.startswith(f"{key} =")]
+    if key == "duration":
+        lines = [line for line in lines if not line.startswith("runs =")]
+    lines.append(f"{key} = {rng.choice(HUGE_VALUES)}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+JSON_VALUES = [None, 5, -1, 1e308, "x", [], {}, True, "CANARY_ABS", "../secret/canary.bin",
+               "../../secret/canary.bin", [[[[[]]]]], {"id": "x"}, ["profile", "profile"]]
+
+
+def edit_run_json(data: bytes, rng: random.Random) -> bytes:
+    """run.json with a value replaced somewhere (types, paths out of the folder, cycles, depth)."""
+    run = json.loads(data)
+    choice = rng.randrange(6)
+    if choice == 0:
+        run["baseline"] = rng.choice(["CANARY_ABS", "../secret/canary.bin", "/etc/hostname"])
+    elif choice == 1:
+        run["steps"][0]["report"] = rng.choice(["CANARY_ABS", "../../secret/canary.bin", "../secret/canary.bin"])
+    elif choice == 2:  # a cycle or a self-reference in the inputs
+        run["steps"].append(dict(run["steps"][0], id="b", inputs=["profile"]))
+        run["steps"][0]["inputs"] = ["b"]
+    elif choice == 3:
+        nested: list = []
+        for _ in range(rng.choice([70, 5000])):
+            nested = [nested]
+        run[rng.choice(["steps", "targets", "extra"])] = nested
+    else:
+        holder = run if choice == 4 else run["steps"][0]
+        holder[rng.choice(list(holder))] = rng.choice(JSON_VALUES)
+    return json.dumps(run).encode() if choice != 3 else _deep_dumps(run)
+
+
+def _deep_dumps(value) -> bytes:
+    """json.dumps without recursion limits (for the deep case): lists of lists written by hand."""
+    try:
+        return json.dumps(value).encode()
+    except RecursionError:
+        return b'{"steps": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
 # ---------------------------------------------------------------- cases
 
 KINDS = {  # kind: (seed file, structured mutator, commands: argv templates; {i} input, {o} output folder)
@@ -194,8 +261,11 @@ KINDS = {  # kind: (seed file, structured mutator, commands: argv templates; {i}
     "target": ("t.toml", edit_toml, [["build", "{s}/m.onnx", "-t", "{i}", "-o", "{o}/out.onnx"]]),
     "recipe": ("r.toml", edit_toml, [["run", "{i}", "-o", "{o}/run"]]),
     "data": ("d.npz", edit_npz, [["calibrate", "{s}/m.onnx", "--data", "{i}", "-o", "{o}/out.json"]]),
+    "profile": ("p.toml", edit_profile_toml, [["run", "{i}", "-o", "{o}/run"]]),
+    "runfolder": ("run/run.json", edit_run_json, [["report", "{s}/run", "-o", "{o}/report.html"]]),
 }
-CASES_PER_KIND = {"model": 70, "external": 40, "package": 45, "target": 30, "recipe": 15, "data": 35}
+CASES_PER_KIND = {"model": 70, "external": 40, "package": 45, "target": 30, "recipe": 15, "data": 35,
+                  "profile": 12, "runfolder": 30}
 
 
 def _cases():
@@ -272,3 +342,48 @@ def test_fuzz_in_a_fresh_interpreter(corpus, tmp_path, kind, seed):
     before = _hashes(work)
     result = edgepack_cli(*argv, cwd=tmp_path)
     _check_outcome(corpus, work, before, result.returncode, result.stderr, out, argv)
+
+
+def test_mutated_image_folders_end_cleanly(tmp_path, capsys):
+    """Seeded mutations of PNG/JPEG files in an image folder (header sizes up to 2^31, byte flips,
+    truncation): each `calibrate` exits 0 or 1 with one error line, and never decodes a bomb."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from tests.helpers import save_text_model
+
+    model = save_text_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N,3,4,4] x) => (float[N,3] y) {
+            p = GlobalAveragePool(x)
+            y = Flatten(p)
+        }""", tmp_path / "m.onnx")
+    rng = random.Random(SEED)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(good)
+    Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / "good.jpg")
+    seeds = [good.read_bytes(), (tmp_path / "good.jpg").read_bytes()]
+    for case in range(24):
+        data = bytearray(rng.choice(seeds))
+        kind = rng.choice(["size", "flip", "truncate"])
+        if kind == "size" and data[:4] == b"\x89PNG":  # IHDR width/height, CRC fixed so PIL reads it
+            width, height = rng.choice([1, 4, 70000, 2**31 - 1]), rng.choice([1, 4, 70000, 2**31 - 1])
+            data[16:24] = struct.pack(">II", width, height)
+            data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        elif kind == "flip" or kind == "size":
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        else:
+            data = data[:rng.randrange(8, len(data))]
+        folder = tmp_path / f"case{case}"
+        folder.mkdir()
+        (folder / ("x.png" if data[:4] == b"\x89PNG" else "x.jpg")).write_bytes(bytes(data))
+        code = main(["calibrate", str(model), "--data", str(folder), "-o", str(tmp_path / f"r{case}.json"),
+                     "--resize", "4", "--crop", "4"])
+        err = capsys.readouterr().err
+        assert code in (0, 1), (case, kind, err)
+        assert "Traceback" not in err and "internal error" not in err, (case, kind, err)
+        if code == 1:
+            assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err

@@ -357,6 +357,281 @@ def test_target_names_cannot_reach_outside_targets(tmp_path):
     assert load_target(tmp_path / "evil.toml").name == "x86-cpu"  # a .toml path, as the CLI allows
 
 
+# ------------------------------------------------------------------ issue #23: a fleet device is untrusted
+# (the same rules on a real local Ray cluster, with a hostile device: tests/fleet/test_fleet_hostile.py;
+#  the authenticated, loopback-only head and device: tests/fleet/test_fleet_auth.py)
+
+def _reply(files: dict, **node) -> dict:
+    record = {"node_id": "ab" * 28, "hostname": "dev", "ip": "127.0.0.1", "versions": {"edgepack": "0"},
+              "device": {"machine": "x86_64"}, **node}
+    return {"node": record, "workdir": "/tmp/w",
+            "steps": [{"id": "build", "status": "done", "seconds": 1.0, "note": "", "log": "", "files": files}]}
+
+
+DECLARED = {"build": {"build.onnx", "build.onnx.data", "build.json", "build.log"}}
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/cron.d/x", "..", ".", "a/b", "a\\b", ".hidden", "x\x00y",
+                                  "x\x1b[2J", "build.step.json", "other.onnx", "x" * 256, 7, ""])
+def test_a_device_reply_names_only_plain_declared_files(name):
+    from edgepack.fleet.untrusted import HostileReply, check_reply
+
+    with pytest.raises(HostileReply, match="reply was refused"):
+        check_reply(_reply({"build.log": b"ok", name: b"pwned"}), DECLARED)
+    assert check_reply(_reply({"build.log": b"ok"}), DECLARED)["steps"][0]["files"] == {"build.log": b"ok"}
+
+
+@pytest.mark.parametrize("case", ["not a dict", "unknown step", "step twice", "bad status", "nan seconds",
+                                  "bytes as str", "node id", "deep device record", "huge note", "too big"])
+def test_a_device_reply_is_validated_whole(case, monkeypatch):
+    from edgepack.fleet import untrusted
+
+    reply = _reply({"build.log": b"ok"})
+    step = reply["steps"][0]
+    if case == "not a dict":
+        reply = ["steps"]
+    elif case == "unknown step":
+        step["id"] = "evil"
+    elif case == "step twice":
+        reply["steps"].append(dict(step))
+    elif case == "bad status":
+        step["status"] = "done; rm -rf"
+    elif case == "nan seconds":
+        step["seconds"] = float("nan")
+    elif case == "bytes as str":
+        step["files"] = {"build.log": "text"}
+    elif case == "node id":
+        reply["node"]["node_id"] = "../x"
+    elif case == "deep device record":
+        deep: dict = {}
+        for _ in range(50):
+            deep = {"x": deep}
+        reply["node"]["device"] = deep
+    elif case == "huge note":
+        step["note"] = "x" * (untrusted.MAX_NOTE + 1)
+    else:
+        monkeypatch.setattr(untrusted, "MAX_REPLY_BYTES", 4)
+        step["files"] = {"build.log": b"12", "build.json": b"345"}
+    with pytest.raises(untrusted.HostileReply):
+        untrusted.check_reply(reply, DECLARED)
+
+
+def test_device_strings_lose_their_control_characters():
+    from edgepack.fleet.untrusted import check_reply
+
+    clean = check_reply(_reply({}, hostname="dev\x1b]0;owned\x07\r"), DECLARED)
+    assert clean["node"]["hostname"] == "dev?]0;owned??"
+
+
+def test_returned_files_never_follow_a_link(tmp_path):
+    from edgepack.fleet.untrusted import write_under
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "x86-cpu").symlink_to(outside)
+    with pytest.raises(EdgepackError, match="symbolic link is not followed"):
+        write_under(run, ("x86-cpu",), "build.log", b"pwned")
+    (run / "x86-cpu").unlink()
+    (run / "x86-cpu").mkdir()
+    (run / "x86-cpu" / "build.log").symlink_to(outside / "victim")
+    write_under(run, ("x86-cpu",), "build.log", b"new")
+    assert (outside / "victim").read_text() == "keep" and (run / "x86-cpu" / "build.log").read_bytes() == b"new"
+    (tmp_path / "linked-run").symlink_to(run)
+    with pytest.raises(EdgepackError, match="symbolic link is not followed"):
+        write_under(tmp_path / "linked-run", ("x86-cpu",), "build.log", b"pwned")
+    assert [p.name for p in outside.iterdir()] == ["victim"]
+
+
+def test_the_fleet_token_is_owner_only(tmp_path):
+    import stat
+
+    from edgepack.fleet import auth
+
+    path = auth.ensure_token(tmp_path / "conf" / "fleet.token")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    first = auth.read_token(path)
+    assert auth.ensure_token(path) == path and auth.read_token(path) == first  # kept
+    auth.ensure_token(path, rotate=True)
+    assert auth.read_token(path) != first and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    with pytest.raises(EdgepackError, match="readable by others"):
+        auth.read_token(path)
+    env = auth.ray_env(path, {"RAY_AUTH_TOKEN": "leak"})
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(path.resolve())
+    assert "RAY_AUTH_TOKEN" not in env
+
+
+def test_a_head_binds_loopback_unless_told_and_warns_on_a_lan_address(tmp_path, caplog):
+    from edgepack.errors import UsageError
+    from edgepack.fleet.head import start_head
+
+    local = start_head(token_file=tmp_path / "t", dry_run=True)  # dry: nothing started, no traffic
+    assert local.command[local.command.index("--node-ip-address") + 1] == "127.0.0.1" and not local.warnings
+    assert "edgepack.fleet.raystart" in local.command and "--include-dashboard=false" in local.command
+    lan = start_head("192.0.2.10", token_file=tmp_path / "t", dry_run=True)
+    assert "every interface" in lan.warnings[0] and "firewall" in lan.warnings[0]
+    for bad in ("0.0.0.0", "::", "example.com"):
+        with pytest.raises(UsageError):
+            start_head(bad, token_file=tmp_path / "t", dry_run=True)
+
+
+def test_the_driver_starts_ray_from_an_empty_folder(tmp_path, monkeypatch):
+    """Ray puts the driver's working folder first on the devices' sys.path: a folder called
+    `edgepack` there must not replace the installed package, so ray.init runs from an empty one."""
+    ray = pytest.importorskip("ray")
+    from edgepack.fleet import cluster
+
+    (tmp_path / "edgepack").mkdir()
+    (tmp_path / "edgepack" / "__init__.py").write_text("raise ImportError('the wrong edgepack')\n")
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(cwd=os.getcwd(), listing=os.listdir(".")))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(cluster, "_authenticate", lambda address: None)
+    with cluster.connect("127.0.0.1:1"):
+        assert os.getcwd() == str(tmp_path)
+    assert seen["cwd"] != str(tmp_path) and seen["listing"] == []
+
+
+# ------------------------------------------------------------------ issue #23: one error line, bounded work
+
+def _one_error(code: int, err: str, needle: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code in (1, 2) and len(lines) == 1 and "Traceback" not in err and "internal error" not in err, err
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case, needle", [("nested", "nested too deeply"), ("long id", "5000 characters long"),
+                                          ("deep but parseable", "nested 17 levels deep")])
+def test_hostile_recipes_are_one_error_line(tmp_path, case, needle, capsys):
+    if case == "nested":
+        body = "x = " + "[" * 1000 + "]" * 1000 + "\n"
+    elif case == "long id":
+        body = '[[step]]\nrun = "optimize"\nid = "' + "a" * 5000 + '"\n'
+    else:
+        body = "x = " + "[" * 20 + "]" * 20 + "\n"
+    path = recipe(tmp_path, body)
+    _one_error(*cli(capsys, "run", path, "-o", tmp_path / "out"), needle)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--runs", "1000000000000"], "--runs 1,000,000,000,000: out of range"),
+    (["--duration", "100000000s"], "longer than the 86400 s allowed"),
+    (["--warmup", "1000000000000000000000000000000"], "--warmup"),
+    (["--layer-runs", "1000000000000"], "--layer-runs"),
+    (["--batch", "1000000000"], "--batch 1,000,000,000: out of range"),
+    (["--batch", "0"], "out of range"),
+])
+def test_profile_counts_and_durations_are_bounded(tmp_path, argv, needle, capsys):
+    _one_error(*cli(capsys, "profile", MODEL, "-t", "x86-cpu", "--no-history", *argv), needle)
+
+
+@pytest.mark.parametrize("option, value", [("runs", "1000000000000"), ("warmup", '"99999999s"'),
+                                           ("duration", '"1000000000000ms"'), ("layer-runs", "1000000000000")])
+def test_recipe_profile_options_are_bounded(tmp_path, option, value, capsys):
+    path = recipe(tmp_path, f'targets = ["x86-cpu"]\n[[step]]\nrun = "profile"\nno-history = true\n{option} = {value}\n')
+    code, err = cli(capsys, "run", path, "-o", tmp_path / "out")
+    assert code == 1 and "out of range" in err or "allowed" in err, err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_batch_too_big_for_this_machine_is_refused_before_allocating(tmp_path, capsys, monkeypatch):
+    from edgepack import limits
+
+    monkeypatch.setattr(limits, "available_memory", lambda: 64 * 2**20)  # a 64 MiB machine
+    start = time.perf_counter()
+    _one_error(*cli(capsys, "profile", MODEL, "-t", "x86-cpu", "--no-history", "--batch", "100000"),
+               "more than the 0.1 GiB of memory available")
+    assert time.perf_counter() - start < 30  # refused before any input was drawn or run
+
+
+# ------------------------------------------------------------------ issue #23: `report` on a hostile run folder
+
+def _run_folder(folder: Path, run: dict, reports: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(run) if not isinstance(run, str) else run)
+    for name, text in (reports or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+STEP = {"id": "profile", "command": "profile", "target": "x86-cpu", "status": "done", "inputs": ["model"],
+        "report": "profile.json", "artifact": None}
+
+
+@pytest.mark.parametrize("case", ["baseline outside", "report link outside", "absolute report", "cycle",
+                                  "deep json", "bad json", "wrong types", "report not a record",
+                                  "steps not a list", "run.json a list"])
+def test_report_reads_only_the_run_folder_and_checks_each_file(tmp_path, secret, case, capsys, monkeypatch):
+    import io as stdio
+
+    opened = []
+    real_open = stdio.open
+
+    def spy(file, *args, **kwargs):  # pathlib reads through io.open
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    run = {"schema": "edgepack.run/1", "model": "m.onnx", "targets": ["x86-cpu"], "steps": [dict(STEP)]}
+    reports = {"profile.json": json.dumps({"schema": "edgepack.profile/1", "latency_ms": {"p50": 1.0}})}
+    folder = tmp_path / "run"
+    if case == "baseline outside":
+        run["baseline"] = str(secret)
+    elif case == "report link outside":
+        folder.mkdir()
+        (folder / "profile.json").symlink_to(secret)
+        reports = {}
+    elif case == "absolute report":
+        run["steps"][0]["report"] = str(secret)
+        reports = {}
+    elif case == "cycle":
+        run["steps"] = [dict(STEP, id="a", inputs=["b"]), dict(STEP, id="b", inputs=["a"])]
+    elif case == "deep json":
+        reports = {"profile.json": "[" * 100000 + "]" * 100000}
+    elif case == "bad json":
+        run = '{"steps": [}'
+    elif case == "wrong types":
+        reports = {"profile.json": json.dumps({"latency_ms": "fast", "environment": 5, "layers": {"x": 1}})}
+    elif case == "report not a record":
+        reports = {"profile.json": "[1, 2]"}
+    elif case == "steps not a list":
+        run["steps"] = {"id": "x"}
+    else:
+        run = "[]"
+    _run_folder(folder, run, reports)
+    monkeypatch.setattr(stdio, "open", spy)
+    code, err = cli(capsys, "report", folder, "-o", tmp_path / "r.html")
+    monkeypatch.setattr(stdio, "open", real_open)
+    assert any(p.endswith("run.json") for p in opened)  # the spy sees the reads
+    assert str(secret) not in opened and not any(os.path.realpath(p) == str(secret) for p in opened), opened
+    assert "Traceback" not in err and "internal error" not in err, err
+    if code == 0:
+        page = (tmp_path / "r.html").read_text()
+        assert SECRET.decode()[:16] not in page
+    else:
+        assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
+        assert not (tmp_path / "r.html").exists()
+
+
+def test_fp16_overflow_is_reported_not_an_internal_error(tmp_path, capsys):
+    """Weights that fit float32 but whose products pass 65504 overflow in the float16 model: the
+    cost report says so (inf/nan outputs, no SQNR) instead of `math domain error`."""
+    model = onnx.load(str(MODEL))
+    weight = model.graph.initializer[0]
+    big = np.full(numpy_helper.to_array(weight).shape, 1e5, np.float32)
+    weight.CopyFrom(numpy_helper.from_array(big, weight.name))
+    onnx.save(model, str(tmp_path / "big.onnx"))
+    code = main(["compress", "fp16", str(tmp_path / "big.onnx"), "-o", str(tmp_path / "out.onnx")])
+    captured = capsys.readouterr()
+    assert code == 0 and "internal error" not in captured.err, captured.err
+    assert "inf/nan where the original's are finite" in captured.out + captured.err
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
 # ------------------------------------------------------------------ data loss: no output is an input
 
 @pytest.fixture
@@ -482,3 +757,156 @@ def test_a_killed_save_leaves_a_temporary_folder_that_the_next_run_removes(tmp_p
     assert len(left) == 1 and left[0].is_dir()
     io.write_atomic(tmp_path / "out" / "other.json", "{}")
     assert not left[0].exists()
+
+
+# ---------------------------------------------------------------- data: issue 23 item 3
+# Data is read only inside the folder the user named; images are refused above a pixel budget
+# from their header; FIFOs and devices are refused; data must be numbers.
+
+DATA_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+net (float[N,3,4,4] x) => (float[N,3] y) {
+    p = GlobalAveragePool(x)
+    y = Flatten(p)
+}"""
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    """A genuine grey PNG of width x height zeros, compressed row by row (a 13000 x 13000 one is
+    about 170 KB on disk and 169 MB decoded, 507 MB as RGB)."""
+    import struct
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def _small_images(folder: Path, count: int = 2) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.full((4, 4, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def data_model(tmp_path) -> Path:
+    from tests.helpers import save_text_model
+
+    return save_text_model(DATA_MODEL, tmp_path / "m.onnx")
+
+
+def test_image_bombs_are_refused_from_their_header_with_little_memory(data_model, tmp_path):
+    """Eight 13000 x 13000 PNGs: one error line, in a fresh process whose peak memory stays under
+    1 GB (decoding one would take 0.5 GB as RGB; the issue measured 5 GB for eight)."""
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    bomb = _png(folder / "0.png", 13000, 13000)
+    assert bomb.stat().st_size < 400_000
+    for i in range(1, 8):
+        (folder / f"{i}.png").write_bytes(bomb.read_bytes())
+    script = ("import resource, sys\nfrom edgepack.cli import main\n"
+              f"code = main(['calibrate', {str(data_model)!r}, '--data', {str(folder)!r}, '-o', "
+              f"{str(tmp_path / 'r.json')!r}])\n"
+              "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "13000x13000 pixels, above the budget" in errors[0] and "0.png" in errors[0]
+    peak_kb = int(done.stdout.split("PEAK_KB")[1])
+    assert peak_kb < 1024 * 1024, f"peak {peak_kb} KB"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_pil_limit_is_set_to_the_budget(tmp_path, monkeypatch):
+    """The budget is also PIL's own limit (which raises at twice it): a decoder that skipped the
+    header check would still stop."""
+    from PIL import Image
+
+    from edgepack.calib.images import decode
+
+    monkeypatch.setenv("EDGEPACK_MAX_IMAGE_PIXELS", "100")
+    small = _png(tmp_path / "s.png", 20, 20)
+    with pytest.raises(EdgepackError, match="20x20 pixels, above the budget of 100"):
+        decode(small)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    monkeypatch.setenv("EDGEPACK_MAX_IMAGE_PIXELS", "400")
+    assert decode(small).shape == (20, 20, 3)
+
+
+@pytest.mark.parametrize("case", ["manifest-folder-up", "manifest-folder-absolute", "files-absolute",
+                                  "linked-image", "linked-folder", "linked-npz"])
+def test_data_is_read_only_inside_the_folder_the_user_named(case, data_model, tmp_path, capsys, monkeypatch):
+    outside = _small_images(tmp_path / "outside")
+    np.savez(outside / "secret.npz", x=np.ones((2, 3, 4, 4), np.float32))
+    data = tmp_path / "data"
+    data.mkdir()
+    if case == "manifest-folder-up":
+        (data / "manifest.toml").write_text('[images]\nfolder = "../outside"\n')
+    elif case == "manifest-folder-absolute":
+        (data / "manifest.toml").write_text(f'[images]\nfolder = "{outside}"\n')
+    elif case == "files-absolute":
+        (data / "manifest.toml").write_text(f'[files]\ncalibration = "{outside / "secret.npz"}"\n')
+    elif case == "linked-image":
+        _small_images(data)
+        (data / "9.png").symlink_to(outside / "0.png")
+    elif case == "linked-folder":
+        _small_images(data)
+        (data / "more").symlink_to(outside)
+    elif case == "linked-npz":
+        (data / "manifest.toml").write_text('[files]\ncalibration = "calib.npz"\n')
+        (data / "calib.npz").symlink_to(outside / "secret.npz")
+    args = ["calibrate", data_model, "--data", data, "-o", tmp_path / "r.json"]
+    code, err = cli(capsys, *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "outside the data folder" in err and "EDGEPACK_DATA_OUTSIDE=1" in err
+    monkeypatch.setenv("EDGEPACK_DATA_OUTSIDE", "1")  # the explicit opt-in reads it
+    code, err = cli(capsys, *args)
+    assert code == 0, err
+
+
+def test_fifos_are_refused_as_data_and_as_images(data_model, tmp_path):
+    """A FIFO would block the read forever: refused before it is opened (in a fresh process with
+    a timeout, so that a regression fails instead of hanging)."""
+    fifo = tmp_path / "x.npz"
+    os.mkfifo(fifo)
+    folder = _small_images(tmp_path / "imgs")
+    os.mkfifo(folder / "z.png")
+    for data in (fifo, folder):
+        done = edgepack_cli_with_timeout("calibrate", str(data_model), "--data", str(data), "-o",
+                                         str(tmp_path / "r.json"))
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1 and len(errors) == 1, done.stderr
+        assert "not a regular file or folder" in errors[0]
+
+
+def edgepack_cli_with_timeout(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "object", "U3", "datetime64[s]"])
+def test_data_must_be_numbers(dtype, data_model, tmp_path, capsys):
+    array = np.ones((2, 3, 4, 4)).astype(dtype) if dtype != "object" else np.empty((2, 3, 4, 4), object)
+    if dtype == "object":  # numpy writes it only with pickles, which edgepack never loads
+        np.save(tmp_path / "x.npy", array, allow_pickle=True)
+        source = tmp_path / "x.npy"
+    else:
+        np.savez(tmp_path / "x.npz", x=array)
+        source = tmp_path / "x.npz"
+    code, err = cli(capsys, "calibrate", data_model, "--data", source, "-o", tmp_path / "r.json")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "numeric" in err or "not numbers" in err or "Python objects" in err
+    # from Python too: a complex batch is refused, not cast
+    from edgepack.calib import calibrate
+
+    with pytest.raises(EdgepackError, match="not numbers"):
+        calibrate(io.load(data_model), [{"x": np.ones((2, 3, 4, 4), np.complex64)}])

@@ -56,7 +56,7 @@ def test_user_target_file(tmp_path):
 
 @pytest.mark.parametrize("change, key", [
     (("backend = \"onnxruntime\"", "backend = \"tflite\""), "backend"),
-    (("precisions = [\"int8\", \"fp32\"]", "precisions = [\"int4\"]"), "precisions"),
+    (("precisions = [\"int8\", \"fp32\"]", "precisions = [\"int2\"]"), "precisions"),
     (("name = \"mine\"", "name = \"mine\"\ncolour = \"red\""), "colour"),
     (("name = \"mine\"", "name = \"mine\"\ndla_cores = \"two\""), "dla_cores"),
     (("activations = \"uint8-asymmetric-per-tensor\"", "activations = \"fp8\""), "qdq.activations"),
@@ -119,3 +119,12 @@ def test_tensorrt_target_needs_symmetric_activations(tmp_path):
                         "backend = \"tensorrt\"\ncompute_capability = \"8.7\"\ntensorrt_version = \"10.3\"")
     with pytest.raises(EdgepackError, match="zero point 0"):
         load_target(_write(tmp_path, text))
+
+
+def test_host_names_the_cpu_target_of_this_machine(monkeypatch):
+    from edgepack.targets import load_target
+
+    monkeypatch.setattr("edgepack.cpu.cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert load_target("host").name == "x86-cpu-vnni"
+    monkeypatch.setattr("edgepack.cpu.cpu_flags", lambda: frozenset({"avx2"}))
+    assert load_target("host").name == "x86-cpu"

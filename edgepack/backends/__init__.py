@@ -24,6 +24,7 @@ import onnx_ir as ir
 from edgepack.backends import manifest as mf
 from edgepack.backends.common import has_qdq, model_inputs, parse_shapes, resolve_precision
 from edgepack.errors import EdgepackError
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,31 @@ class Artifact:
         return dict(self.manifest)
 
     def text(self) -> str:
+        from edgepack.quant.origin import describe_defaults
+
         m = self.manifest
         files = ", ".join(m.get("files", [m["artifact"]]))
-        text = (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
+        text = "".join(line + "\n" for line in describe_defaults(m.get("from_model") or {}))
+        text += (f"built {files} for {m['target']} ({m['backend']}, {m['precision']}) "
                 f"in {m['build_seconds']:.2f} s; manifest: {self.manifest_path}")
         check = m.get("runtime_check")  # QDQ models built for ONNX Runtime: as built vs QDQ math
         if check:
             text += (f"\nruntime check: the artifact {'matches' if check['ok'] else 'DIFFERS from'} its QDQ math "
                      f"(SQNR {check['runtime_sqnr_db']:.1f} dB on {check['samples']} {check['data']}; "
                      f"CPU {check['cpu_flags']})")
+        fusion = m.get("ort_fusion")
+        if fusion:
+            text += (f"\nfused by ONNX Runtime: {fusion['integer_kernels']} integer kernels, "
+                     f"{len(fusion['float_weighted'])} float weighted layers, {len(fusion['dq_on_constants'])} "
+                     f"weights dequantized per run, {len(fusion['activation_qdq'])} activation Q/DQ left")
+        speed = m.get("speed")
+        if speed:
+            from edgepack.quant.speed import SpeedVerdict
+
+            text += "\n" + SpeedVerdict(**{k: v for k, v in speed.items() if k != "baseline"}).line()
+            text += " against " + speed["baseline"]
+        for warning in m.get("warnings", []):
+            text += f"\nwarning: {warning}"
         return text
 
     @property
@@ -106,22 +123,37 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path, mf.read_manifest(path))
 
 
-def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathLike | None = None,
+@cli_keywords
+def build(model: str | os.PathLike | ir.Model, target=None, *, output: str | os.PathLike | None = None,
           precision: str = "best", dla: int | None = None, sparsity: bool | None = None,
           shapes: str | dict | None = None, timing_cache: str | os.PathLike | None = None,
           workspace_mb: int | None = None, threads: int | None = None, data=None,
-          runtime_check: bool = True) -> Artifact:
+          runtime_check: bool = True, speed_check: bool = True) -> Artifact:
     """Build `model` (a path or an onnx-ir Model) for `target` (name, .toml path or Target).
 
     `output` defaults to a file in a new temporary folder. `shapes` is the `--shapes` text or
     {input: (min, opt, max)}. Options a target does not support are errors naming the option.
     `data` (calibration folder, .npz/.npy), optional: a QDQ model built for ONNX Runtime is run as
     built and as its QDQ math on a few samples of it (random inputs when None), and the manifest's
-    `runtime_check` says whether they agree; where TensorRT 11 needs the model converted to float16
+    `runtime_check` says whether they agree; `speed_check`: the artifact is timed against the QDQ
+    model's float twin (quant/speed.py, interleaved, batch 1) with a warning when INT8 is not
+    faster, and the manifest lists what ORT left unfused (`ort_fusion`); where TensorRT 11 needs the model converted to float16
     first, nodes whose values leave the float16 range on it stay float32.
+
+    Without `target`, the target a quantized model records (`edgepack.quantized_for`) is used; `data`
+    without preprocessing is prepared as the model records; the manifest's `from_model` and the
+    text say so.
     """
+    from edgepack.quant.origin import QUANTIZED_FOR, PREPROCESS, recorded_defaults, recorded_in_file
     from edgepack.targets import load_target
 
+    metadata = ({k: model.metadata_props[k] for k in (QUANTIZED_FOR, PREPROCESS) if k in model.metadata_props}
+                if isinstance(model, ir.Model) else recorded_in_file(model))
+    from_model, target, data = recorded_defaults(metadata, target=target, data=data)
+    if target is None:
+        from edgepack.errors import UsageError
+
+        raise UsageError("build needs a target: the model records none", hint="pass -t T (see `edgepack targets`)")
     target = load_target(target)
     with _model_file(model) as model_path:
         from edgepack.io import has_external_data, load, weights_nbytes
@@ -157,18 +189,62 @@ def build(model: str | os.PathLike | ir.Model, target, *, output: str | os.PathL
                                  weights_nbytes=weights_nbytes(graph), external_data=has_external_data(graph))
             if qdq and runtime_check:
                 manifest["runtime_check"] = _check_runtime(model_path, output, target, data)
+            if qdq:
+                manifest.update(_fusion_and_speed(graph, output, target, data, speed_check))
     from edgepack.quant.origin import QUANTIZED_FOR, stored_preprocess
 
     if graph.metadata_props.get(QUANTIZED_FOR):
         manifest["quantized_for"] = graph.metadata_props[QUANTIZED_FOR]
     if stored_preprocess(graph):  # how inputs are prepared, for whoever deploys the artifact
         manifest["preprocess"] = stored_preprocess(graph)
+    if from_model:
+        manifest["from_model"] = from_model
     if isinstance(model, ir.Model):
         manifest["model"] = None  # built from memory: the temporary file is gone, its sha256 stays
     from edgepack.io import write_atomic
 
     write_atomic(mf.manifest_path(output), json.dumps(manifest, indent=2) + "\n")
     return Artifact(output, manifest)
+
+
+def _fusion_and_speed(graph: ir.Model, artifact: Path, target, data, speed_check: bool) -> dict[str, Any]:
+    """What ORT fused in the artifact (weights dequantized per run, Q/DQ left, float layers), the
+    quantizer's per-layer decisions, and the artifact's latency against its float twin."""
+    import onnx
+
+    from edgepack.quant.ort_fusion import report_of_graph
+
+    fusion = report_of_graph(onnx.load(str(artifact), load_external_data=False).graph)
+    out: dict[str, Any] = {"ort_fusion": fusion.to_json(), "warnings": []}
+    if fusion.dq_on_constants:
+        out["warnings"].append(f"{len(fusion.dq_on_constants)} weight(s) dequantized at every inference "
+                               f"({', '.join(fusion.dq_on_constants[:3])}): re-quantize with edgepack quantize")
+    decisions = graph.metadata_props.get("edgepack.decisions")
+    if decisions:
+        try:
+            out["decisions"] = json.loads(decisions)
+        except json.JSONDecodeError:
+            pass
+    if speed_check:
+        import tempfile
+
+        from edgepack import io
+        from edgepack.quant.speed import first_feeds, float_twin, latency_verdict
+
+        feeds = first_feeds(graph, data) if data is not None else None
+        with tempfile.TemporaryDirectory(prefix="edgepack-twin-") as folder:
+            twin = io.save(float_twin(graph), Path(folder) / "fp32.onnx")
+            if feeds is None:
+                from edgepack import runtime
+
+                feeds = runtime.random_feeds(runtime.session(twin, optimize=False))
+            verdict = latency_verdict(twin, artifact, feeds, fusion=fusion)
+        out["speed"] = {**verdict.to_json(), "baseline": "the QDQ model's float twin (Q/DQ removed)"}
+        logger.info("%s", verdict.line())
+        if verdict.warning:
+            logger.warning("%s", verdict.warning)
+            out["warnings"].append(verdict.warning)
+    return out
 
 
 def _check_runtime(model_path: Path, artifact: Path, target, data) -> dict[str, Any]:

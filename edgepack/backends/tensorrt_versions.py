@@ -26,6 +26,14 @@ FIRST_JETPACK_11 = (11, 4, 1)   # 11.0 .. 11.4.0 do not support JetPack
 MIN_JETPACK_11 = (7, 2, 2)      # JetPack 6.x stays on TensorRT 10.x
 DLA_BOARDS_11 = ("agx-orin",)   # Thor has no DLA; Orin NX / Nano are not listed for 11.4.1
 FIRST_BLACKWELL = (10, 8)       # compute capability >= 10.0
+FP8_MIN_CC = (8, 9)             # FP8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell (10.x, 11.0 Thor)
+# The newest ONNX opset each TensorRT's ONNX parser reads (onnx-tensorrt docs/operators.md of that
+# release: 8.5/8.6 "up to Opset 17", 9.2 "up to Opset 19", 10.0 "opset 9 to opset 20", 10.15 and
+# 11.2 "opset 9 to opset 24"; the TensorRT 11.x ONNX opset guide: maximum opset 25 (11.5)).
+# A version between two known points gets the lower one: a model the parser may read is refused
+# rather than one it cannot read accepted.
+ONNX_OPSET_MAX = {(8, 0): 13, (8, 5): 17, (9, 2): 19, (10, 0): 20, (10, 15): 24, (11, 0): 24, (11, 5): 25}
+ONNX_OPSET_MIN = 9
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
@@ -99,6 +107,13 @@ def features(version: str | tuple[int, ...]) -> TensorRTFeatures:
         raise ValueError(f"TensorRT {version or '?'} is not supported (edgepack builds with TensorRT "
                          f"{', '.join(f'{m}.x' for m in SUPPORTED_MAJORS)})")
     return TensorRTFeatures(parsed + (0,) * (3 - len(parsed)))
+
+
+def max_onnx_opset(version: str | tuple[int, ...]) -> int:
+    """The newest ONNX opset the ONNX parser of this TensorRT reads (ONNX_OPSET_MAX)."""
+    v = features(version).version
+    known = [k for k in sorted(ONNX_OPSET_MAX) if k <= v[:len(k)]]
+    return ONNX_OPSET_MAX[known[-1]] if known else ONNX_OPSET_MAX[min(ONNX_OPSET_MAX)]
 
 
 def platform_problem(version: str, *, jetpack: str | None, compute_capability: str | None) -> str | None:

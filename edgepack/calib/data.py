@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.calib.images import (IMAGE_SUFFIXES, check_inside, check_regular, decode, image_labels,  # noqa: F401
+                                   is_image_folder, label_source, list_images)
 from edgepack.calib.preprocess import Preprocess
 from edgepack.errors import EdgepackError, first_line
 
@@ -36,7 +38,8 @@ else:  # pragma: no cover
 # PIL, bad manifest values).
 _READ_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError,
                 zipfile.BadZipFile, zlib.error, OverflowError)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+#: the dtype kinds data may have: bool, integers, floats (no complex, object, strings, records)
+NUMERIC_KINDS = "biuf"
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,7 @@ class Dataset:
         self.preprocess = _stored_preprocess(self.source).merged(preprocess) if spec else preprocess
         if self.preprocess is not None and not self.preprocess.to_json():
             self.preprocess = None
-        self._images = (spec is not None and (spec.path / "manifest.toml").is_file()
-                        and "images" in read_manifest(spec.path))
+        self._images = spec is not None and _is_images(spec.path)
         self.model_batch = _fixed_batch(specs)
         if self.model_batch:  # read whole model batches; feed exactly that many at a time
             batch_size = max(self.model_batch, batch_size // self.model_batch * self.model_batch)
@@ -101,7 +103,8 @@ class Dataset:
     def _checked_batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         seen = 0
         label_key = self.label_key if with_labels else None
-        external = _load_external_labels(label_key) if label_key and _is_file_ref(label_key) else None
+        external = (_load_external_labels(label_key) if label_key and _is_file_ref(label_key) and not self._images
+                    else None)
         raw_batches = _raw_batches(self.source, self.specs, self.batch_size,
                                    None if external is not None else label_key, self.array, self.preprocess)
         for raw in raw_batches:
@@ -126,10 +129,20 @@ class Dataset:
                 raise EdgepackError(f"{self.description}: no data for model input '{spec.name}' "
                                     f"(has {', '.join(sorted(raw)) or 'nothing'})",
                                     hint="name each array after the model input it feeds")
-            array = np.asarray(raw[spec.name])
+            array = raw[spec.name]
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in NUMERIC_KINDS:
+                array = np.asarray(array)
+                if array.dtype.kind not in NUMERIC_KINDS:
+                    raise EdgepackError(f"{self.description}: input '{spec.name}' is {array.dtype} data, not numbers",
+                                        hint="data must be bool, integer or float arrays (no complex, object "
+                                             "or string arrays)")
             if self.preprocess is not None and np.issubdtype(spec.dtype, np.floating):
                 # (inputs such as token ids are not preprocessed; image files were resized and cropped one by one)
                 steps = replace(self.preprocess, resize=None, crop=None) if self._images else self.preprocess
+                if self._images and steps.layout and steps.layout.startswith("NCHW:"):
+                    raise EdgepackError(f"{self.description}: --layout {steps.layout} says the data is NCHW, but image "
+                                        "files decode as NHWC (height x width x channels)",
+                                        hint=f"the layout is DATA:MODEL: use --layout NHWC:{steps.layout[5:]}")
                 array = steps.apply(array, f"{self.description}: input '{spec.name}'")
             expected = spec.shape
             if array.ndim != len(expected) or any(
@@ -266,8 +279,18 @@ def _load_external_labels(ref: str) -> np.ndarray:
         return loaded[name]
 
 
+def _is_images(path: Path) -> bool:
+    """A folder of image files: with a manifest's [images] table, or without a manifest."""
+    if (path / "manifest.toml").is_file():
+        return path.is_dir() and "images" in read_manifest(path)
+    return is_image_folder(path)
+
+
 def _stored_preprocess(path: Path) -> Preprocess:
-    """The preprocessing a calibration folder's manifest declares ([images] or [preprocess])."""
+    """The preprocessing a calibration folder's manifest declares ([images] or [preprocess]);
+    image files without a manifest get the image defaults."""
+    if is_image_folder(path):
+        return Preprocess().with_image_defaults()
     if path.is_dir() and (path / "manifest.toml").is_file():
         manifest = read_manifest(path)
         where = str(path / "manifest.toml")
@@ -302,14 +325,16 @@ def open_dataset(source: Any, specs: list[InputSpec], *, batch_size: int = 32, l
     spec = parse_data(source)
     if spec is not None:
         path = spec.path
+        check_regular(path)
         if not path.exists():
             raise EdgepackError(f"data not found: {path}",
                                 hint="pass a calibration folder, .npz (FILE.npz:ARRAY picks an array) or .npy")
         if path.is_file() and path.suffix.lower() not in (".npz", ".npy"):
             raise EdgepackError(f"{path}: unsupported data file", hint="use .npz, .npy or a calibration folder")
-        if path.is_dir() and not (path / "manifest.toml").is_file():
-            raise EdgepackError(f"{path}: no manifest.toml in this calibration folder",
-                                hint="see calibration/digits/manifest.toml for the format")
+        if path.is_dir() and not (path / "manifest.toml").is_file() and not is_image_folder(path):
+            raise EdgepackError(f"{path}: neither image files (.jpg, .png, .bmp, .webp) nor a manifest.toml",
+                                hint="pass a folder of images, an .npz/.npy, or a calibration folder "
+                                     "(calibration/digits/manifest.toml shows the format)")
         if path.suffix.lower() == ".npy" and len(specs) != 1:
             raise EdgepackError(f"{path}: a bare .npy feeds single-input models only; this one has "
                                 f"{len(specs)} inputs", hint="use an .npz with one array per input")
@@ -351,8 +376,16 @@ def has_labels(source: Any, key: str = "labels") -> bool:
     path = spec.path
     if path.is_dir():
         if not (path / "manifest.toml").is_file():
-            return False
-        files = read_manifest(path).get("files", {})
+            if not is_image_folder(path):
+                return False
+            return label_source(path, list_images(path), key if key != "labels" else None) is not None
+        manifest = read_manifest(path)
+        if "images" in manifest:
+            table = manifest["images"]
+            folder = path / str(table.get("folder", "."))
+            ref = key if key != "labels" else (str(path / table["labels"]) if "labels" in table else None)
+            return label_source(folder, list_images(folder, root=path), ref) is not None
+        files = manifest.get("files", {})
         return "evaluation" in files and "labels" in files
     if path.suffix == ".npz" and path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -369,6 +402,8 @@ def dataset_file(folder: Path, role: str = "calibration") -> Path:
     if not isinstance(files[role], str):
         raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} must be a file name, got {files[role]!r}")
     path = folder / files[role]
+    check_inside(path, folder, f"[files] {role}")
+    check_regular(path, f"[files] {role}")
     if not path.is_file():
         raise EdgepackError(f"{folder / 'manifest.toml'}: [files] {role} names '{files[role]}', which is missing",
                             hint="copy the file into the calibration folder or fix the manifest")
@@ -380,9 +415,12 @@ def _raw_batches(source, specs, batch_size, label_key, array=None, preprocess=No
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
+            if is_image_folder(path):
+                yield from _image_batches(path, {}, specs, batch_size, preprocess, label_key)
+                return
             manifest = read_manifest(path)
             if "images" in manifest:
-                yield from _image_batches(path, manifest["images"], specs, batch_size, preprocess)
+                yield from _image_batches(path, manifest["images"], specs, batch_size, preprocess, label_key)
                 return
             path = dataset_file(path, "evaluation" if label_key else "calibration")
             label_key = label_key and manifest.get("files", {}).get("labels", label_key)
@@ -392,7 +430,7 @@ def _raw_batches(source, specs, batch_size, label_key, array=None, preprocess=No
             except (ValueError, OSError, EOFError) as exc:
                 raise EdgepackError(f"{path}: not a readable .npy array ({first_line(exc)})",
                                     hint="write it with numpy.save; truncated or text files do not load") from None
-            if array.ndim == 0 or array.dtype.hasobject:
+            if array.ndim == 0 or array.dtype.kind not in NUMERIC_KINDS:
                 raise EdgepackError(f"{path}: must be a numeric array with a sample axis")
             for start in range(0, len(array), batch_size):
                 yield {specs[0].name: np.array(array[start:start + batch_size])}
@@ -471,8 +509,10 @@ class _NpyStream:
             shape, fortran, dtype = reader(handle)
         except Exception:
             raise EdgepackError(f"{path}: array '{name}' is corrupt") from None
-        if fortran or dtype.hasobject or not shape:
-            raise EdgepackError(f"{path}: array '{name}' must be a C-ordered numeric array with a sample axis")
+        if fortran or dtype.kind not in NUMERIC_KINDS or not shape:
+            raise EdgepackError(f"{path}: array '{name}' must be a C-ordered numeric array with a sample axis "
+                                f"(it is {'Fortran-ordered ' if fortran else ''}{dtype}, shape {list(shape)})",
+                                hint="bool, integer or float data only (no complex, object or strings)")
         self.handle, self.shape, self.dtype, self.path, self.name = handle, shape, dtype, path, name
         self.count = shape[0]
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
@@ -485,28 +525,58 @@ class _NpyStream:
         return np.frombuffer(data, self.dtype).reshape(got, *self.shape[1:])
 
 
-def _image_batches(folder: Path, spec: dict, specs: list[InputSpec], batch_size: int,
-                   preprocess: Preprocess | None = None):
-    """Image files as decoded uint8 RGB (HWC), resized and cropped one by one so that a batch
-    stacks; the rest of the preprocessing (scale, mean/std, layout) is applied to the batch by
-    the Dataset, with the manifest's [images] keys merged under the command's flags."""
-    from PIL import Image
-
-    files = sorted(p for p in (folder / spec.get("folder", ".")).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _image_batches(folder: Path, table: dict, specs: list[InputSpec], batch_size: int,
+                   preprocess: Preprocess | None = None, label_key: str | None = None):
+    """Image files (calib/images.py) as decoded uint8 RGB (HWC), decoded one at a time and resized
+    and cropped one by one so that a batch stacks; the rest of the preprocessing (scale, mean/std,
+    layout) is applied to the batch by the Dataset, with the manifest's [images] keys merged under
+    the command's flags. An image whose size cannot be the model's stops the read at that image."""
+    if not isinstance(table.get("folder", "."), str):
+        raise EdgepackError(f"{folder / 'manifest.toml'}: [images] folder must be a folder name")
+    images = folder / table.get("folder", ".")
+    files = list_images(images, root=folder)
     if not files:
-        raise EdgepackError(f"{folder}: no images found", hint="set [images] folder in manifest.toml")
+        raise EdgepackError(f"{images}: no images found (.jpg, .jpeg, .png, .bmp, .ppm, .webp)",
+                            hint="set [images] folder in manifest.toml" if table else None)
     if len(specs) != 1:
         raise EdgepackError(f"{folder}: image folders feed single-input models only")
+    labels = None
+    if label_key:
+        ref = label_key if label_key != "labels" else (
+            str(check_inside(folder / str(table["labels"]), folder, "[images] labels")) if "labels" in table else None)
+        source = label_source(images, files, ref)
+        if source is None:
+            raise EdgepackError(f"{images}: no labels (no labels.csv/labels.txt, no sub-folder per class)",
+                                hint="add labels.csv with name,label rows, or pass --labels FILE.csv")
+        labels = image_labels(images, files, source)
+    pixels = _spatial_pixels(specs[0].shape)
     for start in range(0, len(files), batch_size):
         arrays = []
         for file in files[start:start + batch_size]:
-            try:
-                image = np.asarray(Image.open(file).convert("RGB"))
-            except Exception:
-                raise EdgepackError(f"{file}: not a readable image") from None
-            arrays.append(preprocess.resize_crop(image) if preprocess is not None else image)
-        sizes = {a.shape for a in arrays}
-        if len(sizes) > 1:
-            raise EdgepackError(f"{folder}: images of different sizes {sorted(sizes)[:3]}",
-                                hint="set resize and crop in [images] of manifest.toml, or --resize/--crop")
-        yield {specs[0].name: np.stack(arrays)}
+            image = decode(file)
+            image = preprocess.resize_crop(image) if preprocess is not None else image
+            if arrays and image.shape != arrays[0].shape:
+                raise EdgepackError(f"{folder}: images of different sizes ({files[start].name} {arrays[0].shape}, "
+                                    f"{file.name} {image.shape})",
+                                    hint="set resize and crop in [images] of manifest.toml, or --resize/--crop")
+            if pixels is not None and image.shape[0] * image.shape[1] != pixels:
+                raise EdgepackError(f"{file}: shape {image.shape[0]}x{image.shape[1]} after resize/crop, the model "
+                                    f"takes {list(specs[0].shape[1:])}",
+                                    hint="resize/crop the images with --resize and --crop")
+            arrays.append(image)
+        batch = {specs[0].name: np.stack(arrays)}
+        if labels is not None:
+            batch["__labels__"] = labels[start:start + len(arrays)]
+        yield batch
+
+
+def _spatial_pixels(shape: tuple) -> int | None:
+    """H*W of an image input [N, C, H, W] or [N, H, W, C] with fixed sizes (channels 1, 3 or 4)."""
+    dims = shape[1:]
+    if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    if dims[0] in (1, 3, 4):
+        return dims[1] * dims[2]
+    if dims[2] in (1, 3, 4):
+        return dims[0] * dims[1]
+    return None

@@ -4,7 +4,7 @@ One spec for every source: the `--layout --scale --mean --std --channel-order --
 flags, the `[images]` (or `[preprocess]`) table of a calibration folder's manifest, the
 `preprocess` entry of a ranges file and of a build manifest. Applied in this order:
 
-    resize (shorter side, bilinear) -> centre crop (square) -> x * scale
+    resize (shorter side, bilinear unless --interpolation) -> centre crop (square) -> x * scale
       -> channel order (RGB -> BGR) -> (x - mean) / std -> layout (NHWC -> NCHW)
 
 Layouts are written `DATA:MODEL`, e.g. `NHWC:NCHW` (also `NHWC->NCHW` where no shell reads it).
@@ -26,7 +26,11 @@ from edgepack.errors import EdgepackError, UsageError
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
 #: keys of a manifest's [images] table that are not preprocessing
-NOT_PREPROCESSING = ("folder",)
+NOT_PREPROCESSING = ("folder", "labels")
+#: the steps in the order they are applied (the order of to_json's keys)
+PIPELINE_ORDER = ("resize", "interpolation", "crop", "scale", "channel_order", "mean", "std", "layout")
+#: PIL's resampling filters by name; bilinear is the default
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Preprocess:
     channel_order: str | None = None   # "RGB" (as stored) or "BGR" (swap)
     resize: int | None = None          # shorter side, pixels
     crop: int | None = None            # centre square, pixels
+    interpolation: str | None = None   # of the resize: bilinear (default), bicubic, nearest, ...
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -58,6 +63,14 @@ class Preprocess:
             if order not in CHANNEL_ORDERS:
                 raise UsageError(f"unknown channel order '{self.channel_order}'", hint="use RGB or BGR")
             set_("channel_order", order)
+        if self.interpolation is not None:
+            name = str(self.interpolation).lower()
+            if name not in INTERPOLATIONS:
+                raise UsageError(f"unknown interpolation '{self.interpolation}'",
+                                 hint=f"use one of {', '.join(INTERPOLATIONS)}")
+            set_("interpolation", name)
+        if self.resize is not None and self.interpolation is None:
+            set_("interpolation", "bilinear")  # said, so that it is recorded with the resize
         for name in ("resize", "crop"):
             value = getattr(self, name)
             if value is not None:
@@ -95,8 +108,30 @@ class Preprocess:
             raise EdgepackError(f"{where}: {exc.message}", hint=exc.hint) from None
 
     def to_json(self) -> dict:
-        """The keys that are set, in manifest form (lists, not tuples)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
+        """The keys that are set, in manifest form (lists, not tuples); a resize says its
+        interpolation (bilinear unless set), so that whoever deploys the model repeats it exactly."""
+        values = asdict(self)
+        return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in PIPELINE_ORDER
+                if values[k] is not None}
+
+    def describe(self) -> str:
+        """The pipeline in order, one line: `resize 256 (bilinear) -> crop 224 -> x*0.0039 -> ...`."""
+        steps = []
+        if self.resize is not None:
+            steps.append(f"resize {self.resize} ({self.interpolation or 'bilinear'})")
+        if self.crop is not None:
+            steps.append(f"crop {self.crop}")
+        if self.scale is not None:
+            steps.append(f"x*{self.scale:.6g}")
+        if self.channel_order == "BGR":
+            steps.append("RGB->BGR")
+        if self.mean is not None:
+            steps.append(f"-mean {list(self.mean)}")
+        if self.std is not None:
+            steps.append(f"/std {list(self.std)}")
+        if self.layout is not None:
+            steps.append(f"layout {self.layout}")
+        return " -> ".join(steps) or "none"
 
     def merged(self, override: "Preprocess | None") -> "Preprocess":
         """This spec with every key `override` sets replaced."""
@@ -118,7 +153,8 @@ class Preprocess:
         if self.resize is not None:
             h, w = image.shape[:2]
             ratio = self.resize / min(h, w)
-            image = _resize(image, max(1, round(w * ratio)), max(1, round(h * ratio)))
+            image = _resize(image, max(1, round(w * ratio)), max(1, round(h * ratio)),
+                            self.interpolation or "bilinear")
         if self.crop is not None:
             h, w, c = *image.shape[:2], self.crop
             if h < c or w < c:
@@ -142,6 +178,8 @@ class Preprocess:
                                      "or [N,C,H,W] arrays")
         if batch.ndim == 4 and src is None and (self.spatial or channelwise):
             src = _guess_layout(batch, len(self.mean or self.std or (3,)), where)
+        elif batch.ndim == 4 and src is not None:
+            _check_layout(batch, src, self.layout, where)
         x = batch
         if src == "NCHW":
             x = x.transpose(0, 2, 3, 1)
@@ -218,6 +256,23 @@ def _split(layout: str | None) -> tuple[str | None, str | None]:
     return src, dst
 
 
+def _check_layout(batch: np.ndarray, src: str, layout: str, where: str) -> None:
+    """A layout whose data side contradicts the samples (channels plainly last, the layout says
+    first, or the reverse) is named, before a mean/std count or a shape error hides it."""
+    channels = (1, 3, 4)
+    first, last = batch.shape[1] in channels, batch.shape[-1] in channels
+    shape = list(batch.shape[1:])
+    if src == "NCHW" and last and not first:
+        dst = layout.split(":")[1]
+        raise EdgepackError(f"{where}: --layout {layout} says the data is NCHW, but its samples {shape} have the "
+                            "channels last (NHWC; image files always decode so)",
+                            hint=f"the layout is DATA:MODEL: use --layout NHWC:{dst}")
+    if src == "NHWC" and first and not last:
+        dst = layout.split(":")[1]
+        raise EdgepackError(f"{where}: --layout {layout} says the data is NHWC, but its samples {shape} have the "
+                            "channels first (NCHW)", hint=f"the layout is DATA:MODEL: use --layout NCHW:{dst}")
+
+
 def _guess_layout(batch: np.ndarray, channels: int, where: str) -> str:
     if batch.shape[-1] in (channels, 1) and batch.shape[1] not in (channels, 1):
         return "NHWC"
@@ -227,15 +282,18 @@ def _guess_layout(batch: np.ndarray, channels: int, where: str) -> str:
                         hint="say it with --layout NHWC:NCHW (or NCHW:NCHW, NHWC:NHWC)")
 
 
-def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize of one HWC image (uint8 through PIL's RGB/L modes, others per channel)."""
+def _resize(image: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize of one HWC image with PIL's filter `interpolation` (uint8 through PIL's RGB/L modes,
+    others per channel)."""
     from PIL import Image
+
+    resample = getattr(Image.Resampling, interpolation.upper())
 
     if image.dtype == np.uint8 and image.shape[2] in (1, 3):
         mode = "RGB" if image.shape[2] == 3 else "L"
         pil = Image.fromarray(image if mode == "RGB" else image[..., 0], mode)
-        out = np.asarray(pil.resize((width, height), Image.BILINEAR))
+        out = np.asarray(pil.resize((width, height), resample))
         return out if mode == "RGB" else out[..., None]
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F")
-                           .resize((width, height), Image.BILINEAR)) for c in range(image.shape[2])]
+                           .resize((width, height), resample)) for c in range(image.shape[2])]
     return np.stack(channels, axis=-1).astype(np.float32 if image.dtype.kind != "f" else image.dtype)

@@ -110,7 +110,7 @@ def _quiet_libraries(loud: bool) -> None:
         import onnxruntime
     except ImportError:  # ORT is a core dependency, but `edgepack --help` should not need it
         return
-    onnxruntime.set_default_logger_severity(0 if loud else 3)
+    onnxruntime.set_default_logger_severity(0 if loud else 4)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def register(subparsers):
     parser = common.add_command(subparsers, "build", "build a TensorRT engine or an ONNX Runtime artifact",
                                 description=DESCRIPTION)
     common.add_model(parser, help="input ONNX model (float, or QDQ from `edgepack quantize`)")
-    common.add_target(parser)
+    common.add_target(parser, recorded=True)
     common.add_output(parser, help="artifact: .engine/.plan (TensorRT) or .onnx/.ort (ONNX Runtime)")
     parser.add_argument("--precision", default="best", choices=["int8", "fp16", "fp32", "best"],
                         help="int8 needs a QDQ model; best: the fastest the target and model allow (default)")
@@ -43,11 +43,16 @@ def register(subparsers):
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads recorded for the artifact (default: the target's)")
     parser.add_argument("--data", metavar="D",
-                        help="samples (calibration folder, .npz or .npy): ONNX Runtime QDQ models are checked on "
+                        help="samples (" + common.DATA_HELP + "; the preprocessing recorded in a quantized "
+                             "model is used when no flag is given): ONNX Runtime QDQ models are checked on "
                              "them as built vs their QDQ math (default: random inputs); TensorRT 11 fp16/best "
                              "keeps nodes whose values leave the float16 range on them in float32")
+    common.add_preprocess_args(parser)
     parser.add_argument("--no-runtime-check", action="store_true",
                         help="skip the runtime check of ONNX Runtime QDQ artifacts")
+    parser.add_argument("--no-speed-check", action="store_true",
+                        help="skip timing an ONNX Runtime QDQ artifact against its float twin (INT8 vs FP32 "
+                             "verdict, interleaved, batch 1) and the warning when INT8 is not faster")
     common.add_json(parser)
     return parser
 

@@ -5,8 +5,7 @@ from edgepack.cli import common
 
 
 def add_calibration_args(parser) -> None:
-    parser.add_argument("--data", metavar="D", help="calibration data: a calibration folder, .npz "
-                        "(FILE.npz:ARRAY picks an array) or .npy")
+    parser.add_argument("--data", metavar="D", help="calibration data: " + common.DATA_HELP)
     parser.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"],
                         help="how a range is chosen from the observed values (default: the target's "
                              "calibration_method; entropy for calibrate)")
@@ -27,7 +26,7 @@ def register(subparsers):
                         help="also write a TensorRT calibration cache, for TensorRT <= 10 implicit INT8 "
                              "quantization (IInt8Calibrator); TensorRT 11 has no calibrators: use `edgepack "
                              "quantize` for a Q/DQ model instead")
-    parser.add_argument("--target", "-t", metavar="T",
+    parser.add_argument("-t", "--target", metavar="T",
                         help="with --tensorrt-cache: the TensorRT target it is for (its TensorRT version "
                              "sets the cache header; default TensorRT 8.6.1)")
     common.add_json(parser)

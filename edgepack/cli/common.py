@@ -22,11 +22,29 @@ class GuidingParser(argparse.ArgumentParser):
             unknown = [w for w in getattr(self, "_seen", []) if w.startswith("--")
                        and w.split("=")[0] not in option_strings(self)]
             hint = suggestion(self, f"unrecognized arguments: {' '.join(unknown)}") if unknown else None
-        super().error(f"{message}{'; ' + hint if hint else ''}")
+        hint = hint or f"see `{self.prog} --help`"
+        # one line, as every other error: what, the short usage, what was probably meant
+        self.exit(2, f"error: {self.prog}: {message}. usage: {short_usage(self)}. hint: {hint}\n")
 
     def parse_known_args(self, args=None, namespace=None):
         self._seen = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
+
+
+def short_usage(parser: argparse.ArgumentParser) -> str:
+    """`edgepack quantize MODEL -t T -o OUT [options]`: the positionals and required options only."""
+    parts = [parser.prog]
+    optional = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parts.append(action.metavar or "COMMAND")
+        elif not action.option_strings:
+            parts.append(action.metavar or action.dest.upper())
+        elif action.required:
+            parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+        elif action.dest not in ("help", "version"):
+            optional = True
+    return " ".join(parts + (["[options]"] if optional else []))
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -85,10 +103,14 @@ def add_output(parser: argparse.ArgumentParser, help: str = "output file", requi
     parser.add_argument("-o", "--output", metavar="OUT", required=required, help=help)
 
 
-def add_target(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_target(parser: argparse.ArgumentParser, required: bool = True, recorded: bool = False) -> None:
+    """`-t T, --target T`; `recorded`: optional, defaulting to the target a quantized model (or an
+    artifact's manifest) records."""
     parser.add_argument(
-        "-t", "--target", metavar="T", required=required,
-        help="hardware target: a name from `edgepack targets` or a path to a .toml file",
+        "-t", "--target", metavar="T", required=required and not recorded,
+        help="hardware target: a name from `edgepack targets` or a path to a .toml file"
+             + ("; default: the target recorded in the model by `quantize` (or in the artifact's manifest)"
+                if recorded else ""),
     )
 
 
@@ -101,7 +123,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     """The preprocessing flags, on every command that reads data (see docs/data.md); read back with Preprocess.from_args."""
-    from edgepack.calib.preprocess import CHANNEL_ORDERS
+    from edgepack.calib.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 
     group = parser.add_argument_group(
         "preprocessing", "applied to arrays and image folders alike, in this order: resize, crop, "
@@ -114,8 +136,15 @@ def add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--std", metavar="S,...", help="then divide per channel, e.g. 0.229,0.224,0.225")
     group.add_argument("--channel-order", metavar="ORDER", type=str.upper, choices=CHANNEL_ORDERS,
                        help="BGR: swap the stored RGB channels (default RGB: keep)")
-    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX (bilinear)")
+    group.add_argument("--resize", type=int, metavar="PX", help="resize so the shorter side is PX")
+    group.add_argument("--interpolation", metavar="NAME", type=str.lower, choices=INTERPOLATIONS,
+                       help="the resize filter: bilinear (default), bicubic, nearest, lanczos, box, hamming")
     group.add_argument("--crop", type=int, metavar="PX", help="centre crop PX x PX")
+
+
+#: what --data takes, for every command's help
+DATA_HELP = ("a folder of images (.jpg .png .bmp .webp, sorted; no manifest needed), a calibration folder, "
+             ".npz (FILE.npz:ARRAY[:LABELS] picks the arrays) or .npy")
 
 
 def data_arg(args: argparse.Namespace):
@@ -172,10 +201,10 @@ def call_options(function: Callable, args: argparse.Namespace, display: tuple[st
         if dest == "data" and "preprocess" not in params and preprocessing & set(vars(args)):
             kwargs["data"] = data_arg(args)
             continue
-        if dest in params:
-            kwargs[dest] = value
-        elif dest.startswith("no_") and dest[3:] in params:
+        if dest.startswith("no_") and dest[3:] in params:
             kwargs[dest[3:]] = not value
+        elif dest in params:
+            kwargs[dest] = value
         else:
             raise InternalError(f"edgepack {getattr(args, 'command', '?')}: option '{dest}' is not a parameter "
                                 f"of {function.__module__}.{function.__name__}")

@@ -16,16 +16,19 @@ def register(subparsers):
     parser.add_argument("a", metavar="A", help="reference model (e.g. FP32)")
     parser.add_argument("b", metavar="B", help="model to check (e.g. INT8)")
     parser.add_argument("--data", required=True, metavar="D",
-                        help="a calibration folder, .npz (FILE.npz:ARRAY[:LABELS] picks the arrays) or .npy")
+                        help=common.DATA_HELP)
     parser.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
-    parser.add_argument("--labels", dest="label_key", default="labels", metavar="KEY|FILE",
+    parser.add_argument("--labels", default="labels", metavar="KEY|FILE",
                         help="the labels: an array of the --data .npz (default: labels), or another file "
-                             "(FILE.npz:ARRAY, FILE.npy); gives top-1 accuracy")
+                             "(FILE.npz:ARRAY, FILE.npy, or for an image folder FILE.csv of name,label rows; "
+                             "an image folder's labels.csv or sub-folder per class is found by itself); "
+                             "gives top-1 accuracy")
     common.add_preprocess_args(parser)
     parser.add_argument("--no-layers", action="store_true", help="outputs only")
     parser.add_argument("-t", "--target", metavar="T",
                         help="the target B is for: TensorRT targets run B as its exact QDQ math (the proxy "
-                             "for TensorRT), ONNX Runtime targets as ORT deploys it (default)")
+                             "for TensorRT), ONNX Runtime targets as ORT deploys it; default: the target "
+                             "recorded in B by `quantize`, else as ORT deploys it")
     parser.add_argument("--runtime", dest="runtime_name", choices=["ort", "qdq-math"],
                         help="how to run B: ort (all optimizations, fused INT8 kernels, as deployed) or "
                              "qdq-math (optimizations off); default: from --target, else ort")

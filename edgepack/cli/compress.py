@@ -49,8 +49,7 @@ def _method(methods, name: str, help: str):
         parser.add_argument("--include", nargs="+", default=[], metavar="NODE|OPTYPE")
         parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OPTYPE")
     parser.add_argument("--data", metavar="D",
-                        help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the output error "
-                             "(default: random inputs)")
+                        help="samples for the output error (default: random inputs): " + common.DATA_HELP)
     common.add_preprocess_args(parser)
     common.add_json(parser)
     return parser

@@ -13,8 +13,8 @@ def register(subparsers):
     common.add_output(parser, "the .epk file to write")
     parser.add_argument("--codebook", type=int, metavar="BITS", default=None,
                         help="lossy weight sharing: k-means codebook of 2**BITS entries per layer (e.g. 4..8)")
-    parser.add_argument("--data", metavar="D", help="codebook mode: sample data for the output error "
-                        "(default: random inputs)")
+    parser.add_argument("--data", metavar="D", help="codebook mode: samples for the output error "
+                        "(default: random inputs): " + common.DATA_HELP)
     common.add_json(parser)
     return parser
 

@@ -18,7 +18,7 @@ def register(subparsers):
         subparsers, "profile", "time an ONNX model or TensorRT engine: latency percentiles and per-layer times")
     parser.epilog = EPILOG
     common.add_model(parser, help="ONNX model / ORT artifact, or TensorRT engine (.engine, .plan)")
-    common.add_target(parser)
+    common.add_target(parser, recorded=True)
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--runs", metavar="N", help="timed runs (default: --duration 3s)")
     budget.add_argument("--duration", metavar="S", help="time for this long: 3s, 500ms (at least 10 runs)")
@@ -28,8 +28,7 @@ def register(subparsers):
     parser.add_argument("--threads", type=int, metavar="K",
                         help="intra-op threads, pinned (default: the target's, else 1)")
     parser.add_argument("--affinity", metavar="CPUS", help="pin to these CPUs: 0 or 0,1 or 2-3")
-    parser.add_argument("--data", metavar="D", help="inputs from a calibration folder, .npz (FILE.npz:ARRAY) "
-                        "or .npy (first batch)")
+    parser.add_argument("--data", metavar="D", help="inputs (the first batch) from " + common.DATA_HELP)
     common.add_preprocess_args(parser)
     parser.add_argument("--shapes", metavar="SPEC", help="shapes of inputs with dynamic dims: input:1x3x224x224,...")
     parser.add_argument("--vs", metavar="B", help="a second artifact timed interleaved with the first; "

@@ -26,8 +26,8 @@ def register(subparsers):
                         help="leave these nodes / op types as they are")
     parser.add_argument("--no-fold", action="store_true",
                         help="channel: keep the zeroed channels instead of removing them")
-    parser.add_argument("--data", metavar="D", help="calibration folder, .npz (FILE.npz:ARRAY) or .npy for the "
-                        "output error (default: random inputs)")
+    parser.add_argument("--data", metavar="D", help="samples for the output error (default: random inputs): "
+                        + common.DATA_HELP)
     common.add_preprocess_args(parser)
     common.add_target(parser, required=False)
     parser.add_argument("--bias-correction", action="store_true",

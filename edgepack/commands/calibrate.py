@@ -10,6 +10,7 @@ import onnx_ir as ir
 from edgepack.calib.ranges import Ranges
 from edgepack.commands.result import NOT_JSON, CommandResult
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 
 @dataclass
@@ -41,6 +42,7 @@ class CalibrateReport(CommandResult):
         return getattr(ranges, name)
 
 
+@cli_keywords
 def calibrate(model: str | os.PathLike | ir.Model, data=None, output: str | os.PathLike | None = None, *,
               method: str | None = "entropy", percentile: float = 99.99, limit: int | None = None,
               symmetric: bool = False, tensorrt_cache: str | os.PathLike | None = None, target=None,

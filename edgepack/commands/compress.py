@@ -8,6 +8,7 @@ import onnx_ir as ir
 
 from edgepack.commands.prune import ModelReport
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 METHODS = ("clip", "lowrank", "fp16")
 
@@ -42,6 +43,7 @@ class CompressReport(ModelReport):
         return f"{summary}\n-> {self.output}\n{format_cost(self.to_json())}{format_refit(d.get('refit'))}"
 
 
+@cli_keywords
 def compress(model: str | os.PathLike | ir.Model, method: str, output: str | os.PathLike | None = None, *,
              percentile: float | None = None, threshold: float | None = None,
              rank: int | str | None = None, energy: float | None = None, min_saving: float = 0.1,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.commands.result import NOT_JSON, CommandResult
+from edgepack.keywords import cli_keywords
 
 
 @dataclass
@@ -29,6 +30,7 @@ class InspectReport(CommandResult):
         raise AttributeError(name)
 
 
+@cli_keywords
 def inspect(model: str | os.PathLike, *, check: bool = True) -> InspectReport:
     """Read `model` (with the ONNX checker unless `check=False`) and report what is in it."""
     from edgepack import io

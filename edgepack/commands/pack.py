@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.commands.result import CommandResult
+from edgepack.keywords import cli_keywords
 
 
 @dataclass
@@ -56,6 +57,7 @@ class UnpackReport(CommandResult):
         return f"{self.package} -> {self.output} ({self.mode}, checksums ok)"
 
 
+@cli_keywords
 def pack_model(model: str | os.PathLike, output: str | os.PathLike, *, codebook: int | None = None,
          data=None, codebook_bits: int | None = None) -> PackReport:
     """Write `model` as an .epk container. Lossless unless `codebook` (bits: each float layer's

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgepack.commands.result import NOT_JSON, CommandResult
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 METRICS = ("p1", "p5", "p10", "p50", "p90", "p95", "p99")
 
@@ -21,6 +22,7 @@ class ProfileReport(CommandResult):
     baseline: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     comparison: dict[str, Any] | None = field(default=None, metadata=NOT_JSON)
     history_path: str | None = field(default=None, metadata=NOT_JSON)
+    from_model: dict = field(default_factory=dict, metadata=NOT_JSON)  # defaults read from the artifact
 
     def to_json(self) -> dict[str, Any]:
         return self.result
@@ -29,7 +31,9 @@ class ProfileReport(CommandResult):
         from edgepack.profile.profiler import format_profile
         from edgepack.profile.regression import format_check
 
-        text = format_profile(self.result, top)
+        from edgepack.quant.origin import describe_defaults
+
+        text = "\n".join([*describe_defaults(self.from_model), format_profile(self.result, top)])
         if self.baseline is not None:
             text += ("\n\nvs " + self.baseline["model"]["name"] + "\n" + format_profile(self.baseline, top)
                      + "\n\n" + format_check(self.comparison))
@@ -54,6 +58,7 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
+@cli_keywords
 def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str | None = None,
             duration: float | str | None = None, warmup: int | str = "200ms", batch: int | None = None,
             threads: int | None = None, affinity: str | list[int] | None = None, data=None,
@@ -66,13 +71,22 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     `warmup` runs or time. `vs`: a second artifact timed interleaved with `model` in this process,
     and the check of `model` against it (p50). Each result goes to the history database
     (`history_db`, $EDGEPACK_HISTORY or ~/.cache/edgepack/history.sqlite) unless `history=False`.
-    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`.
+    The lower-level functions are `edgepack.profile_model` and `edgepack.profile_pair`. Without
+    `target` (or preprocessing for `data`), those recorded for the artifact (its build manifest, or
+    a quantized model's metadata) are used, and the text says so.
     """
+    from edgepack.profile.confirm import interleaved_report
+    from edgepack.quant.origin import recorded_defaults, recorded_in_file
+
     from edgepack.profile.history import History
     from edgepack.profile.profiler import ProfileOptions, parse_shapes, profile_model, profile_pair
-    from edgepack.profile.regression import check_regression
     from edgepack.profile.timing import DEFAULT_BUDGET_TEXT, Budget
 
+    from edgepack.limits import MAX_BATCH, MAX_LAYER_RUNS, check_count
+
+    if batch is not None:  # documented maxima (docs/security.md), before any work
+        check_count(batch, "--batch", MAX_BATCH, minimum=1)
+    check_count(max(0, layer_runs) if isinstance(layer_runs, int) else layer_runs, "--layer-runs", MAX_LAYER_RUNS)
     if runs is not None and duration is not None:
         raise UsageError("--runs and --duration exclude each other", hint="give one of them")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool):
@@ -85,6 +99,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch}: must be 1 or more", hint="for example --batch 8")
+    from_model, target, data = recorded_defaults(recorded_in_file(model), target=target, data=data)
     options = ProfileOptions(budget=budget, warmup=Budget.parse(str(warmup), "--warmup"), batch=batch,
                              threads=threads, data=data, shapes=parse_shapes(shapes),
                              layer_runs=max(0, layer_runs), progress=progress)
@@ -92,8 +107,12 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
     baseline = comparison = None
     if vs is not None:
         result, baseline = profile_pair(model, vs, target, options, affinity=cpus)
-        comparison = check_regression(result, baseline, force=True, metric="p50")  # interleaved: load hits both alike
-        result["vs"] = {k: v for k, v in baseline.items() if k != "environment"}
+        # interleaved: load hits both alike; paired blocks of 10 runs, p50 of each
+        comparison = interleaved_report(result, baseline, threshold=0.05, confidence=0.99, metric="p50")
+        from edgepack.profile.verdict import describe
+
+        comparison["summary"] = describe(comparison)
+        result["vs"] = dict(baseline)  # with its environment: a fleet adds it to the history as it is
         result["comparison"] = comparison
     else:
         result = profile_model(model, target, options, affinity=cpus)
@@ -103,7 +122,7 @@ def profile_artifact(model: str | os.PathLike, target=None, *, runs: int | str |
         for item in ([result, baseline] if baseline is not None else [result]):
             store.add(item)
         path = str(store.path)
-    return ProfileReport(result, baseline, comparison, path)
+    return ProfileReport(result, baseline, comparison, path, from_model)
 
 
 @dataclass
@@ -129,12 +148,11 @@ class CheckReport(CommandResult):
         return 1 if self.regression else 0
 
     def summary(self) -> str:
-        """One line: `latency regression: 1.41x slower at p50 (threshold 1.05x)` or the verdict."""
-        r = self.report
-        slower = "slower" if r["ratio"] >= 1 else "faster"
-        factor = r["ratio"] if r["ratio"] >= 1 else 1 / r["ratio"]
-        head = "latency regression" if self.regression else f"latency {r['verdict']}"
-        return f"{head}: {factor:.2f}x {slower} at {r['metric']} (threshold {1 + r['threshold']:.2f}x)"
+        """The verdict line, as the CLI prints it and the JSON's `summary` holds it:
+        `latency slower: current/baseline 1.302x at p1, 99% interval [1.121, 1.513], threshold 1.05x`."""
+        from edgepack.profile.verdict import describe
+
+        return describe(self.report)
 
 
 def parse_threshold(text: str | float) -> float:
@@ -167,25 +185,58 @@ def read_result(path: str | os.PathLike) -> dict:
     return validate_profile(data, str(file))
 
 
+ARTIFACT_SUFFIXES = (".onnx", ".ort", ".engine", ".plan", ".trt")
+
+
+def is_artifact(path) -> bool:
+    """A model file (checked by timing it) rather than a profile result (JSON)."""
+    return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in ARTIFACT_SUFFIXES
+
+
+@cli_keywords
 def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict | list, *,
           threshold: str | float = "5%", confidence: float = 0.99, metric: str = "p1",
           history_db: str | os.PathLike | None = None, history_runs: int = 5,
           force: bool = False, confirm: bool | None = None, confirm_duration: str = "2s",
-          progress: bool = False) -> CheckReport:
-    """Is `current` (a profile JSON file or result) significantly slower than `baseline` (a file,
-    a result, a list of results, or "history": the recent runs of the same model and target on the
-    same kind of device)? The statistic is `edgepack.check_regression`. A suspect slowdown is
-    confirmed by an interleaved rerun on this device (`confirm`; None: where the model files the
-    profiles name are here), timed for `confirm_duration` (edgepack.profile.confirm)."""
+          target=None, duration: str = "3s", progress: bool = False) -> CheckReport:
+    """Is `current` significantly slower than `baseline`?
+
+    Two artifacts (`check("new.onnx", "old.onnx", target="x86-cpu")`, the recommended CI gate):
+    both are timed in this process, interleaved in alternating blocks, for `duration`; a suspect
+    result is timed interleaved again (`confirm_duration`) and the pooled pairs decide.
+    Two profile results (JSON files or dicts; `baseline` may also be a list of results,
+    "history": the recent runs of the same model and target on the same kind of device, or "vs":
+    the model `current` was timed interleaved with by `profile --vs`): the statistic is
+    `edgepack.check_regression`, and a suspect slowdown is confirmed by an interleaved rerun on
+    this device where the model files the profiles name are here (`confirm`; None: where they
+    are). The same artifact run by the same software is "same" (edgepack.profile.regression)."""
     from edgepack.profile.confirm import gate
     from edgepack.profile.environment import device_kind
-    from edgepack.profile.timing import Budget
     from edgepack.profile.history import History
     from edgepack.profile.regression import check_regression, validate_profile
+    from edgepack.profile.timing import Budget
+    from edgepack.profile.verdict import describe
 
     if metric not in METRICS:
         raise UsageError(f"--metric {metric}: not one of {', '.join(METRICS)}", hint="e.g. --metric p50")
     limit = parse_threshold(threshold)
+    if not (0.5 < confidence < 1):
+        raise UsageError(f"--confidence {confidence:g}: must be between 0.5 and 1",
+                         hint="for example --confidence 0.99")
+    again = Budget.parse(confirm_duration, "--confirm-duration")
+    if again.seconds is None:
+        raise UsageError(f"--confirm-duration {confirm_duration}: a duration needs a unit",
+                         hint=f"--confirm-duration {confirm_duration}s")
+    if is_artifact(current) or is_artifact(baseline):
+        if not (is_artifact(current) and is_artifact(baseline)):
+            raise UsageError(f"check {current} --baseline {baseline}: give two artifacts or two profile results",
+                             hint="check CUR.onnx --baseline BASE.onnx (timed interleaved here), or "
+                                  "check cur.json --baseline base.json")
+        report = check_artifacts(current, baseline, target=target, threshold=limit, confidence=confidence,
+                                 metric=metric, duration=duration, confirm=confirm,
+                                 confirm_duration=again.seconds, progress=progress)
+        report["summary"] = describe(report)
+        return CheckReport(report)
     current = validate_profile(current, "current") if isinstance(current, dict) else read_result(current)
     if isinstance(baseline, str) and baseline == "history":
         store = History(history_db)
@@ -198,16 +249,70 @@ def check(current: str | os.PathLike | dict, baseline: str | os.PathLike | dict 
                              f"in {store.path}", hint="profile the baseline first (on the same kind of device), "
                              "or pass --baseline FILE")
         baseline = [validate_profile(b, f"{store.path} (run {b.get('id')})") for b in runs]
+    elif isinstance(baseline, str) and baseline == "vs":  # timed interleaved with it: same process, same load
+        if not isinstance(current.get("vs"), dict):
+            raise UsageError("--baseline vs: the current result was not timed with `profile --vs`",
+                             hint="profile it with --vs BASELINE, or pass --baseline FILE")
+        baseline = validate_profile({**current["vs"], "environment": current.get("environment")}, "vs")
+        force = True  # two models by design
+        confirm = False if confirm is None else confirm
     elif isinstance(baseline, dict):
         baseline = validate_profile(baseline, "baseline")
     elif not isinstance(baseline, list):
         baseline = read_result(baseline)
     report = check_regression(current, baseline, threshold=limit, confidence=confidence, metric=metric,
                               force=force)
-    duration = Budget.parse(confirm_duration, "--confirm-duration")
-    if duration.seconds is None:
-        raise UsageError(f"--confirm-duration {confirm_duration}: a duration needs a unit",
-                         hint=f"--confirm-duration {confirm_duration}s")
     report = gate(report, current, baseline if isinstance(baseline, list) else [baseline], confirm=confirm,
-                  duration=duration.seconds, force=force, progress=progress)
+                  duration=again.seconds, force=force, progress=progress)
+    report["summary"] = describe(report)
     return CheckReport(report)
+
+
+def check_artifacts(current, baseline, *, target=None, threshold: float = 0.05, confidence: float = 0.99,
+                    metric: str = "p1", duration: str = "3s", confirm: bool | None = None,
+                    confirm_duration: float = 2.0, progress: bool = False) -> dict:
+    """`check CUR.onnx --baseline BASE.onnx`: both timed interleaved in one process (ABBA blocks
+    of 10 runs, paired block percentiles; half the time current first, half baseline first:
+    confirm.time_both_orders); a suspect first verdict is timed so again and decided on the
+    pairs of both runs together."""
+    from edgepack.profile import environment as env
+    from edgepack.profile.confirm import (CONFIRM_PAIRS, MIN_PAIRS, STARVED_FACTOR, decide, interleaved_report,
+                                          suspect, time_both_orders)
+    from edgepack.profile.profiler import ProfileOptions, is_engine
+    from edgepack.profile.timing import Budget
+
+    for path in (current, baseline):
+        if not Path(path).is_file():
+            raise UsageError(f"artifact not found: {path}", hint="build it first, or check two profile JSON files")
+        if is_engine(path):
+            raise UsageError(f"{path}: the interleaved check times ONNX Runtime artifacts only",
+                             hint="profile each engine with `edgepack profile --json` and check the JSON files")
+    budget = Budget.parse(duration, "--duration")
+    if budget.seconds is None:
+        raise UsageError(f"--duration {duration}: a duration needs a unit", hint=f"--duration {duration}s")
+    options = ProfileOptions(budget=budget, warmup=Budget(seconds=0.2), layer_runs=0, progress=progress)
+    load_before = env.load_average()
+    seconds = budget.seconds
+    fresh, base = time_both_orders(current, baseline, target, options, min_pairs=MIN_PAIRS,
+                                   max_seconds=STARVED_FACTOR * seconds)
+    report = interleaved_report(fresh, base, threshold=threshold, confidence=confidence, metric=metric)
+    report["load_average"] = {**report.get("load_average", {}), "before": load_before, "after": env.load_average()}
+    if not suspect(report) or confirm is False:
+        report["confirm"] = {"ran": False, "confirmed": None,
+                             "reason": "the same artifact run by the same software" if report.get("identical")
+                             else "--no-confirm" if confirm is False else "no slowdown over the threshold possible"}
+        return report
+    import time
+
+    again = ProfileOptions(budget=Budget(seconds=confirm_duration), warmup=Budget(seconds=0.1), layer_runs=0,
+                           progress=progress)
+    before, start = env.load_average(), time.perf_counter()
+    fresh2, base2 = time_both_orders(current, baseline, target, again, min_pairs=CONFIRM_PAIRS,
+                                     max_seconds=STARVED_FACTOR * confirm_duration)
+    pooled = interleaved_report(fresh2, base2, threshold=threshold, confidence=confidence, metric=metric,
+                                earlier=(fresh["samples_ms"], base["samples_ms"]))
+    record = {"ran": True, "mode": "interleaved", "confirmable": True,
+              "reason": "timed interleaved again (each order half the time); the pairs of both runs decide",
+              "duration_s": round(time.perf_counter() - start, 3), "load_before": before,
+              "load_after": env.load_average(), "report": pooled, "confirmed": pooled["verdict"] == "slower"}
+    return decide(report, record)

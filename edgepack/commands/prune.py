@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from edgepack.commands.result import NOT_JSON, CommandResult, plain
 from edgepack.errors import UsageError
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def format_refit(refit: dict | None) -> str:
             f"{b['top1_agreement']:.3f} -> {a['top1_agreement']:.3f}{acc} (on the refit data)")
 
 
+@cli_keywords(aliases={"global_": ("scope", lambda on: "global" if on else "layer")})
 def prune(model: str | os.PathLike | ir.Model, output: str | os.PathLike | None = None, *,
           sparsity: float | None = None, granularity: str = "element", scope: str = "layer",
           norm: str = "l1", include=(), exclude=(), fold: bool = True, data=None, target=None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 from edgepack.errors import EdgepackError, first_line
 from edgepack.fleet import DEVICE_RESOURCE, resource
 from edgepack.fleet.cluster import connect, exclusive_targets, no_device_error, offered_targets
+from edgepack.fleet.untrusted import HostileReply, check_reply, declared_names, open_folder_nofollow, write_under
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
     pending: dict = {}
     shippers: dict = {}
     devices: dict[str, dict] = {}
+    declared: dict[str, dict[str, set[str]]] = {}  # target -> step id -> the file names it may return
     task = ray.remote(_remote_entry)
     exclusive = exclusive_targets()
     for target in recipe.targets:
@@ -132,7 +135,7 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
                                                 note=failures[target] if i == 0 else "")
                                for i, s in enumerate(per_target)}
             continue
-        kinds, skipped, refs = _plan_target(recipe, target, out_dir, parsers, env, shared, force)
+        kinds, skipped, refs, declared[target] = _plan_target(recipe, target, out_dir, parsers, env, shared, force)
         results[target] = skipped
         if not any(kind == "run" for _, kind in kinds):
             _print_target(target, [skipped[s.id] for s in per_target], None)
@@ -158,13 +161,22 @@ def _run_targets(recipe, out_dir: Path, shared_results, missing, offered, addres
                 failures[target] = (f"the device running it was lost ({type(exc).__name__}), "
                                     "also on the retry")
                 reply = None
+            if reply is not None:
+                try:  # nothing a device sends is trusted: checked whole before a byte is written
+                    reply = check_reply(reply, declared[target])
+                except HostileReply as exc:
+                    failures[target], reply = str(exc), None
             if reply is None:
                 _mark_failed(results[target], per_target, target=target, note=failures[target])
                 _print_target(target, [results[target][s.id] for s in per_target], None)
                 continue
             devices[target] = reply["node"]
-            failure = _take_back(recipe, target, out_dir, parsers, env, shared, results[target], reply,
-                                 shippers[target])
+            try:
+                failure = _take_back(recipe, target, out_dir, parsers, env, shared, results[target], reply,
+                                     shippers[target])
+            except EdgepackError as exc:  # e.g. the target's folder is a symbolic link
+                failure = str(exc)
+                _mark_failed(results[target], per_target, target=target, note=failure)
             if failure:
                 failures[target] = failure
             _print_target(target, [results[target][s.id] for s in per_target], reply["node"])
@@ -217,7 +229,7 @@ def _plan_target(recipe, target, out_dir, parsers, env, shared, force):
     from edgepack.recipe import _plan_step
 
     outputs, reports = {("model", None): recipe.model}, {}
-    kinds, skipped, refs, to_run = [], {}, {}, set()
+    kinds, skipped, refs, to_run, declared = [], {}, {}, set(), {}
     for step in recipe.steps:
         if not step.per_target:
             if step.id in shared:
@@ -226,6 +238,7 @@ def _plan_target(recipe, target, out_dir, parsers, env, shared, force):
             continue
         result, plan = _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env)
         refs[step.id] = list(result.inputs)
+        declared[step.id] = declared_names(plan, step.id) if plan is not None else {f"{step.id}.log"}
         previous = plan.previous() if plan is not None and not force and not (to_run & set(result.inputs)) else None
         if previous:
             result.status, result.note = "skipped", f"unchanged (took {previous.get('seconds', 0):.2f}s)"
@@ -237,7 +250,7 @@ def _plan_target(recipe, target, out_dir, parsers, env, shared, force):
             to_run.add(step.id)
             kinds.append((step, "run"))
         _record(outputs, reports, (step.id, target), result)
-    return kinds, skipped, refs
+    return kinds, skipped, refs, declared
 
 
 def _job(recipe, target, kinds, shared, skipped, refs, shipper, out_dir):
@@ -299,15 +312,13 @@ def _ship_value(value, shipper):
 
 
 def _take_back(recipe, target, out_dir, parsers, env, shared, results, reply, shipper) -> str | None:
-    """Write the device's files into DIR/<target>/, re-plan each step here and write its manifest.
+    """Write the device's files (a checked reply: untrusted.check_reply) into DIR/<target>/, never
+    through a symbolic link; re-plan each step here and write its manifest.
     Returns why the target failed, or None."""
-    from edgepack.io import write_atomic
-    from edgepack.recipe import _plan_step, write_manifest
-
-    from edgepack.recipe import _target_folder
+    from edgepack.recipe import _plan_step, _produced, _target_folder, write_manifest
 
     folder = out_dir / _target_folder(target)
-    folder.mkdir(parents=True, exist_ok=True)
+    os.close(open_folder_nofollow(out_dir, (folder.name,)))  # a link at DIR or DIR/<target>: refused
     work = reply["workdir"]
     pairs = shipper.remote_to_local(work) + [(f"{work}/out/{target}", str(folder)), (f"{work}/out", str(out_dir))]
     records = {r["id"]: r for r in reply["steps"]}
@@ -331,11 +342,14 @@ def _take_back(recipe, target, out_dir, parsers, env, shared, results, reply, sh
                 for remote, local in pairs:
                     text = text.replace(remote, local)
                 data = text.encode()
-            write_atomic(folder / name, data)
+            write_under(out_dir, (folder.name,), name, data)
         result, plan = _plan_step(step, target, recipe, out_dir, parsers, outputs, reports, env)
         result.status, result.seconds, result.log = record["status"], record["seconds"], record["log"]
         result.note = record["note"] or (f"on {node['hostname']} ({node['node_id'][:8]})" if record["status"] == "done" else "")
         if plan is not None:
+            unreturned = [p.name for p in _produced(plan) if p.name not in record["files"]]
+            if result.status == "done" and unreturned:
+                result.status, result.note = "failed", f"the device did not return {unreturned[0]}"
             if result.status == "done":
                 write_manifest(plan, step, target, env, result.seconds, extra={"device": device})
                 _add_history(step, plan)
@@ -360,9 +374,15 @@ def _add_history(step, plan) -> None:
         return
     from edgepack.profile.history import History
 
+    if not isinstance(data, dict):
+        return
     for item in (data, data.get("vs")) if isinstance(data.get("vs"), dict) and "latency_ms" in data["vs"] else (data,):
         if item.get("schema") == "edgepack.profile/1":
-            History(step.options.get("history_db")).add(item)
+            try:  # a device's report: a malformed one is left out of the history, with a warning
+                History(step.options.get("history_db")).add(item)
+            except (EdgepackError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                logger.warning("profile %s from the device not added to the history: %s", plan.report,
+                               first_line(exc))
 
 
 def _mark_failed(results, per_target, *, target, note) -> None:

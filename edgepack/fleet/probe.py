@@ -147,8 +147,10 @@ class JoinResult:
 
 
 def join(head: str, targets: list[str], *, dry_run: bool = False, force: bool = False,
-         extra: list[str] = ()) -> JoinResult:
-    """Check that this device is each target, then `ray start --address HEAD --resources ...`."""
+         extra: list[str] = (), token_file=None, insecure: bool = False) -> JoinResult:
+    """Check that this device is each target and that the head requires the fleet token (unless
+    `insecure`), then `ray start --address HEAD --resources ...` presenting the token. A loopback
+    head keeps this node on 127.0.0.1 too (edgepack.fleet.raystart)."""
     from edgepack.targets import load_target
 
     if not targets:
@@ -162,18 +164,33 @@ def join(head: str, targets: list[str], *, dry_run: bool = False, force: bool = 
                                 hint=f"join with the target it is (it matches: "
                                      f"{', '.join(matching_targets(facts)) or 'none'}), or pass --force")
     names = [load_target(n).name for n in targets]
-    command = ["ray", "start", "--address", address,
-               "--resources", json.dumps({DEVICE_RESOURCE: 1, **{resource(t): 1 for t in names}}), *extra]
+    from edgepack.fleet import auth
+    from edgepack.fleet.head import is_loopback, ray_command, run_ray
+
+    host = address.rsplit(":", 1)[0]
+    local = (["--node-ip-address", "127.0.0.1"]
+             if is_loopback(host) and not any(a.startswith("--node-ip-address") for a in extra) else [])
+    command = ray_command(["start", "--address", address,
+                           "--resources", json.dumps({DEVICE_RESOURCE: 1, **{resource(t): 1 for t in names}}),
+                           *local, "--disable-usage-stats", *extra])
     result = JoinResult(address, names, command, started=False, facts=facts)
-    if dry_run:
+    if dry_run:  # the device checked, the command said; the head is not contacted
         return result
-    if not shutil.which("ray"):
-        raise EdgepackError("the `ray` command is not on PATH", hint=INSTALL_HINT)
-    done = subprocess.run(command, capture_output=True, text=True)
-    result.output = (done.stdout + done.stderr).strip()
-    if done.returncode != 0:
-        last = [line for line in result.output.splitlines() if line.strip()][-1:] or [f"exit code {done.returncode}"]
-        raise EdgepackError(f"`ray start --address {address}` failed: {last[0]}",
-                            hint="check that the head runs (`ray start --head --port 6379`) and is reachable")
+    if auth.cluster_requires_token(address):
+        auth.read_token(token_file)  # present and owner-only before Ray reads it
+        env = auth.ray_env(token_file)
+    elif insecure:
+        logger.warning("joining %s, which has no authentication (--insecure): anyone who can reach it "
+                       "can run code on this device", address)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+        env["RAY_AUTH_MODE"] = "disabled"
+    else:
+        raise EdgepackError(f"the Ray cluster at {address} accepts clients without a token: anyone who can "
+                            "reach it can run code on every device; refused",
+                            hint="start the head with `edgepack fleet head` (token authentication), "
+                                 "or pass --insecure to join it anyway")
+    result.output = run_ray(command, env, f"ray start --address {address}",
+                            hint="check that the head runs (`edgepack fleet head`) and is reachable, "
+                                 "and that the token file is the head's")
     result.started = True
     return result

@@ -57,6 +57,8 @@ def run_target(job: TargetJob) -> dict:
     try:
         for rel, ref in job.files.items():
             path = work / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.resolve().is_relative_to(work.resolve()):
+                raise ValueError(f"the driver sent a file outside the task folder: {rel!r}")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(ray.get(ref))
         # profile rows go to the driver's history (it adds them); the device keeps none of its own
@@ -92,8 +94,9 @@ def run_target(job: TargetJob) -> dict:
             if result.report:
                 reports[key] = Path(result.report)
             after = _listing(folder)
-            written = sorted(name for name, stamp in after.items()
-                             if before.get(name) != stamp and not name.endswith(".step.json"))
+            written = sorted(name for name, stamp in after.items()  # temporary and hidden files stay here
+                             if before.get(name) != stamp and not name.endswith(".step.json")
+                             and not name.startswith("."))
             done.append({"id": step.id, "status": result.status, "seconds": result.seconds, "note": result.note,
                          "log": result.log, "files": {name: (folder / name).read_bytes() for name in written}})
             failed = result.status == "failed"

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgepack.limits import available_memory
 from edgepack import io
 from edgepack.errors import EdgepackError, first_line
 from edgepack.pack.codebook import kmeans_1d
@@ -350,21 +351,11 @@ def _stream_entries(header: dict, payload_bytes: int, where: str) -> dict[str, d
                                 f"the {limits.get(name, MAX_WEIGHT_BYTES):,} a package may hold; refused",
                                 hint="the file is corrupt or a decompression bomb")
     total = sum(e["raw_length"] for e in entries.values())
-    available = _available_memory()
+    available = available_memory()
     if available is not None and total > available:
         raise EdgepackError(f"{where}: unpacking needs {total:,} bytes, more than the {available:,} bytes of "
                             "memory available; refused", hint="free memory, or unpack on a larger machine")
     return entries
-
-
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _stream(entries: dict, payload: bytes, name: str, where: str) -> bytes:

@@ -189,7 +189,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     """Evaluates nodes whose inputs are all constant (onnx's reference evaluator) into initializers.
 
     Our own folding for when onnxsim cannot run. Outputs over 1M elements are left as nodes so
-    folding never inflates the model; random ops and control flow are never folded.
+    folding never inflates the model; random ops and control flow are never folded, nor ops whose
+    result is not a tensor (an initializer holds only tensors).
     """
 
     SKIP = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -219,6 +220,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                 results = evaluator.run(None, feeds)
             except Exception:  # an op the reference evaluator lacks: leave it
                 continue
+            if not all(isinstance(r, np.ndarray) for r in results):
+                continue  # a sequence, an optional or a map (SequenceEmpty): no initializer holds one
             if any(np.asarray(r).size > _FOLD_MAX_ELEMENTS for r in results):
                 continue
             for out, array in zip(node.outputs, results):

@@ -24,7 +24,7 @@ def max_abs_error(before: ModelLike, after: ModelLike, feeds: dict[str, np.ndarr
         feeds = runtime.random_feeds(spec, batch=batch, seed=seed)
     ref = runtime.run_and_free(before, feeds)  # one session at a time: each holds the weights
     new = runtime.run_and_free(after, feeds)
-    if len(ref) != len(new) or any(r.shape != n.shape for r, n in zip(ref, new)):
+    if not runtime.same_structure(ref, new):
         return float("inf")
     error = runtime.max_abs_error(ref, new)
     return error / runtime.output_scale(ref) if relative else error

@@ -27,6 +27,34 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: str | os.PathLike) -> dict[str, str]:
+    """{location: sha256} of the external data files an ONNX model reads ({} when its weights are
+    inside it, or for an engine / .ort file): with the model's own sha256 this says whether two
+    artifacts are the same. A location outside the model's folder is recorded as unreadable."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        return {}
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX protobuf: the profiler reports that itself
+        return {}
+    locations = sorted({entry.value for tensor in _get_all_tensors(model) if uses_external_data(tensor)
+                        for entry in tensor.external_data if entry.key == "location"})
+    out = {}
+    folder = path.parent.resolve()
+    for location in locations:
+        file = (folder / location).resolve()
+        inside = file.is_relative_to(folder) and file.is_file()
+        try:
+            out[location] = sha256_of(file) if inside else "unreadable"
+        except OSError:
+            out[location] = "unreadable"
+    return out
+
+
 def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError, UsageError, first_line
+from edgepack.limits import check_memory
 from edgepack.profile import environment as env
 from edgepack.profile.stats import count_outliers, format_ms, summarize
 from edgepack.profile.timing import Budget, time_interleaved, time_runs, warm_up
@@ -156,7 +158,7 @@ def make_feeds(inputs: list, options: ProfileOptions) -> tuple[dict, int]:
             return feeds, len(next(iter(feeds.values())))
         raise EdgepackError(f"{options.data}: no samples", hint="pass a data set with at least one sample")
     rng = np.random.default_rng(options.seed)
-    feeds, batch = {}, None
+    feeds, batch, planned = {}, None, []
     for name, shape, dtype in inputs:
         if name in shapes:
             concrete = list(shapes[name])
@@ -178,6 +180,9 @@ def make_feeds(inputs: list, options: ProfileOptions) -> tuple[dict, int]:
                                      hint=f"give its shape with --shapes {name}:D0xD1x...")
         if batch is None and concrete:
             batch = concrete[0]
+        planned.append((name, concrete, dtype))
+    _check_feed_memory(planned, batch or 1)
+    for name, concrete, dtype in planned:
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         elif dtype == np.bool_:
@@ -185,6 +190,42 @@ def make_feeds(inputs: list, options: ProfileOptions) -> tuple[dict, int]:
         else:
             feeds[name] = rng.integers(0, 10, concrete).astype(dtype)
     return feeds, batch or 1
+
+
+def _check_feed_memory(planned: list, batch: int) -> None:
+    """The random inputs (drawn in float64, then cast) must fit in the memory available, checked
+    before they are drawn: a --batch too big for this machine is one error line, not a MemoryError."""
+    needed = sum(math.prod(shape) * (8 + np.dtype(dtype).itemsize) for _, shape, dtype in planned)
+    check_memory(needed, f"--batch {batch}: the inputs", hint="use a smaller --batch")
+
+
+def check_batch_memory(path: Path, batch: int) -> None:
+    """Refuse a batch whose tensors would not fit: the inputs and every intermediate tensor whose
+    shape ONNX shape inference gives at batch 1, times the batch (an upper bound: ONNX Runtime
+    reuses memory, so the real peak is lower). Checked for batches over 64 only; a model whose
+    shapes cannot be inferred is not checked beyond its inputs."""
+    if batch <= 64 or path.suffix != ".onnx":
+        return
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        for value in model.graph.input:
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = 1
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is a best effort here; the inputs are checked anyway
+        return
+    per_sample = 0
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if dims and None not in dims:
+            size = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize if tensor.elem_type else 4
+            per_sample += math.prod(dims) * size
+    check_memory(per_sample * batch, f"--batch {batch}: the model's tensors ({per_sample:,} bytes a sample, "
+                 "every intermediate at once)", hint="use a smaller --batch")
 
 
 def _threads(target, options: ProfileOptions) -> int:
@@ -205,7 +246,7 @@ def _result(path: Path, target, runner, batch: int, threads: int, options: Profi
         "schema": SCHEMA,
         "id": uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(path), "name": path.name, "sha256": sha},
+        "model": {"path": str(path), "name": path.name, "sha256": sha, "weights_sha256": env.weights_sha256(path)},
         "target": target.name if target else None,
         "backend": runner.backend,
         "batch": batch,
@@ -236,6 +277,7 @@ def profile_model(path: str | os.PathLike, target=None, options: ProfileOptions 
     runner = _open(path, target, threads)
     if not isinstance(runner, OrtRunner):
         return _profile_tensorrt(path, target, runner, options, threads, before)
+    check_batch_memory(path, options.batch or 1)
     feeds, batch = make_feeds(runner.inputs, options)
     run = runner.bind(feeds)
     warmup_runs = warm_up(run, options.warmup)
@@ -292,8 +334,10 @@ def _profile_tensorrt(path: Path, target, runner, options: ProfileOptions, threa
 
 
 def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileOptions(), *,
-                 affinity: list[int] | None = None, block: int = 10) -> tuple[dict, dict]:
-    """Time A and B in one process, interleaved in blocks (ABBA), with the same inputs."""
+                 affinity: list[int] | None = None, block: int = 10, min_runs: int = 10,
+                 max_seconds: float | None = None) -> tuple[dict, dict]:
+    """Time A and B in one process, interleaved in blocks (ABBA), with the same inputs (a time
+    budget goes on until `min_runs` runs each, at most `max_seconds`: see time_interleaved)."""
     from edgepack.targets import load_target
 
     target = load_target(target) if target is not None else None
@@ -310,7 +354,8 @@ def profile_pair(path_a, path_b, target=None, options: ProfileOptions = ProfileO
     feeds_b, _ = make_feeds(runners[1].inputs, options)
     runs = [r.bind(f) for r, f in zip(runners, (feeds, feeds_b))]
     warmups = [warm_up(run, options.warmup) for run in runs]
-    a, b = time_interleaved(runs[0], runs[1], options.budget, block=block, progress=options.progress)
+    a, b = time_interleaved(runs[0], runs[1], options.budget, block=block, progress=options.progress,
+                            min_runs=min_runs, max_seconds=max_seconds)
     results = []
     for p, runner, f, samples, w in zip(paths, runners, (feeds, feeds_b), (a, b), warmups):
         result = _result(p, target, runner, batch, threads, options, samples, w, env.sha256_of(p))

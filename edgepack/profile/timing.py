@@ -42,8 +42,12 @@ class Budget:
             if number != int(number):
                 raise UsageError(f"{option} {text!r}: a number of runs must be whole",
                                  hint=f"add a unit for a duration: {option} {text}s")
-            return cls(runs=int(number))
-        return cls(seconds=number / 1000.0 if unit == "ms" else number)
+            from edgepack.limits import MAX_RUNS, check_count
+
+            return cls(runs=check_count(int(number), option, MAX_RUNS))
+        from edgepack.limits import check_seconds
+
+        return cls(seconds=check_seconds(number / 1000.0 if unit == "ms" else number, option))
 
     def describe(self) -> str:
         return f"{self.runs} runs" if self.runs is not None else f"{self.seconds:g} s"
@@ -77,17 +81,22 @@ def time_runs(run: Callable[[], object], budget: Budget, *, progress: bool = Tru
         append(t1 - t0)
         if meter.done(len(samples), t1):
             break
+    meter.close()
     return [s * 1000.0 for s in samples]
 
 
 def time_interleaved(run_a: Callable[[], object], run_b: Callable[[], object], budget: Budget, *,
-                     block: int = 10, progress: bool = True) -> tuple[list[float], list[float]]:
+                     block: int = 10, progress: bool = True, min_runs: int = MIN_RUNS,
+                     max_seconds: float | None = None) -> tuple[list[float], list[float]]:
     """A and B timed in alternating blocks of `block` runs (ABBA order), so that load from other
-    processes and clock changes hit both alike. The budget counts runs of each (or total time)."""
+    processes and clock changes hit both alike. The budget counts runs of each (or total time);
+    a time budget goes on until each side has `min_runs` runs (a starved process needs longer for
+    as many pairs of blocks), but never past `max_seconds`."""
     a: list[float] = []
     b: list[float] = []
     clock = time.perf_counter
     meter = _Meter(budget, progress, "A/B")
+    start = clock()
     turn = 0
     while True:
         order = ((run_a, a), (run_b, b)) if turn % 2 == 0 else ((run_b, b), (run_a, a))
@@ -97,8 +106,11 @@ def time_interleaved(run_a: Callable[[], object], run_b: Callable[[], object], b
                 run()
                 samples.append(clock() - t0)
         turn += 1
-        if meter.done(len(a), clock()):
+        now = clock()
+        if meter.done(len(a), now) and (len(a) >= min_runs or budget.seconds is None
+                                        or (max_seconds is not None and now - start >= max_seconds)):
             break
+    meter.close()
     return [s * 1000.0 for s in a], [s * 1000.0 for s in b]
 
 
@@ -115,9 +127,11 @@ class _Meter:
         if self.bar is not None and (finished or now - self.last > 0.25):
             _advance(self.bar, self.budget, count, now - self.start)
             self.last = now
-            if finished:
-                self.bar.close()
         return finished
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _bar(budget: Budget, progress: bool, label: str):

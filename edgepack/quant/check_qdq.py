@@ -34,8 +34,12 @@ def check_qdq(model: ir.Model, target: Target) -> list[str]:
 
 def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
     """Every rule the model breaks, one Finding per node and rule."""
+    from edgepack.quant.low_precision_rules import low_precision_findings
+    from edgepack.quant.origin import seven_bit_activations
+
     policy = QuantPolicy.for_target(target)
-    problems: list[Finding] = []
+    problems: list[Finding] = low_precision_findings(model, target)
+    int8_weights_exact = seven_bit_activations(model)  # u7 x s8 pairs fit int16
     for node in iter_nodes(model):
         label = node_label(node)
         add = lambda rule, detail: problems.append(Finding(rule, label, detail))  # noqa: E731
@@ -51,6 +55,8 @@ def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
             continue
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             add("scale not finite and > 0", "scales must be finite and > 0")
+        if "block_size" in node.attributes or _low_precision(node, zero):
+            continue  # INT4 blocks and FP8: quant/low_precision_rules.py
         _check_axis(node, label, scale, problems)
         if policy.tensorrt:
             if zero is not None and (zero.dtype != np.int8 or np.any(zero != 0)):
@@ -64,12 +70,12 @@ def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
             if src is not None and src.dtype != np.int8:
                 add(f"dequantizes {src.dtype} (TensorRT takes int8 only)",
                     f"dequantizes {src.dtype}; TensorRT takes int8 only (keep biases float)")
-        if target.int8_saturates and node.op_type == "DequantizeLinear":
+        if target.int8_saturates and not int8_weights_exact and node.op_type == "DequantizeLinear":
             src = const_array(node.inputs[0])
             if src is not None and src.dtype == np.int8 and int(np.abs(src.astype(np.int16)).max(initial=0)) > 64:
-                add(f"int8 weights (saturate on {target.name}; use uint8)",
+                add(f"int8 weights with 8-bit activations (saturate on {target.name})",
                     f"int8 weights on {target.name}, whose CPU adds u8 x s8 product pairs in int16 and "
-                    "saturates; uint8 (U8U8) or 7-bit weights are exact there")
+                    "saturates; 7-bit activations, uint8 (U8U8) or 7-bit weights are exact there")
         if node.op_type == "QuantizeLinear":
             users = node.outputs[0].uses()
             if not users or any(u.node.op_type != "DequantizeLinear" for u in users):
@@ -78,6 +84,16 @@ def qdq_findings(model: ir.Model, target: Target) -> list[Finding]:
             if node.outputs[0].is_graph_output():
                 add("quantized graph output", "a quantized tensor is a graph output")
     return problems
+
+
+def _low_precision(node: ir.Node, zero: np.ndarray | None) -> bool:
+    """An FP8 or INT4 Q/DQ (its rules are in low_precision_rules.py)."""
+    from edgepack.quant.low_precision_rules import LOW_PRECISION_TYPES
+
+    types = {v.dtype for v in (node.inputs[0], node.outputs[0]) if v is not None}
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        types.add(node.inputs[2].dtype)
+    return bool(types & LOW_PRECISION_TYPES)
 
 
 def grouped(findings: list[Finding]) -> list[tuple[str, int, str]]:

@@ -32,6 +32,7 @@ from edgepack.calib.calibrate import FLOATS, _with_outputs
 from edgepack.calib.data import has_labels, input_specs_of, open_dataset
 from edgepack.errors import EdgepackError
 from edgepack.graph import const_array
+from edgepack.keywords import cli_keywords
 
 SCHEMA = "edgepack.compare/1"
 RUNTIMES = {
@@ -89,10 +90,12 @@ class CompareResult:
     reshaped_tensors: list[str] = dataclasses.field(default_factory=list)
     a: str | None = None
     b: str | None = None
+    from_model: dict = dataclasses.field(default_factory=dict)  # {"target": ..., "preprocess": ...} read from B
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "a": self.a, "b": self.b, "runtime": self.runtime, "outputs": self.outputs,
-                "accuracy": self.accuracy, "layers": self.layers, "reshaped_tensors": self.reshaped_tensors}
+                "accuracy": self.accuracy, "layers": self.layers, "reshaped_tensors": self.reshaped_tensors,
+                "from_model": self.from_model}
 
     def __getitem__(self, key: str):  # dict-style access, as the JSON reads
         return self.to_json()[key]
@@ -114,8 +117,9 @@ def runtime_for(target=None, runtime_name: str | None = None) -> str:
     return "ort"
 
 
+@cli_keywords(aliases={"runtime": "runtime_name"})
 def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: int | None = None,
-            layers: bool = True, labels: bool = True, batch_size: int = 64,
+            layers: bool = True, labels: bool | str = True, batch_size: int = 64,
             label_key: str = "labels", preprocess=None) -> CompareResult:
     """Run A and B (paths or onnx-ir models) on the same data; statistics per output, accuracy with
     labels, and per paired intermediate tensor. B runs as `target`'s runtime runs it here (see
@@ -123,13 +127,23 @@ def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: 
 
     Top-1 accuracy is computed when `labels` and the data holds an array named `label_key` (an
     .npz), `data` is `FILE.npz:ARRAY:LABELS`, `label_key` names another file (`FILE.npz:ARRAY`),
-    or `data` is a calibration folder whose manifest names an evaluation file and its labels.
-    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data."""
-    from edgepack import io
+    or `data` is a calibration folder whose manifest names an evaluation file and its labels, or an
+    image folder has labels (calib/images.py); `labels` may be that key or file itself (`--labels`).
+    `preprocess`: an `edgepack.calib.preprocess.Preprocess` for the data.
 
+    Without `target`/`runtime_name`, B runs as the target recorded in its metadata (by `quantize`)
+    runs it; without `preprocess`, the data is prepared as recorded there. The result's
+    `from_model` says what was read, and the text says so."""
+    from edgepack import io
+    from edgepack.quant.origin import recorded_defaults
+
+    if isinstance(labels, str):
+        labels, label_key = True, labels
     names = (str(a) if not isinstance(a, ir.Model) else None, str(b) if not isinstance(b, ir.Model) else None)
     a = io.load(a) if not isinstance(a, ir.Model) else a
     b = io.load(b) if not isinstance(b, ir.Model) else b
+    from_model, target, data = recorded_defaults(b, target=target, data=data, preprocess=preprocess,
+                                                 need_target=runtime_name is None)
     how = runtime_for(target, runtime_name)
     outputs = [o.name for o in a.graph.outputs]
     if [o.name for o in b.graph.outputs] != outputs:
@@ -156,7 +170,7 @@ def compare(a, b, data, *, target=None, runtime_name: str | None = None, limit: 
                     "samples": first.total, "top1_agreement": first.agree / first.total}
     layer_rows, reshaped = (_layer_stats(a, b, dataset, how) if layers else ([], []))
     return CompareResult([{"name": n, **stats[n].result()} for n in outputs], layer_rows, accuracy,
-                         {"a": RUNTIMES["ort"], "b": RUNTIMES[how]}, reshaped, *names)
+                         {"a": RUNTIMES["ort"], "b": RUNTIMES[how]}, reshaped, *names, from_model)
 
 
 def compare_models(a, b, data, **options) -> dict:
@@ -247,7 +261,10 @@ def _attributes(node: ir.Node) -> str:
 
 def format_comparison(result, top: int = 10) -> str:
     result = result.to_json() if isinstance(result, CompareResult) else result
-    lines = [f"B ran as: {result['runtime']['b']}"] if result.get("runtime") else []
+    from edgepack.quant.origin import describe_defaults
+
+    lines = describe_defaults(result.get("from_model") or {})
+    lines += [f"B ran as: {result['runtime']['b']}"] if result.get("runtime") else []
     lines.append(f"{'output':<24} {'SQNR dB':>9} {'cosine':>9} {'max abs err':>12} {'top-1 agree':>12}")
     for o in result["outputs"]:
         agree = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.2%}"

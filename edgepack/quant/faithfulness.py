@@ -88,7 +88,7 @@ def check_runtime(qdq_model, data=None, *, float_model=None, deployed=None, samp
         if int8_dot_saturates() and _has_int8_weights(qdq_model):
             cause = ("this CPU has no VNNI, so ONNX Runtime's u8 x s8 kernels add product pairs in int16 "
                      "and saturate")
-            fix = "quantize with -t x86-cpu (uint8 weights run on ORT's exact U8U8 kernels)"
+            fix = "quantize with -t x86-cpu (7-bit weights: exact U8S8 kernels on every x86 CPU)"
         where = f" for {getattr(target, 'name', target)}" if target is not None else ""
         message = (f"INT8 model{where} as ONNX Runtime runs it differs from its QDQ math: SQNR {r:.1f} dB "
                    f"(judged against {judged}, top-1 agreement {_pct(agree)}) on {len(fused_out)} samples, "

@@ -22,7 +22,8 @@ def prepare(model: ir.Model) -> bool:
     from edgepack.passes.fold_batchnorm import FoldBatchNormPass
     from edgepack.passes.simplify import FoldConstantsPass
 
-    passes = ir.passes.PassManager([FoldConstantsPass(), FoldBatchNormPass(), FoldConvBiasAddPass()])
+    passes = ir.passes.PassManager([FoldConstantsPass(), FoldBatchNormPass(), FoldConvBiasAddPass(),
+                                    FoldMatMulBiasIntoGemmPass()])
     return passes(model).modified
 
 
@@ -82,3 +83,45 @@ class FoldConvBiasAddPass(ir.passes.InPlacePass):
             return False
         shape = (1,) * (rank - const.ndim) + const.shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1) and shape[1] in (1, w.shape[0])
+
+
+class FoldMatMulBiasIntoGemmPass(ir.passes.InPlacePass):
+    """MatMul(x[N, K], W[K, M]) -> Add(·, b[M]) with W and b constant -> Gemm(x, W, b).
+
+    Left apart, ONNX Runtime fuses the pair into a float Gemm before its QDQ fusions look at it,
+    and the Gemm then dequantizes its weight at every inference; as one Gemm with an int32 bias
+    it runs as QGemm. Only 2-D MatMuls whose output feeds just this Add (and is no graph output).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        folded = 0
+        for add in list(graph):
+            if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+                continue
+            for side in (0, 1):
+                matmul, bias = add.inputs[side].producer(), const_array(add.inputs[1 - side])
+                if matmul is None or matmul.op_type != "MatMul" or matmul.domain != "" or bias is None:
+                    continue
+                w = const_array(matmul.inputs[1])
+                x, out = matmul.inputs[0], matmul.outputs[0]
+                if (w is None or w.ndim != 2 or x is None or x.shape is None or len(x.shape) != 2
+                        or out.is_graph_output() or len(out.uses()) != 1 or bias.dtype != w.dtype
+                        or bias.size != w.shape[1] or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1)):
+                    continue
+                b = new_initializer(graph, bias.reshape(-1), f"{matmul.name or 'matmul'}_bias")
+                gemm = ir.node("Gemm", [x, matmul.inputs[1], b], name=matmul.name or None)
+                graph.insert_before(matmul, gemm)
+                result = gemm.outputs[0]
+                result.dtype, result.shape = add.outputs[0].dtype, add.outputs[0].shape
+                name = add.outputs[0].name
+                take_over_output(add.outputs[0], result)
+                graph.remove([add, matmul], safe=True)
+                if result.name != name:
+                    add.outputs[0].name, result.name = f"{name}__folded", name
+                folded += 1
+                break
+        if folded:
+            remove_unused_initializers(graph)
+            logger.info("folded %d MatMul + bias Adds into Gemms", folded)
+        return ir.passes.PassResult(model, modified=folded > 0)

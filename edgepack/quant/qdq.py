@@ -27,7 +27,14 @@ from edgepack.targets import Target
 
 logger = logging.getLogger(__name__)
 
-ORT_EXTRA_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool")
+# ops ONNX Runtime's QDQ transformers turn into integer kernels (QLinearAdd, QLinearMul,
+# QLinearConcat, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid, QLinearLeakyRelu)
+ORT_EXTRA_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu")
+# ops whose Q/DQ ORT drops so that they run on the 8-bit tensor itself (DropQDQNodesRules, Split)
+ORT_DATA_MOVEMENT = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
+                     "Expand", "Tile", "Resize", "Split")
+# an activation between a quantized op and its Q: ORT folds it into the Q (ReluQuantFusion, ClipQuantFusion)
+FOLDED_INTO_Q = ("Relu", "Clip")
 FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
@@ -44,6 +51,7 @@ class QuantPolicy:
     bias_correction: bool = True
     weight_qmax: int = 127  # 63: 7-bit weights for CPUs whose int8 dot product saturates
     weight_dtype: str = "int8"  # "uint8": q + 128 with zero point 128 (ORT's exact U8U8 kernels)
+    activation_qmax: int = 255  # 127: 7-bit unsigned activations (exact u7 x s8 on AVX2)
 
     @classmethod
     def for_target(cls, target: Target, *, per_tensor: bool = False, bias_correction: bool = True) -> "QuantPolicy":
@@ -52,7 +60,8 @@ class QuantPolicy:
         if target.is_tensorrt:
             return cls(True, "int8", True, per_channel, False, WEIGHTED_OPS, bias_correction)
         return cls(False, qdq.activation_dtype, qdq.activation_symmetric, per_channel, True,
-                   WEIGHTED_OPS + ORT_EXTRA_OPS, bias_correction, qdq.weight_qmax, qdq.weight_dtype)
+                   WEIGHTED_OPS + ORT_EXTRA_OPS, bias_correction, qdq.weight_qmax, qdq.weight_dtype,
+                   qdq.activation_qmax)
 
 
 def tensors_to_calibrate(model: ir.Model, policy: QuantPolicy) -> set[str]:
@@ -63,9 +72,25 @@ def tensors_to_calibrate(model: ir.Model, policy: QuantPolicy) -> set[str]:
     for node in model.graph:
         if node.domain == "" and node.op_type in ops:
             names.update(v.name for v in node.inputs if v is not None and const_array(v) is None)
+            if not policy.tensorrt:  # ONNX Runtime fuses only DQ -> op -> Q: every output is quantized
+                names.update(_output_to_quantize(node).name for _ in [0] if node.outputs)
         if node.op_type == "Concat":
             names.add(node.outputs[0].name)
     return names
+
+
+def _output_to_quantize(node: ir.Node) -> ir.Value:
+    """The tensor whose Q makes `node` fusable: its output, or past a Relu/Clip that is its only
+    consumer (ORT folds that activation into the Q's range)."""
+    value = node.outputs[0]
+    while True:
+        uses = value.uses()
+        if len(uses) != 1 or value.is_graph_output():
+            return value
+        user = uses[0].node
+        if user.op_type not in FOLDED_INTO_Q or user.domain != "" or uses[0].idx != 0:
+            return value
+        value = user.outputs[0]
 
 
 @dataclass
@@ -81,7 +106,7 @@ def activation_qparams(lo: float, hi: float, policy: QuantPolicy) -> tuple[float
     if policy.symmetric_activations:
         scale = max(abs(lo), abs(hi)) / 127.0
         return (scale if scale > 0 else 1.0), 0
-    qmin, qmax = (0, 255) if policy.activation_dtype == "uint8" else (-128, 127)
+    qmin, qmax = (0, policy.activation_qmax) if policy.activation_dtype == "uint8" else (-128, 127)
     scale = (hi - lo) / (qmax - qmin)
     if scale <= 0:
         return 1.0, 0 if policy.activation_dtype == "int8" else 0
@@ -94,10 +119,14 @@ def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[n
     (None: one scale)."""
     w = w.astype(np.float32)
     if axis is None:
-        scale = np.array(max(float(np.abs(w).max()), 1e-12) / qmax, np.float32)
+        peak = float(np.abs(w).max()) if w.size else 0.0
+        scale = np.array(peak / qmax if peak > 0 else 1.0, np.float32)
         return np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8), scale
     reduce = tuple(i for i in range(w.ndim) if i != axis)
-    scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / qmax).astype(np.float32)
+    peak = np.abs(w).max(axis=reduce)
+    # an all-zero channel gets scale 1, not a tiny one: its bias is quantized with x_scale * w_scale
+    # and would saturate int32 (a pruned channel whose bias carries a constant)
+    scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     return np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8), scale
@@ -109,6 +138,7 @@ class _Inserter:
         self.dq_of: dict[ir.Value, ir.Value] = {}     # activation -> its DQ output
         self.scale_of: dict[ir.Value, float] = {}
         self.override: dict[str, tuple[float, float]] = {}
+        self.source_of: dict[ir.Value, ir.Value] = {}  # DQ output -> the activation it stands for
 
     def activation(self, value: ir.Value, anchor: ir.Node) -> ir.Value | None:
         """The DQ(Q(value)) output for `value` (one pair per tensor), or None without a range."""
@@ -116,7 +146,7 @@ class _Inserter:
             return self.dq_of[value]
         if (value.name not in self.ranges and value.name not in self.override) or value.dtype not in FLOATS:
             return None
-        lo, hi = self.override.get(value.name, self.ranges[value.name])
+        lo, hi = self.override[value.name] if value.name in self.override else self.ranges[value.name]
         scale, zero = activation_qparams(lo, hi, self.policy)
         np_type = np.uint8 if self.policy.activation_dtype == "uint8" else np.int8
         s = new_initializer(self.graph, np.array(scale, np.float32), f"{value.name}_scale")
@@ -131,6 +161,7 @@ class _Inserter:
             self.graph.insert_before(self.graph[0], [q, dq])
         dq.outputs[0].shape, dq.outputs[0].dtype = value.shape, value.dtype
         self.dq_of[value], self.scale_of[value] = dq.outputs[0], scale
+        self.source_of[dq.outputs[0]] = value
         return dq.outputs[0]
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> tuple[ir.Value, np.ndarray]:
@@ -188,7 +219,12 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
         ins.override.update({k: v for k, v in exact_ranges(model).items() if k in ranges})
     result.skipped += [(node_label(n), why) for n, why in floats.items()]
     nodes = [n for n in model.graph if n.domain == "" and n.op_type in policy.ops and n not in floats]
-    _share_concat_ranges(nodes, ranges, ins)
+    if not policy.tensorrt:
+        islands = _integer_islands(nodes, exclude)
+        result.skipped += [(node_label(n), why) for n, why in islands.items()]
+        nodes = [n for n in nodes if n not in islands]
+    if policy.tensorrt:  # ORT's QLinearConcat requantizes each input: no shared scale needed
+        _share_concat_ranges(nodes, ranges, ins)
     _pass_ranges_through(model.graph, ranges, ins)
     for node in nodes:
         label = node_label(node)
@@ -205,8 +241,58 @@ def insert_qdq(model: ir.Model, ranges: Ranges, policy: QuantPolicy, *, exclude:
             result.quantized.append(label)
     if policy.tensorrt:
         _residual_adds(model.graph, ins, set(result.quantized))
+    else:
+        _quantize_outputs(model.graph, ins, set(result.quantized))
+        _quantize_data_movement(model.graph, ins)
     remove_unused_initializers(model.graph)
+    if not policy.tensorrt and policy.activation_dtype == "uint8":  # what check-qdq reads
+        from edgepack.quant.origin import ACTIVATION_QMAX
+
+        model.metadata_props[ACTIVATION_QMAX] = str(policy.activation_qmax)
     return result
+
+
+def _integer_islands(nodes: list[ir.Node], exclude) -> dict[ir.Node, str]:
+    """ONNX Runtime: activation-only ops (Add, Mul, Concat, pools, Sigmoid) none of whose consumers
+    runs in INT8. Quantized, each would need a Q after it and a DQ before its float consumers:
+    more work than the float op, and one more rounding. Removed until none is left (a chain of them
+    ending in float goes as a whole); weighted ops always stay, since their integer kernel is the gain.
+
+        Conv ─► Q/DQ ─► Concat ─► Mul(·, const) ─► ...   Concat stays float: its only consumer is float
+    """
+    def excluded(n: ir.Node) -> bool:
+        return node_label(n) in exclude or n.op_type in exclude or bool(n.name and n.name in exclude)
+
+    int8 = {n for n in nodes if not excluded(n)}
+    islands: dict[ir.Node, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for node in list(int8):
+            if node.op_type in WEIGHTED_OPS:
+                continue
+            if not any(c in int8 for c in _consumers_through_data_movement(node)):
+                int8.discard(node)
+                islands[node] = "no INT8 consumer: as INT8 it would add a Q and a DQ to a float op"
+                changed = True
+    return islands
+
+
+def _consumers_through_data_movement(node: ir.Node) -> list[ir.Node]:
+    """The nodes that read `node`'s outputs, looking through Relu/Clip and data movement ops."""
+    found, frontier, seen = [], list(node.outputs), set()
+    while frontier:
+        value = frontier.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        for use in value.uses():
+            user = use.node
+            if user.op_type in ORT_DATA_MOVEMENT + FOLDED_INTO_Q and user.op_type not in ("MaxPool",) and use.idx == 0:
+                frontier.extend(user.outputs)
+            else:
+                found.append(user)
+    return found
 
 
 def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | None:
@@ -258,6 +344,82 @@ def _quantize_node(node: ir.Node, ins: _Inserter, policy: QuantPolicy) -> str | 
     return None
 
 
+def _quantize_outputs(graph: ir.Graph, ins: _Inserter, quantized: set[str]) -> None:
+    """ONNX Runtime: Q on the output of every quantized op whose consumers are float (or which
+    is a graph output), so that DQ -> op -> Q fuses into the integer kernel. Without it ORT runs
+    the op in float and dequantizes its constant weight at every inference.
+
+        DQ ─► Conv ─► Relu ─► float op      becomes      DQ ─► Conv ─► Relu ─► Q ─► DQ ─► float op
+                                                         (QLinearConv with its output in uint8)
+    """
+    for node in list(graph):
+        if node_label(node) not in quantized or not node.outputs or node.outputs[0].dtype not in FLOATS:
+            continue
+        if node.op_type in ORT_DATA_MOVEMENT:
+            continue
+        if node.op_type in ("MatMul", "Gemm") and _is_weight(node.inputs[1]):
+            continue  # MatMulIntegerToFloat / QGemm give a float output from integer math: no Q needed
+        value = _output_to_quantize(node)
+        if value in ins.dq_of or any(u.node.op_type == "QuantizeLinear" for u in value.uses()):
+            continue
+        _quantize_for_every_use(graph, ins, value)
+
+
+def _is_weight(value: ir.Value | None) -> bool:
+    """A constant, or the DQ of one."""
+    if value is None:
+        return False
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        value = producer.inputs[0]
+    return const_array(value) is not None
+
+
+def _quantize_data_movement(graph: ir.Graph, ins: _Inserter) -> None:
+    """ONNX Runtime: data movement (Reshape, Transpose, Slice, MaxPool, Split, ...) between quantized
+    tensors runs on the 8-bit tensor when it has DQ before and Q (same scale) after: ORT drops both.
+    A chain such as ResNet's option-A shortcut (Slice -> Pad) stays 8-bit that way."""
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph):
+            if node.domain != "" or node.op_type not in ORT_DATA_MOVEMENT or not node.inputs:
+                continue
+            source = ins.source_of.get(node.inputs[0], node.inputs[0])
+            if source is None or source not in ins.dq_of:
+                continue
+            if node.inputs[0] is not ins.dq_of[source]:
+                node.replace_input_with(0, ins.dq_of[source])
+            lo_hi = ins.override.get(source.name) or (ins.ranges[source.name] if source.name in ins.ranges else None)
+            for out in node.outputs:
+                if out in ins.dq_of or out.dtype not in FLOATS or lo_hi is None or not out.uses():
+                    continue
+                if all(u.node.op_type == "QuantizeLinear" for u in out.uses()):
+                    continue
+                ins.override[out.name] = lo_hi
+                _quantize_for_every_use(graph, ins, out)
+                changed = True
+
+
+def _quantize_for_every_use(graph: ir.Graph, ins: _Inserter, value: ir.Value) -> None:
+    """Q/DQ on `value`, every consumer (and a graph output) reading the DQ."""
+    from edgepack.passes.rewrite import take_over_output
+
+    uses = list(value.uses())
+    was_output = value.is_graph_output()
+    dq = ins.activation(value, None)
+    if dq is None:
+        return
+    for use in uses:
+        use.node.replace_input_with(use.idx, dq)
+    if was_output:
+        take_over_output(value, dq)
+        # the Q still reads the producer's float tensor (now renamed)
+        q = dq.producer().inputs[0].producer()
+        if q is not None and q.inputs[0] is not value:
+            q.replace_input_with(0, value)
+
+
 def _correct_bias(node: ir.Node, ins: _Inserter, w: np.ndarray, axis: int | None, x: ir.Value) -> None:
     """Bias correction: quantizing W to W~ shifts the expected output by E = (W~ - W) E[x], per
     output channel; subtracting E from the bias removes the shift (Nagel et al. 2019, from the
@@ -303,12 +465,14 @@ PASSTHROUGH_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Uns
 def _pass_ranges_through(graph: ir.Graph, ranges: Ranges, ins: _Inserter) -> None:
     """x -> MaxPool/Reshape/... -> y: y gets x's range, so DQ(s) -> MaxPool -> Q(s) has one scale and
     the runtime drops the pair (ORT runs MaxPool on uint8, TensorRT keeps the tensor in INT8)."""
+    ops = PASSTHROUGH_OPS if ins.policy.tensorrt else ORT_DATA_MOVEMENT
     for node in graph:
-        if node.op_type not in PASSTHROUGH_OPS or node.domain != "" or not node.inputs or node.inputs[0] is None:
+        if node.op_type not in ops or node.domain != "" or not node.inputs or node.inputs[0] is None:
             continue
         source = node.inputs[0].name
         if source in ins.override or source in ranges:
-            ins.override[node.outputs[0].name] = ins.override.get(source) or ranges[source]
+            for out in node.outputs:  # Split: every output (ORT fuses it only with equal scales)
+                ins.override[out.name] = ins.override.get(source) or ranges[source]
 
 
 def _share_concat_ranges(nodes: list[ir.Node], ranges: Ranges, ins: _Inserter) -> None:

@@ -17,6 +17,7 @@ from edgepack.quant.check_qdq import check_qdq
 from edgepack.quant.prepare import prepare
 from edgepack.quant.qdq import QuantPolicy, insert_qdq, tensors_to_calibrate
 from edgepack.targets import load_target
+from edgepack.keywords import cli_keywords
 
 logger = logging.getLogger(__name__)
 SCHEMA = "edgepack.quantize/1"
@@ -40,6 +41,8 @@ class QuantizeResult:
     runtime_check: Any = None                      # faithfulness.RuntimeCheck for ONNX Runtime targets
     accuracy_proxy: str | None = None              # how accuracy is measured where the runtime is absent
     output: str | None = None
+    decisions: Any = None                          # quant/decisions.py Decisions: per layer, choice and reason
+    speed: Any = None                              # quant/speed.py SpeedVerdict: INT8 vs FP32 on this CPU
     rounding: Any = None                           # rounding.RoundingReport: weights fitted to data
 
     def to_json(self) -> dict[str, Any]:
@@ -50,18 +53,27 @@ class QuantizeResult:
                 "check_qdq": {"ok": not self.problems, "problems": self.problems},
                 "runtime_check": self.runtime_check.to_json() if self.runtime_check is not None else None,
                 "accuracy_proxy": self.accuracy_proxy,
+                "preprocess": self.ranges.preprocess if self.ranges is not None else None,
+                "decisions": self.decisions.to_json() if self.decisions is not None else [],
+                "speed": self.speed.to_json() if self.speed is not None else None,
+                "warnings": [w for w in (self.speed.warning if self.speed is not None else None,
+                                         self.runtime_check.message if self.runtime_check is not None else None) if w],
                 "rounding": self.rounding.to_json() if self.rounding is not None else None}
 
-    def text(self) -> str:
-        return format_result(self.to_json())
+    def text(self, explain: bool = False) -> str:
+        return format_result(self.to_json(), explain=explain)
 
 
+@cli_keywords
 def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu", ranges: Ranges | str | None = None,
              method: str | None = None, percentile: float = 99.99, exclude=(), per_tensor: bool = False,
              bias_correction: bool = True, limit: int | None = None, progress: bool = False,
              sensitivity: bool = False, max_error: float | None = None, min_agreement: float | None = None,
              runtime_check: bool = True, equalize: bool = True, preprocess=None,
-             smoothquant: float | None = None, float_defaults: bool = True, rounding: str = "auto",
+             smoothquant: float | str | None = "auto", float_defaults: bool = True, placement: str | None = None,
+             speed_check: bool = True, threads: int = 1, if_slower: str = "warn",
+             weights: str = "int8", algorithm: str = "awq-gptq", block_size: int | None = None,
+             rounding: str = "auto",
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -75,17 +87,36 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     `edgepack.calib.preprocess.Preprocess`) turns the stored samples into the model's input; it is
     recorded, with the target, in the model's metadata (quant/origin.py). `smoothquant`: migrate
     activation outliers into the weights with this alpha (0..1) before calibrating
-    (quant/smoothquant.py); `float_defaults`: keep norms, masks, attention scores and detection-head
-    outputs float (quant/float_rules.py). `rounding` (with `data`): fit the integer weights to the
-    float model's layer outputs after insertion (quant/rounding.py): "nearest", "clip", "adaround",
-    "bias", a '+' list of those, "all", or "auto" (the measured default). Models below opset 13 are upgraded (or get per-tensor
+    (quant/smoothquant.py); "auto" (the default) does so where an activation has outlier
+    channels and data is given without ranges, None never; `float_defaults`: keep norms, masks, attention scores and detection-head
+    outputs float (quant/float_rules.py). `weights`: "int8" (W8A8 as above), "int4" (weight-only
+    INT4 MatMuls with `algorithm` rtn/gptq/awq and `block_size`, in the target's encoding; the
+    `max_error` / `min_agreement` budget keeps sensitive layers at INT8) or "fp8" (E4M3 Q/DQ for
+    FP8 GPUs), see quant/low_precision.py. `rounding` (with `data`, INT8 weights): fit the integer
+    weights to the float model's layer outputs after insertion (quant/rounding.py): "nearest",
+    "clip", "adaround", "bias", a '+' list of those, "all", or "auto" (the measured default).
+    Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
+    `placement`: "measured" (ONNX Runtime targets' default with data: a weighted layer whose INT8
+    kernel is slower than its float one on this CPU stays float, quant/speed.py) or "rules".
+    `speed_check`: time the result against the float model (interleaved, `threads` threads, batch 1)
+    and warn when INT8 is not faster; `if_slower` "error" refuses such a result (nothing written),
+    "float" returns the float model instead (`result.model`; ModelOpt's autotune keeps its float
+    baseline the same way). Every choice and its reason is in `result.decisions`.
     """
     from edgepack.quant.smoothquant import smooth
     from edgepack.quant.validate import prepare_opset, validate_quantized
     from edgepack import io
 
     target = load_target(target)
+    if weights != "int8":
+        from edgepack.quant.low_precision import quantize_low_precision
+
+        return quantize_low_precision(model, data, target=target, weights=weights, algorithm=algorithm,
+                                      block_size=block_size, method=method, percentile=percentile, exclude=exclude,
+                                      max_error=max_error, min_agreement=min_agreement, limit=limit,
+                                      progress=progress, preprocess=preprocess, ranges=ranges,
+                                      smoothquant=smoothquant, output=output)
     if "int8" not in target.precisions:
         raise EdgepackError(f"target '{target.name}' has no fast INT8",
                             hint="build it with --precision fp16 instead of quantizing")
@@ -111,6 +142,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     policy = QuantPolicy.for_target(target, per_tensor=per_tensor, bias_correction=bias_correction)
     prepare(model)
     policy = prepare_opset(model, policy)
+    if target.is_tensorrt:  # inside the parser's opset window (onnx may have written a newer opset)
+        from edgepack.quant.opset_window import fit_opset
+
+        fit_opset(model, target)
+    if smoothquant == "auto" and (data is None or ranges is not None):
+        smoothquant = None  # ranges of the unsmoothed model: nothing to smooth against
     if smoothquant is not None:
         if data is None or ranges is not None:
             raise EdgepackError("smoothquant needs calibration data and recalibrates after smoothing",
@@ -135,29 +172,70 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         from edgepack.quant.sensitivity import keep_sensitive_float, layer_sensitivity
 
         scores = layer_sensitivity(model, ranges, policy, data, progress=progress)
+    from edgepack.quant.decisions import Decisions
+    from edgepack.quant import speed
+
+    decisions = Decisions()
+    placement = placement or ("rules" if target.is_tensorrt or data is None else "measured")
+    if if_slower not in ("warn", "error", "float"):
+        raise UsageError(f"--if-slower {if_slower!r}: must be warn, error or float", hint="pass --if-slower warn")
+    if placement not in ("measured", "rules"):
+        raise UsageError(f"--placement {placement!r}: must be measured or rules", hint="pass --placement measured")
+    if placement == "measured" and target.is_tensorrt:
+        raise EdgepackError(f"--placement measured: {target.name} is a TensorRT target, which cannot be timed here",
+                            hint="use --placement rules (the default for TensorRT targets)")
+    if placement == "measured" and data is None:
+        raise EdgepackError("--placement measured needs --data to time the layers", hint="pass --data D")
+    feeds = speed.first_feeds(model, data) if (placement == "measured" or (speed_check and not target.is_tensorrt
+                                                                            and data is not None)) else None
+    timing_reference = copy_model(model) if feeds is not None else None
     if max_error is not None or min_agreement is not None:
         inserted, sqnr, _ = keep_sensitive_float(model, ranges, policy, data, scores, min_sqnr_db=max_error,
                                                  min_agreement=min_agreement, exclude=set(exclude))
         model = inserted.model
+        speed.record_rules(decisions, inserted, "sensitivity: kept float until the error budget held")
+    elif placement == "measured":
+        inserted = speed.place_by_speed(model, ranges, policy, reference=timing_reference, feeds=feeds,
+                                        exclude=set(exclude), float_defaults=float_defaults, decisions=decisions,
+                                        target_name=target.name, threads=threads)
     else:
         inserted = insert_qdq(model, ranges, policy, exclude=set(exclude), float_defaults=float_defaults)
+        speed.record_rules(decisions, inserted, "TensorRT: cannot be timed here" if target.is_tensorrt
+                           else "placement by rules")
     rounded = None
     if rounding_on:  # ---- rounding stage (quant/rounding.py): weights fitted to the float model on data
         from edgepack.quant.rounding import DEFAULT_SAMPLES, round_weights
 
-        rounded = round_weights(model, teacher, data, policy, method=rounding, progress=progress,
-                                limit=min(limit or DEFAULT_SAMPLES, DEFAULT_SAMPLES))
+        rounded = round_weights(model, teacher, data, policy, method=rounding, decisions=decisions,
+                                progress=progress, limit=min(limit or DEFAULT_SAMPLES, DEFAULT_SAMPLES))
+    from edgepack.quant.origin import stamp_quantized
+
+    stamp_quantized(model, target, preprocess, ranges)  # before the rules check: it reads the activation codes
     problems = check_qdq(model, target)
     if problems:
         raise EdgepackError(f"quantized model breaks {len(problems)} {target.name} rule(s); first: {problems[0]}",
                             hint="nothing was written; please report the model")
     validate_quantized(model)  # checker + ONNX Runtime load, before anything is written
-    from edgepack.quant.origin import stamp_quantized
-
-    stamp_quantized(model, target, preprocess)
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
-                            scores, sqnr, problems)
+                            scores, sqnr, problems, decisions=decisions)
     result.rounding = rounded
+    if speed_check and feeds is not None:
+        result.speed = _speed_verdict(timing_reference, model, feeds, threads)
+        if result.speed.verdict == "slower" and if_slower == "error":
+            raise EdgepackError(result.speed.warning.split(" hint:")[0] + "; nothing was written",
+                                hint="quantize with --if-slower warn to keep it, or ship the FP32 model")
+        if result.speed.verdict == "slower" and if_slower == "float":
+            logger.warning("INT8 is %.2fx slower than FP32 on this CPU: the result is the float model",
+                           result.speed.ratio)
+            model = result.model = timing_reference
+            for d in list(decisions):
+                decisions.decide(d.node, d.op_type, "float", f"whole model: INT8 {result.speed.ratio:.2f}x slower "
+                                 "than FP32 on this CPU (--if-slower float)")
+            result.quantized, result.skipped = [], [(d.node, "INT8 slower than FP32") for d in decisions]
+            runtime_check = False
+        elif result.speed.warning:
+            logger.warning("%s", result.speed.warning)
+    model.metadata_props["edgepack.decisions"] = decisions.metadata()
     if target.is_tensorrt:
         result.accuracy_proxy = EMULATED
     elif runtime_check:
@@ -171,10 +249,26 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     return result
 
 
-def format_result(report: dict) -> str:
+def _speed_verdict(float_model: ir.Model, model: ir.Model, feeds: dict, threads: int):
+    """INT8 vs FP32 latency as ORT deploys both, with the fusion report for the likely cause."""
+    import tempfile
+    from pathlib import Path
+
+    from edgepack import io
+    from edgepack.quant.ort_fusion import fusion_report
+    from edgepack.quant.speed import latency_verdict
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-verdict-") as folder:
+        fp = io.save(float_model, Path(folder) / "fp32.onnx")
+        q = io.save(model, Path(folder) / "int8.onnx")
+        return latency_verdict(fp, q, feeds, threads=threads, fusion=fusion_report(q))
+
+
+def format_result(report: dict, *, explain: bool = False) -> str:
     """The text `edgepack quantize` prints for a `QuantizeResult.to_json()`."""
     lines = [f"{len(report['quantized_nodes'])} nodes quantized for {report['target']} "
-             f"({report['method']} ranges), {len(report['float_nodes'])} left in float; "
+             f"({report['method']}{'' if report['method'].startswith(('int4', 'fp8')) else ' ranges'}), "
+             f"{len(report['float_nodes'])} left in float; "
              f"check-qdq: {'ok' if report['check_qdq']['ok'] else 'FAILED'}"]
     for node, why in report["float_reasons"].items():
         lines.append(f"  float: {node} ({why})")
@@ -194,6 +288,17 @@ def format_result(report: dict) -> str:
                  if check["quantization_sqnr_db"] is not None else "")
         lines.append(f"runtime check: ONNX Runtime's fused INT8 {verdict} (SQNR {check['runtime_sqnr_db']:.1f} dB"
                      f"{quant}; {check['samples']} samples; CPU {check['cpu_flags']})")
+    if report.get("speed"):
+        from edgepack.quant.speed import SpeedVerdict
+
+        verdict = SpeedVerdict(**report["speed"])
+        lines.append(verdict.line())
+        if verdict.warning:
+            lines.append("warning: " + verdict.warning)
+    if explain and report.get("decisions"):
+        from edgepack.quant.decisions import Decisions
+
+        lines += ["", Decisions.from_json(report["decisions"]).text()]
     if report["accuracy_proxy"]:
         lines.append("accuracy on this machine = " + report["accuracy_proxy"].split(":")[0])
     if report["output"]:

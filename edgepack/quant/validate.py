@@ -43,7 +43,8 @@ def upgrade_opset(model: ir.Model, version: int = QDQ_PER_CHANNEL_OPSET) -> bool
         raise EdgepackError(f"cannot convert the model from opset {opset} to {version}: {first_line(exc)}",
                             hint="export it at opset 13 or later, or quantize with --per-tensor") from None
     model.graph, model.ir_version = converted.graph, converted.ir_version
-    logger.info("upgraded the model from opset %d to %d for per-channel Q/DQ", opset, version)
+    model.opset_imports.update(converted.opset_imports)
+    logger.info("upgraded the model from opset %d to %d", opset, version)
     return True
 
 

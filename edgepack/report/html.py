@@ -30,14 +30,19 @@ class RunData:
     baseline: dict | None = None
 
     def precision(self, ref: str) -> str:
-        """int8 when a quantize step is upstream of `ref` (a step id), else fp32."""
+        """int8 when a quantize step is upstream of `ref` (a step id), else fp32 (walked without
+        recursion, each step once: a hand-edited run.json may hold a cycle)."""
         by_id = {s["id"]: s for s in self.steps}
-        step = by_id.get(ref)
-        if step is None:
-            return "fp32"
-        if step["command"] == "quantize":
-            return "int8"
-        return "int8" if any(self.precision(r) == "int8" for r in step.get("inputs", [])) else "fp32"
+        todo, seen = [ref], set()
+        while todo:
+            step = by_id.get(todo.pop())
+            if step is None or step["id"] in seen:
+                continue
+            seen.add(step["id"])
+            if step["command"] == "quantize":
+                return "int8"
+            todo.extend(step.get("inputs") or [])
+        return "fp32"
 
     def of(self, command: str) -> list[tuple[dict, dict]]:
         """(step, its JSON report) for the steps of `command` that have a report."""
@@ -46,36 +51,47 @@ class RunData:
 
 
 def load_run(folder: str | Path) -> RunData:
+    """The run folder's run.json and step reports, read only from inside the folder and checked
+    (edgepack.report.run_files): a step report that is not one is left out with a warning."""
+    from edgepack.report.run_files import RunFileError, check_run, inside, read_json
+
     folder = Path(folder)
     run_file = folder / "run.json"
-    try:
-        run = json.loads(run_file.read_text())
-    except FileNotFoundError:
+    if not run_file.exists():
         raise EdgepackError(f"{folder} is not a run folder (no run.json)",
-                            hint="pass the output folder of `edgepack run` or `edgepack demo`") from None
-    except ValueError as exc:
-        raise EdgepackError(f"{run_file}: not valid JSON ({exc})") from None
-    data = RunData(folder, run, run.get("steps", []))
+                            hint="pass the output folder of `edgepack run` or `edgepack demo`")
+    run = read_json(folder, run_file)
+    data = RunData(folder, run, check_run(run, run_file))
     for step in data.steps:
         path = _step_file(folder, step, step.get("report"))
         if path is not None:
             try:
-                data.reports[(step["id"], step["target"])] = json.loads(path.read_text())
-            except ValueError:
-                logger.warning("%s: not valid JSON, left out of the report", path)
-    if run.get("baseline") and Path(run["baseline"]).is_file():
-        data.baseline = json.loads(Path(run["baseline"]).read_text())
+                data.reports[(step["id"], step["target"])] = read_json(folder, path)
+            except RunFileError as exc:
+                logger.warning("%s; left out of the report", exc.message)
+    baseline = Path(run["baseline"]) if run.get("baseline") else None
+    if baseline is not None and inside(folder, baseline if baseline.is_absolute() else folder / baseline):
+        try:
+            data.baseline = read_json(folder, baseline if baseline.is_absolute() else folder / baseline)
+        except RunFileError as exc:
+            logger.warning("%s; the baseline is left out of the report", exc.message)
+    elif baseline is not None:
+        logger.warning("the baseline %s is outside the run folder; not read (copy it into %s to show it)",
+                       baseline, folder)
     return data
 
 
 def _step_file(folder: Path, step: dict, recorded: str | None) -> Path | None:
-    """A step's file: as recorded (relative to where `edgepack run` ran), else found in the run
-    folder itself (`DIR/[<target>/]<name>`), so the report works from any directory."""
+    """A step's file inside the run folder: `DIR/[<target>/]<name>` of the name recorded (the
+    recorded path itself only when it is inside the folder), so the report works from any directory."""
+    from edgepack.report.run_files import inside
+
     if not recorded:
         return None
     name = Path(recorded).name
-    for candidate in (Path(recorded), folder / (step.get("target") or "") / name, folder / name):
-        if candidate.is_file():
+    target = step.get("target") or ""
+    for candidate in (Path(recorded), folder / target / name, folder / name):
+        if inside(folder, candidate if candidate.is_absolute() else Path.cwd() / candidate):
             return candidate
     return None
 
@@ -127,7 +143,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     body = "".join("<tr>" + "".join(f'<td class="{"n" if isinstance(v, (int, float)) else "t"}">{fmt(v)}</td>'
                                     for v in row) + "</tr>" for row in rows)
     thead = f"<thead><tr>{head}</tr></thead>" if head else ""  # key/value tables need no header
-    return f"<table>{thead}<tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table>{thead}<tbody>{body}</tbody></table></div>'
 
 
 def _figure(svg: str, caption: str) -> str:
@@ -142,7 +158,8 @@ def _steps_section(data: RunData) -> str:
     rows = [[s["id"], s["target"] or "", s["command"], s["status"], s["seconds"],
              s.get("size_bytes"), Path(s["artifact"]).name if s.get("artifact") else "", s.get("note", "")]
             for s in data.steps]
-    tables = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
+    steps = _table(["step", "target", "command", "status", "seconds", "artifact bytes", "artifact", "note"], rows)
+    tables = ""
     optimize = data.of("optimize")
     if optimize:
         rows = [[step["id"], key, report["before"][key], report["after"][key],
@@ -156,7 +173,7 @@ def _steps_section(data: RunData) -> str:
         sizes = [data.run.get("model_size_bytes", 0) / 1024] + [s["size_bytes"] / 1024 for s in sized]
         chart = _figure(charts.grouped_bars(labels, {"size": sizes}, ylabel="KiB", title="artifact sizes"),
                         "Size of each step's artifact (KiB), beside the input model.")
-    return _section("Pipeline", f'<div class="grid2"><div>{tables}</div>{chart}</div>')
+    return _section("Pipeline", steps + f'<div class="grid2"><div>{tables}</div>{chart}</div>')
 
 
 def _accuracy_section(data: RunData) -> str:
@@ -294,7 +311,26 @@ def _environment_section(data: RunData) -> str:
     rows = [[k, v] for k, v in env.items()]
     rows += [["recipe", data.run.get("recipe")], ["recipe sha256", data.run.get("recipe_sha256")],
              ["model", data.run.get("model")], ["targets", ", ".join(data.run.get("targets") or [])]]
+    pipeline = _input_pipeline(data)
+    if pipeline:
+        rows.append(["input pipeline", pipeline])
     return _section("Environment", _table(["", ""], rows))
+
+
+def _input_pipeline(data: RunData) -> str | None:
+    """The preprocessing the model's inputs need, as the build manifest, quantize or the ranges
+    record it: `resize 256 (bilinear) -> crop 224 -> ...`."""
+    from edgepack.calib.preprocess import Preprocess
+
+    for command in ("build", "quantize", "calibrate"):
+        for _, report in data.of(command):
+            recorded = report.get("preprocess")
+            if isinstance(recorded, dict) and recorded:
+                try:
+                    return Preprocess.from_manifest(recorded, "report").describe()
+                except EdgepackError:
+                    return None
+    return None
 
 
 STYLE = """
@@ -305,6 +341,7 @@ margin-top:1.8rem} h3{font-size:1rem;margin:1rem 0 .3rem} h4{font-size:.9rem;mar
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem;max-width:100%}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right;vertical-align:top}
 th:first-child,td:first-child,td.t{text-align:left;overflow-wrap:anywhere} th{background:#f4f4f4}
+td.t{min-width:4em} td:first-child{min-width:7em} .scroll{overflow-x:auto;max-width:100%}
 td.n{white-space:nowrap;font-variant-numeric:tabular-nums}
 figure.chart{margin:.6rem 0 1.2rem;flex:1 1 0;min-width:0} figure.chart svg{width:100%;height:auto}
 figcaption{font-size:.8rem;color:#555} .summary td,.summary th{font-size:1rem}
@@ -318,23 +355,55 @@ details{margin:.3rem 0 1rem} summary{cursor:pointer;color:#1f4e8c}
 font-size:1rem;font-weight:600} .slower{background:#fde2e1;color:#8b1a14} .same{background:#e6f0e6;color:#1d5a1d}
 .faster{background:#e1ecfa;color:#1f4e8c}
 .muted{color:#666;font-size:.85rem}
+#verdict{margin:.4rem 0 .6rem}
+.target-verdict{border-radius:.4rem;padding:.5rem .9rem;margin:.4rem 0;border-left:.5rem solid}
+.target-verdict.good{background:#e6f4e6;border-color:#2e7d32} .target-verdict.bad{background:#fdecea;border-color:#c62828}
+.target-verdict.neutral{background:#f4f4f4;border-color:#888}
+.target-verdict .headline{font-size:1.15rem;font-weight:700}
+.target-verdict ul{margin:.3rem 0 .1rem;padding-left:1.2rem} .target-verdict li{margin:.15rem 0}
+li.axis-worse{color:#8b1a14} li.axis-worse b{color:#c62828} li.axis-better b{color:#2e7d32}
+.line{color:#444;font-size:.85rem} li.axis-worse .line{color:#8b1a14}
+.cause{font-size:.85rem;color:#6d1a14;margin-left:.4rem}
 """
 
 
 def _verdicts(data: RunData) -> str:
     """The answers first: each latency check's verdict and ratio (check steps, profile --vs)."""
+    from edgepack.profile.verdict import describe
+
     checks = [(s, r) for s, r in data.of("check") if "verdict" in r]
     checks += [(s, r["comparison"]) for s, r in data.of("profile") if isinstance(r.get("comparison"), dict)]
     out = ""
     for step, r in checks:
-        lo, hi = r.get("ci") or (None, None)
         where = f" on {step['target']}" if step.get("target") else ""
+        try:
+            line = describe(r)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue  # a hand-edited report without the numbers: left out
         out += (f'<div class="verdict {html.escape(str(r["verdict"]))}">{html.escape(step["id"])}{html.escape(where)}: '
-                f"{html.escape(str(r['verdict']))} · current / baseline {number(r['ratio'])}x at "
-                f"{html.escape(str(r['metric']))} ({number(r['confidence'] * 100, 3)}% interval {number(lo)}–"
-                f"{number(hi)}; threshold {number(1 + r['threshold'])}x) · "
-                f"{number(r['current']['value_ms'])} ms vs {number(r['baseline']['value_ms'])} ms</div>")
+                f"{html.escape(line)} · {number(r['current']['value_ms'])} ms vs "
+                f"{number(r['baseline']['value_ms'])} ms</div>")
     return out
+
+
+def _verdict_section(data: RunData) -> str:
+    """The answer first: per target, INT8 against FP32 on every axis (report/verdict.py), green when
+    better on all, a red line per axis where worse, with its likely causes."""
+    from edgepack.report.verdict import verdicts
+
+    out = ""
+    for verdict in verdicts(data):
+        state = "good" if verdict.green else "bad" if any(a.status == "worse" for a in verdict.axes) else "neutral"
+        items = ""
+        for axis in verdict.axes:
+            causes = "".join(f'<div class="cause">likely cause: {html.escape(c)}</div>' for c in axis.causes)
+            line = f' <span class="line">{html.escape(axis.line)}</span>' if axis.line else ""
+            items += (f'<li class="axis axis-{html.escape(axis.status)}" data-axis="{html.escape(axis.name)}">'
+                      f"<b>{html.escape(axis.name)}</b>: {html.escape(axis.sentence)}{line}{causes}</li>")
+        items += "".join(f'<li class="axis-warning">warning: {html.escape(w)}</li>' for w in verdict.warnings)
+        out += (f'<div class="target-verdict {state}" data-target="{html.escape(str(verdict.target))}">'
+                f'<div class="headline">{html.escape(verdict.headline)}</div><ul>{items}</ul></div>')
+    return f'<section id="verdict">{out}</section>' if out else ""
 
 
 def render(data: RunData) -> str:
@@ -343,7 +412,8 @@ def render(data: RunData) -> str:
                     for name, fp32, int8 in rows]
     summary_html = _table(["", "FP32", "INT8", "INT8 / FP32"], summary_rows).replace("<table>",
                                                                                      '<table class="summary">')
-    sections = [_section("Summary", _verdicts(data) + summary_html), _steps_section(data), _accuracy_section(data),
+    sections = [_verdict_section(data), _section("Summary", _verdicts(data) + summary_html), _steps_section(data),
+                _accuracy_section(data),
                 _latency_section(data), _layers_section(data), _environment_section(data)]
     title = f"edgepack report: {Path(data.run.get('model', '')).name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -357,7 +427,14 @@ def write_report(folder: str | Path, output: str | Path) -> Path:
     import os
 
     from edgepack.cli.common import write_text_atomic
-    path = write_text_atomic(output, render(load_run(folder)))
+    data = load_run(folder)
+    try:
+        page = render(data)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise EdgepackError(f"{folder}: a report in the run folder does not have the shape edgepack writes "
+                            f"({type(exc).__name__}: {str(exc)[:120]})",
+                            hint="re-run the recipe into a fresh folder, or remove the edited file") from None
+    path = write_text_atomic(output, page)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # a page to share: readable like any new file, not 0600

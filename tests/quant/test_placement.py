@@ -61,9 +61,12 @@ def test_placement_rules_and_numerics(target):
         assert sorted(result.quantized) == sorted(node_label(n) for n in model.graph if n.op_type in ("Conv", "Gemm"))
     else:
         concat = next(n for n in model.graph if n.op_type == "Concat")
-        scales = {float(n.inputs[0].producer().inputs[1].const_value.numpy()) for n in
-                  (v.producer() for v in concat.inputs)}
-        assert len(scales) == 1  # Concat inputs share one scale
+        assert all(v.producer().op_type == "DequantizeLinear" for v in concat.inputs)  # QLinearConcat
+        for conv in (n for n in model.graph if n.op_type == "Conv"):  # every Conv's output quantized
+            out = conv.outputs[0]
+            users = [u.node for u in out.uses()]
+            relu_out = users[0].outputs[0] if users[0].op_type == "Relu" else out
+            assert all(u.node.op_type == "QuantizeLinear" for u in relu_out.uses())
     x = _data(1)[0]
     ref, out = run_ort(_net(), x)[0], run_ort(model, x)[0]
     sqnr_db = 10 * np.log10(np.sum(ref**2) / np.sum((ref - out) ** 2))
@@ -84,6 +87,13 @@ def test_x86_form_fuses_into_onnxruntime_integer_kernels(tmp_path):
     ops = [n.op_type for n in onnx.load(tmp_path / "fused.onnx").graph.node]
     assert ops.count("QLinearConv") == 3, ops  # Conv1 with its Relu fused, Conv2, Conv3
     assert "Conv" not in ops and "Relu" not in ops, ops
+    from edgepack.quant.ort_fusion import fusion_report
+
+    report = fusion_report(tmp_path / "q.onnx")
+    assert report.clean and not report.float_weighted, report.to_json()  # no weight dequantized at run time
+    assert report.ops.get("com.microsoft::QLinearConcat") == 1 and report.ops.get("com.microsoft::QLinearMul") == 1
+    # what is left: the input's Q and the DQ before the float Softmax (QGemm gives a float output)
+    assert len(report.activation_qdq) <= 2, report.activation_qdq
 
 
 @pytest.mark.parametrize("target", ["x86-cpu", "jetson-orin-nano"])

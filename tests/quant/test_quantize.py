@@ -1,6 +1,8 @@
 """QDQ insertion per target: placement, rules, accuracy on real models, the commands."""
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import json
 
@@ -39,9 +41,13 @@ def test_weights_per_channel_symmetric():
 
 
 def test_activation_params_include_zero():
-    ort_policy = QuantPolicy.for_target(load_target("x86-cpu"))
+    ort_policy = QuantPolicy.for_target(load_target("x86-cpu-vnni"))
     scale, zero = activation_qparams(0.0, 2.55, ort_policy)
     assert zero == 0 and scale == pytest.approx(0.01)
+    seven_bit = dataclasses.replace(ort_policy, activation_qmax=127)  # codes 0..127: exact u7 x s8 on AVX2
+    assert activation_qparams(0.0, 1.27, seven_bit) == (pytest.approx(0.01), 0)
+    scale, zero = activation_qparams(-1.0, 0.27, seven_bit)
+    assert round(0.27 / scale + zero) == 127
     scale, zero = activation_qparams(-1.0, 1.55, ort_policy)
     assert round(-1.0 / scale + zero) == 0  # -1 maps to the lowest code
     trt = QuantPolicy.for_target(load_target("jetson-orin-nano"))
@@ -54,7 +60,7 @@ def test_digits_int8_keeps_accuracy_and_rules(target, rules_ok_for_tensorrt):
     model = io.load(example_model())
     x, y = _eval()
     float_acc = _accuracy(model, x, y)
-    result = quantize(model, DIGITS, target=target, method="percentile")
+    result = quantize(model, DIGITS, target=target, method="percentile", placement="rules")
     check(model)
     ops = [n.op_type for n in model.graph]
     assert ops.count("QuantizeLinear") >= 5 and ops[-1] in ("Gemm", "DequantizeLinear")
@@ -165,3 +171,21 @@ def test_compare_on_a_corrupt_npz_is_a_clean_error(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip at all")
     assert_one_line_error(edgepack_cli("compare", example_model(), example_model(), "--data",
                                        tmp_path / "broken.npz"), "broken.npz", "not a valid .npz")
+
+
+def test_an_all_zero_weight_channel_keeps_its_bias():
+    # Conv channel 1: weights all 0, bias 5 -> its output is the constant 5 and must stay so
+    text = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 2, 4, 4] x) => (float[N, 2, 4, 4] y) <float[2, 2, 1, 1] W = {0.5, -0.25, 0.0, 0.0}, float[2] b = {0.1, 5.0}> {
+  y = Conv (x, W, b)
+}
+"""
+    from tests.helpers import model_from_text, run_ort
+
+    model = model_from_text(text)
+    data = [{"x": np.random.default_rng(0).standard_normal((4, 2, 4, 4)).astype(np.float32)}]
+    quantize(model, data, target="x86-cpu-vnni", runtime_check=False, speed_check=False, placement="rules",
+             equalize=False)
+    out = run_ort(model, data[0])[0]
+    np.testing.assert_allclose(out[:, 1], 5.0, atol=0.05)

@@ -3,6 +3,8 @@ compares the deployed (fused) model with its QDQ math, and compare measures what
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,21 +29,33 @@ def _weight_dqs(model):
             and const_array(n.inputs[0]).dtype != np.int32]
 
 
-def test_x86_cpu_weights_are_uint8_so_ort_runs_its_exact_u8u8_kernels():
-    #   x -> Q(u8)/DQ -> Conv <- DQ(W: uint8, zero point 128)     (U8U8: no int16 pair sums)
+def test_x86_cpu_weights_are_7_bit_so_u8s8_kernels_stay_exact_without_vnni():
+    #   x -> Q(u8)/DQ -> Conv <- DQ(W: int8 in [-63, 63])     (u8 x s7 pairs fit int16)
     model = io.load(example_model())
-    quantize(model, DIGITS, target="x86-cpu", runtime_check=False)
+    quantize(model, DIGITS, target="x86-cpu", runtime_check=False, placement="rules")
     dqs = _weight_dqs(model)
     assert len(dqs) == 5
     for dq in dqs:
-        assert const_array(dq.inputs[0]).dtype == np.uint8
-        assert set(np.unique(const_array(dq.inputs[2]))) == {128}
+        q = const_array(dq.inputs[0])
+        assert q.dtype == np.int8 and int(np.abs(q.astype(np.int16)).max()) == 63
     assert not check_qdq(model, load_target("x86-cpu"))
     vnni = io.load(example_model())
-    quantize(vnni, DIGITS, target="x86-cpu-vnni", runtime_check=False)
+    quantize(vnni, DIGITS, target="x86-cpu-vnni", runtime_check=False)  # 8-bit activations and weights
     problems = check_qdq(vnni, load_target("x86-cpu"))
-    assert len(problems) == 5 and all("saturates" in p for p in problems)
+    assert len(problems) == len(_weight_dqs(vnni)) > 0 and all("saturates" in p for p in problems)
     assert not check_qdq(vnni, load_target("x86-cpu-vnni"))
+    seven = io.load(example_model())  # the other exact form: 7-bit activations with 8-bit weights
+    text = load_target("x86-cpu").path.read_text().replace('"uint8-asymmetric-per-tensor"', '"uint7-asymmetric-per-tensor"')
+    text = text.replace('"int7-symmetric-per-channel"', '"int8-symmetric-per-channel"').replace('name = "x86-cpu"', 'name = "u7"')
+    path = Path(tempfile.mkdtemp()) / "u7.toml"
+    path.write_text(text)
+    result = quantize(seven, DIGITS, target=str(path), runtime_check=False)
+    assert not check_qdq(seven, load_target(str(path)))
+    for name, (lo, hi) in result.ranges.tensors.items():  # every calibrated range maps into codes 0..127
+        q = next((n for n in seven.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == name), None)
+        if q is not None:
+            scale, zero = float(const_array(q.inputs[1])), int(const_array(q.inputs[2]))
+            assert 0 <= round(min(lo, 0) / scale) + zero and round(max(hi, 0) / scale) + zero <= 127
 
 
 def _saturating_pairs(a_u8: np.ndarray, w_s8: np.ndarray) -> int:
@@ -54,7 +68,7 @@ def _saturating_pairs(a_u8: np.ndarray, w_s8: np.ndarray) -> int:
     return int(((pair > 32767) | (pair < -32768)).sum())
 
 
-def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_int7_or_u8u8_cannot():
+def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_7_bit_operands_cannot():
     # the hazard the x86-cpu target avoids, on the digits model's real inputs (first Conv, im2col)
     model = io.load(example_model())
     with np.load(DIGITS / "calib.npz") as d:
@@ -69,6 +83,10 @@ def test_int8_weights_overflow_int16_pair_sums_on_real_activations_and_int7_or_u
         scale = np.abs(w).max(axis=1, keepdims=True) / qmax
         w_q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
         assert (_saturating_pairs(a_u8, w_q) > 0) is overflow
+    # x86-cpu's form: 7-bit activations (codes 0..127) with full 8-bit weights cannot overflow
+    a_u7 = np.clip(np.round((cols - lo) / ((hi - lo) / 127)), 0, 127).astype(np.uint8)
+    w_q = np.clip(np.round(w / (np.abs(w).max(axis=1, keepdims=True) / 127)), -127, 127).astype(np.int8)
+    assert _saturating_pairs(a_u7, w_q) == 0 and 2 * 127 * 127 <= 32767
     assert 2 * 255 * 255 < 2**31  # U8U8: both widened to 16 bits, pairs summed in int32
 
 
@@ -158,7 +176,7 @@ def test_host_target_from_cpu_flags_and_cli():
 
 def test_target_that_saturates_refuses_int8_weights(tmp_path):
     text = (load_target("x86-cpu").path.read_text()
-            .replace('weights = "uint8-symmetric-per-channel"', 'weights = "int8-symmetric-per-channel"'))
+            .replace('weights = "int7-symmetric-per-channel"', 'weights = "int8-symmetric-per-channel"'))
     (tmp_path / "t.toml").write_text(text)
     with pytest.raises(EdgepackError, match="qdq.weights.*int8_saturates"):
         load_target(tmp_path / "t.toml")

@@ -211,6 +211,15 @@ def test_demo_prints_the_summary_and_writes_the_report_then_skips_everything(tmp
     assert (out / "report.html").read_text().count("<svg") >= 6
     run = json.loads((out / "run.json").read_text())
     assert {(s["id"], s["status"]) for s in run["steps"]} >= {("build-int8", "done"), ("profile-int8", "done")}
+    # the verdict first, on the terminal and on the report's first screen: INT8 against FP32, interleaved
+    comparison = json.loads((out / "x86-cpu" / "profile-int8.json").read_text())["comparison"]
+    assert comparison["statistic"] == "paired blocks"
+    page = (out / "report.html").read_text()
+    first = page[page.index("<body>"):page.index("<h2>")]
+    assert "INT8 on x86-cpu" in first and "verdict: INT8 on x86-cpu" in result.stdout
+    said = {"slower": "INT8 is slower than FP32", "faster": "INT8 is faster than FP32"}.get(
+        comparison["verdict"], "INT8 is no faster than FP32")
+    assert said in first and said in result.stdout
 
     again = edgepack_cli("demo", "-o", out, "--json", tmp_path / "demo.json")
     assert again.returncode == 0, again.stderr

@@ -2,6 +2,7 @@
 with a baseline profile measured here in ONNX Runtime, rendered as text and in headless Chromium."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -70,6 +71,15 @@ warmup = "10"
 layer-runs = 5
 no-history = true
 [[step]]
+id = "profile-int8"
+run = "profile"
+input = "quantize"
+vs = "optimize"
+runs = 300
+warmup = "10"
+layer-runs = 5
+no-history = true
+[[step]]
 run = "check"
 input = "profile"
 baseline = "baseline.json"
@@ -79,10 +89,10 @@ force = true
 """)
     out = folder / "out"
     run_recipe(load_recipe(recipe), out)
-    html = folder / "report.html"
-    result = edgepack_cli("report", out, "-o", html)
+    page = folder / "report.html"
+    result = edgepack_cli("report", out, "-o", page)
     assert result.returncode == 0, result.stderr
-    return out, html
+    return out, page
 
 
 def test_report_is_self_contained_with_every_section_and_chart(run_folder):
@@ -90,9 +100,9 @@ def test_report_is_self_contained_with_every_section_and_chart(run_folder):
     text = html_path.read_text()
     for title in ("Summary", "Pipeline", "Accuracy", "Latency", "Per-layer error", "Environment"):
         assert f"<h2>{title}</h2>" in text
-    # charts: sizes, latency (profile + baseline), per-layer time, sensitivity, per-tensor error
+    # charts: sizes, latency (profiles + baseline), per-layer time of both profiles, sensitivity, per-tensor error
     svgs = re.findall(r"<svg.*?</svg>", text, flags=re.S)
-    assert len(svgs) == 5 and all(svg.count("<path") > 5 for svg in svgs)
+    assert len(svgs) == 6 and all(svg.count("<path") > 5 for svg in svgs)
     # nothing to fetch: no external scripts, styles, images or fonts
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<script" not in text
@@ -112,7 +122,9 @@ def test_report_answers_the_check_and_names_the_machine(run_folder):
     check = json.loads((out / "x86-cpu" / "check.json").read_text())
     verdict = re.search(r'<div class="verdict (\w+)">(.*?)</div>', text)
     assert verdict and verdict.group(1) == check["verdict"]
-    assert f"{number(check['ratio'])}x at p50" in verdict.group(2)
+    # the verdict in the one vocabulary: the JSON's summary line, word for word
+    assert check["summary"].startswith(f"latency {check['verdict']}: current/baseline {check['ratio']:.3f}x at p50")
+    assert html.escape(check["summary"]) in verdict.group(2)
     # the profile's layers carry the model's node names, not ONNX Runtime's renamed kernels
     profile = json.loads((out / "x86-cpu" / "profile.json").read_text())
     nodes = {n.name for n in __import__("onnx").load(out / "optimize.onnx").graph.node}
@@ -125,6 +137,28 @@ def test_report_answers_the_check_and_names_the_machine(run_folder):
     assert env["cpu_flags"] is None or " ".join(env["cpu_flags"]) in aside
 
 
+def test_report_opens_with_the_verdict_per_target(run_folder):
+    """Before any table: INT8 against FP32 on x86-cpu, one line per axis, the numbers from the steps."""
+    out, html_path = run_folder
+    text = html_path.read_text()
+    body = text[text.index("<body>"):]
+    assert body.index('<section id="verdict">') < body.index("<h2>")  # the first thing after the title
+    section = re.search(r'<section id="verdict">(.*?)</section>', text, flags=re.S).group(1)
+    axes = dict(re.findall(r'<li class="axis axis-(\w+)" data-axis="(\w+)">', section)[i][::-1]
+                for i in range(section.count("<li")))
+    assert set(axes) == {"latency", "accuracy", "size", "check"}
+    comparison = json.loads((out / "x86-cpu" / "profile-int8.json").read_text())["comparison"]
+    expected = {"slower": "worse", "faster": "better", "same": "same"}[comparison["verdict"]]
+    assert axes["latency"] == expected
+    assert f"latency {comparison['verdict']}: INT8/FP32 {comparison['ratio']:.3f}x at p50" in section
+    accuracy = json.loads((out / "compare.json").read_text())["accuracy"]
+    assert f"INT8 top-1 {100 * accuracy['b']:.1f}% vs FP32 {100 * accuracy['a']:.1f}%" in section
+    sizes = {p.name: p.stat().st_size for p in out.glob("*.onnx")}
+    assert f"INT8/FP32 {sizes['quantize.onnx'] / sizes['optimize.onnx']:.3f}x" in section and axes["size"] == "better"
+    state = re.search(r'<div class="target-verdict (\w+)" data-target="x86-cpu">', section).group(1)
+    assert state == ("bad" if "worse" in axes.values() else "good" if axes["latency"] == "better" else "neutral")
+
+
 def test_summary_pairs_fp32_and_int8(run_folder):
     out, _ = run_folder
     rows = {name: (fp32, int8) for name, fp32, int8 in summary(load_run(out))}
@@ -133,7 +167,8 @@ def test_summary_pairs_fp32_and_int8(run_folder):
     accuracy = json.loads((out / "compare.json").read_text())["accuracy"]
     assert rows["top-1 (%)"] == (100 * accuracy["a"], 100 * accuracy["b"])
     profile = json.loads((out / "x86-cpu" / "profile.json").read_text())
-    assert rows["latency p50 (ms)"] == (profile["latency_ms"]["p50"], None)  # FP32 profiled, INT8 not
+    int8 = json.loads((out / "x86-cpu" / "profile-int8.json").read_text())
+    assert rows["latency p50 (ms)"] == (profile["latency_ms"]["p50"], int8["latency_ms"]["p50"])
 
 
 def test_report_finds_step_reports_from_any_directory(run_folder, tmp_path):
@@ -193,7 +228,7 @@ def test_report_renders_in_headless_chromium(run_folder, chromium, tmp_path):
     dom = subprocess.run([*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.S)
-    assert len(svgs) == 5 and all(svg.count("<path") > 5 for svg in svgs), dom[:500]
+    assert len(svgs) == 6 and all(svg.count("<path") > 5 for svg in svgs), dom[:500]
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={shot}", html_path.as_uri()],
                    capture_output=True, timeout=120)
@@ -204,3 +239,40 @@ def test_report_renders_in_headless_chromium(run_folder, chromium, tmp_path):
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
     blue = (np.abs(rgb - np.array([0x1F, 0x77, 0xB4])).sum(axis=2) < 30).mean()
     assert blue > 0.01
+
+
+MEASURE = """<script>
+const box = document.getElementById("verdict").getBoundingClientRect();
+const cells = [...document.querySelectorAll("section h2")].find(h => h.textContent === "Pipeline")
+  .parentElement.querySelector("table").querySelectorAll("tbody td:first-child");
+const tallest = Math.max(...[...cells].map(c => c.getBoundingClientRect().height));
+const line = parseFloat(getComputedStyle(cells[0]).lineHeight) || 20;
+document.title = JSON.stringify({top: box.top, bottom: box.bottom, height: innerHeight, width: innerWidth,
+                                 tallest: tallest, line: line});
+</script>"""
+
+
+def test_verdict_is_on_the_first_screen_of_a_laptop(run_folder, chromium, tmp_path):
+    """At 1366x768 the verdict is visible without scrolling (measured by the browser's layout, and
+    seen in the screenshot), and no step name wraps one letter per line."""
+    from PIL import Image
+
+    _, html_path = run_folder
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace("</body>", MEASURE + "</body>"))
+    flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1366,768"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    layout = json.loads(html.unescape(re.search(r"<title>(.*?)</title>", dom, flags=re.S).group(1)))
+    # the viewport: 1366 wide; headless Chromium leaves ~625 of the 768 (as a browser's bars would)
+    assert layout["width"] == 1366 and 500 < layout["height"] <= 768, layout
+    assert 0 <= layout["top"] < layout["bottom"] <= layout["height"], layout
+    assert layout["tallest"] < 2 * layout["line"] + 12, layout  # step ids on one line each
+    shot = tmp_path / "first-screen.png"
+    subprocess.run([*flags, f"--screenshot={shot}", html_path.as_uri()], capture_output=True, timeout=120)
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    assert rgb.shape == (768, 1366, 3)
+    # the verdict's left border, red (#c62828) or green (#2e7d32), and its tinted box are on screen
+    border = {"bad": (0xC6, 0x28, 0x28), "good": (0x2E, 0x7D, 0x32), "neutral": (0x88, 0x88, 0x88)}
+    state = re.search(r'<div class="target-verdict (\w+)"', html_path.read_text()).group(1)
+    seen = (np.abs(rgb - np.array(border[state])).sum(axis=2) < 30).mean()
+    assert seen > 0.001, state
