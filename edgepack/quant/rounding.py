@@ -47,9 +47,9 @@ FEED_BUDGET_BYTES = 64 * 2**20     # one batch of model inputs
 # "auto": what measured better within the time budget (docs/quantization.md, bench_rounding.py).
 # TensorRT targets (symmetric activations, where INT8 loses accuracy): the per-channel clip search,
 # one pass over the data per layer group and no iterations (ShuffleNetV2 top-1 agreement 0.80 ->
-# 0.86, ResNet-20 +0.3 point, MNIST equal). AdaRound measured best on ShuffleNetV2 (0.92) at 2-4x the
-# time of clip, so it is opt-in; bias correction against the quantized upstream did not add to clip
-# there (0.80 together). ONNX Runtime CPU targets (uint8 activations) lose ~0 already: nearest.
+# 0.86, ResNet-20 +0.3 point, MNIST equal). AdaRound (0.84-0.92 on ShuffleNetV2, 50 images) takes
+# 2-4x the time of clip, so it is opt-in; bias correction against the quantized upstream did not
+# add to clip there (0.80 together). ONNX Runtime CPU targets (uint8 activations) lose ~0 already: nearest.
 AUTO = {True: ("clip",), False: ()}
 
 
