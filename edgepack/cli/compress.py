@@ -23,6 +23,9 @@ def register(subparsers):
     group.add_argument("--rank", metavar="R", help="fixed rank, or 'full' (exact; for checking)")
     group.add_argument("--energy", type=float, metavar="E",
                        help="smallest rank keeping this fraction of the spectral energy, e.g. 0.95")
+    low.add_argument("--refit", metavar="DATA",
+                     help="refit each factorized layer's second factor (and every layer after it) by least "
+                          "squares against the original model's layer outputs on DATA")
     low.add_argument("--min-saving", type=float, default=0.1, metavar="F",
                      help="factorize a layer only if it saves at least this fraction of its MACs")
 

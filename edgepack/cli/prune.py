@@ -32,6 +32,9 @@ def register(subparsers):
     common.add_target(parser, required=False)
     parser.add_argument("--bias-correction", action="store_true",
                         help="with --data: shift each pruned layer's bias by the mean output change it caused")
+    parser.add_argument("--refit", metavar="DATA",
+                        help="refit the kept weights of every layer by least squares against the original "
+                             "model's layer outputs on DATA (no training); reports accuracy before/after")
     common.add_json(parser)
     return parser
 

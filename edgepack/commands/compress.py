@@ -38,7 +38,9 @@ class CompressReport(ModelReport):
         else:
             summary = (f"float16: {d['converted_nodes']} nodes converted, "
                        f"{len(d['float32_nodes'])} kept in float32")
-        return f"{summary}\n-> {self.output}\n{format_cost(self.to_json())}"
+        from edgepack.commands.prune import format_refit
+
+        return f"{summary}\n-> {self.output}\n{format_cost(self.to_json())}{format_refit(d.get('refit'))}"
 
 
 @cli_keywords
@@ -46,17 +48,25 @@ def compress(model: str | os.PathLike | ir.Model, method: str, output: str | os.
              percentile: float | None = None, threshold: float | None = None,
              rank: int | str | None = None, energy: float | None = None, min_saving: float = 0.1,
              keep_io_float: bool = False, block=(), include=(), exclude=(), data=None,
-             data_max: float = 65504.0) -> CompressReport:
+             data_max: float = 65504.0, refit=None, preprocess=None) -> CompressReport:
     """Compress `model` (a path or an onnx-ir Model, not changed) with one method; write `output`.
 
     clip: `percentile` or `threshold`. lowrank: `rank` (an int, or "full": exact) or `energy`,
     and `min_saving`. fp16: `keep_io_float`, `block` (op types kept float32, added to the
     default list), `data_max` (with `data`: nodes whose values exceed it stay float32). `data`:
     sample data for the error report (default: random inputs).
+    `refit` (lowrank, sample data): refit the factors' consumers by least squares against the
+    original's layer outputs (passes/refit.py), error before/after in `details["refit"]`.
+    `preprocess` applies to `data` and `refit`.
     The pass-level functions are `edgepack.clip_weights`, `edgepack.lowrank`, `edgepack.to_fp16`.
     """
     from edgepack import io
+    from edgepack.calib.data import with_preprocess
 
+    data, refit = with_preprocess(data, preprocess), with_preprocess(refit, preprocess)
+    if refit is not None and method != "lowrank":
+        raise UsageError(f"--refit works with compress lowrank (and prune), not {method}",
+                         hint="drop --refit, or use compress lowrank")
     if method not in METHODS:
         raise UsageError(f"compress method '{method}' is not one of {', '.join(METHODS)}",
                          hint="edgepack compress clip|lowrank|fp16 MODEL -o OUT")
@@ -82,6 +92,10 @@ def compress(model: str | os.PathLike | ir.Model, method: str, output: str | os.
                 raise UsageError(f"--rank {rank}: not an integer", hint="e.g. --rank 32 or --rank full") from None
         out, details = lowrank(loaded, rank=number, energy=energy, min_saving=min_saving, full=full,
                                include=list(include), exclude=list(exclude), data=data)
+        if refit is not None:
+            from edgepack.commands.prune import refit_report
+
+            details["refit"] = refit_report(out, loaded, refit)
     else:
         from edgepack.passes.fp16 import DEFAULT_BLOCK, to_fp16
 

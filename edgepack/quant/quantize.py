@@ -43,6 +43,7 @@ class QuantizeResult:
     output: str | None = None
     decisions: Any = None                          # quant/decisions.py Decisions: per layer, choice and reason
     speed: Any = None                              # quant/speed.py SpeedVerdict: INT8 vs FP32 on this CPU
+    rounding: Any = None                           # rounding.RoundingReport: weights fitted to data
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "target": self.target, "method": self.method, "output": self.output,
@@ -56,7 +57,8 @@ class QuantizeResult:
                 "decisions": self.decisions.to_json() if self.decisions is not None else [],
                 "speed": self.speed.to_json() if self.speed is not None else None,
                 "warnings": [w for w in (self.speed.warning if self.speed is not None else None,
-                                         self.runtime_check.message if self.runtime_check is not None else None) if w]}
+                                         self.runtime_check.message if self.runtime_check is not None else None) if w],
+                "rounding": self.rounding.to_json() if self.rounding is not None else None}
 
     def text(self, explain: bool = False) -> str:
         return format_result(self.to_json(), explain=explain)
@@ -71,6 +73,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
              smoothquant: float | str | None = "auto", float_defaults: bool = True, placement: str | None = None,
              speed_check: bool = True, threads: int = 1, if_slower: str = "warn",
              weights: str = "int8", algorithm: str = "awq-gptq", block_size: int | None = None,
+             rounding: str = "auto",
              output: str | os.PathLike | None = None) -> QuantizeResult:
     """QDQ post-training quantization of `model` (an onnx-ir Model, rewritten in place, or a path).
 
@@ -89,7 +92,10 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     outputs float (quant/float_rules.py). `weights`: "int8" (W8A8 as above), "int4" (weight-only
     INT4 MatMuls with `algorithm` rtn/gptq/awq and `block_size`, in the target's encoding; the
     `max_error` / `min_agreement` budget keeps sensitive layers at INT8) or "fp8" (E4M3 Q/DQ for
-    FP8 GPUs), see quant/low_precision.py. Models below opset 13 are upgraded (or get per-tensor
+    FP8 GPUs), see quant/low_precision.py. `rounding` (with `data`, INT8 weights): fit the integer
+    weights to the float model's layer outputs after insertion (quant/rounding.py): "nearest",
+    "clip", "adaround", "bias", a '+' list of those, "all", or "auto" (the measured default).
+    Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     `placement`: "measured" (ONNX Runtime targets' default with data: a weighted layer whose INT8
     kernel is slower than its float one on this CPU stays float, quant/speed.py) or "rules".
@@ -153,6 +159,10 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         equalize_depthwise_inputs(model, data)
         balance_depthwise_outputs(model, data)
     reference = copy_model(model) if (mixed or (runtime_check and not target.is_tensorrt)) else None
+    from edgepack.quant.rounding import techniques_for
+
+    rounding_on = bool(techniques_for(rounding, policy)) and (data is not None or rounding != "auto")
+    teacher = (reference or copy_model(model)) if rounding_on else None
     if ranges is None:
         ranges = calibrate(copy_model(model), data, method=method, percentile=percentile, limit=limit,
                            symmetric=policy.symmetric_activations, progress=progress,
@@ -192,6 +202,12 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         inserted = insert_qdq(model, ranges, policy, exclude=set(exclude), float_defaults=float_defaults)
         speed.record_rules(decisions, inserted, "TensorRT: cannot be timed here" if target.is_tensorrt
                            else "placement by rules")
+    rounded = None
+    if rounding_on:  # ---- rounding stage (quant/rounding.py): weights fitted to the float model on data
+        from edgepack.quant.rounding import DEFAULT_SAMPLES, round_weights
+
+        rounded = round_weights(model, teacher, data, policy, method=rounding, decisions=decisions,
+                                progress=progress, limit=min(limit or DEFAULT_SAMPLES, DEFAULT_SAMPLES))
     from edgepack.quant.origin import stamp_quantized
 
     stamp_quantized(model, target, preprocess, ranges)  # before the rules check: it reads the activation codes
@@ -202,6 +218,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     validate_quantized(model)  # checker + ONNX Runtime load, before anything is written
     result = QuantizeResult(model, target.name, ranges.method, inserted.quantized, inserted.skipped, ranges,
                             scores, sqnr, problems, decisions=decisions)
+    result.rounding = rounded
     if speed_check and feeds is not None:
         result.speed = _speed_verdict(timing_reference, model, feeds, threads)
         if result.speed.verdict == "slower" and if_slower == "error":
@@ -258,6 +275,10 @@ def format_result(report: dict, *, explain: bool = False) -> str:
     if report["sensitivity"]:
         lines += ["", f"{'most sensitive layers':<40} {'op':<10} {'SQNR dB':>9}"]
         lines += [f"{r['node'][:40]:<40} {r['op_type']:<10} {r['sqnr_db']:>9.2f}" for r in report["sensitivity"][:10]]
+    if report.get("rounding") and report["rounding"]["layers"]:
+        r = report["rounding"]
+        lines.append(f"rounding {'+'.join(r['techniques'])}: {len(r['layers'])} layers fitted on {r['samples']} "
+                     f"samples in {r['seconds']:.1f} s")
     if report["output_sqnr_db"] is not None:
         lines.append(f"output SQNR {report['output_sqnr_db']:.2f} dB")
     check = report["runtime_check"]
