@@ -73,7 +73,8 @@ class SpeedVerdict:
             return None
         cause = f" likely cause: {self.cause}." if self.cause else ""
         return (f"INT8 is not faster than FP32 on this CPU ({self.ratio:.2f}x).{cause} "
-                "hint: use the target `edgepack targets --host` names, or keep the FP32 model")
+                "hint: quantize for the target `edgepack targets --host` names (-t host); a model this "
+                "small may not gain from INT8: --if-slower float keeps the float model")
 
 
 def time_pair(path_a: str, path_b: str, feeds: dict, *, threads: int = 1, seconds: float = 2.0):
