@@ -206,8 +206,19 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     if rounding_on:  # ---- rounding stage (quant/rounding.py): weights fitted to the float model on data
         from edgepack.quant.rounding import DEFAULT_SAMPLES, round_weights
 
+        budget = max_error is not None or min_agreement is not None
+        unrounded = copy_model(model) if budget else None
         rounded = round_weights(model, teacher, data, policy, method=rounding, decisions=decisions,
                                 progress=progress, limit=min(limit or DEFAULT_SAMPLES, DEFAULT_SAMPLES))
+        if budget:  # the budget was met before rounding: it must still hold after it, or rounding goes
+            from edgepack.quant.sensitivity import meets_budget
+
+            held, sqnr_rounded = meets_budget(reference, model, data, max_error, min_agreement)
+            if held:
+                sqnr = sqnr_rounded
+            else:
+                logger.info("rounding broke the error budget on the data: nearest rounding kept")
+                model, rounded = unrounded, None
     from edgepack.quant.origin import stamp_quantized
 
     stamp_quantized(model, target, preprocess, ranges)  # before the rules check: it reads the activation codes

@@ -52,9 +52,20 @@ def keep_sensitive_float(model: ir.Model, ranges: Ranges, policy: QuantPolicy, d
     while True:
         result = insert_qdq(copy_model(model), ranges, policy, exclude=kept)
         sqnr, agreement = _score(model, result.model, data, limit, preprocess)
-        ok = (min_sqnr_db is None or sqnr >= min_sqnr_db) and (
-            min_agreement is None or agreement is None or agreement >= min_agreement)
+        ok = _within(sqnr, agreement, min_sqnr_db, min_agreement)
         logger.info("%d layers float: output SQNR %.2f dB, top-1 agreement %s", len(kept), sqnr, agreement)
         if ok or not order:
             return result, sqnr, agreement
         kept.add(order.pop(0))
+
+
+def meets_budget(float_model: ir.Model, quantized: ir.Model, data, min_sqnr_db: float | None,
+                 min_agreement: float | None, *, limit: int = 256) -> tuple[bool, float]:
+    """Whether `quantized` still meets the floors keep_sensitive_float met (same data and limit)."""
+    sqnr, agreement = _score(float_model, quantized, data, limit)
+    return _within(sqnr, agreement, min_sqnr_db, min_agreement), sqnr
+
+
+def _within(sqnr: float, agreement: float | None, min_sqnr_db: float | None, min_agreement: float | None) -> bool:
+    return (min_sqnr_db is None or sqnr >= min_sqnr_db) and (
+        min_agreement is None or agreement is None or agreement >= min_agreement)
