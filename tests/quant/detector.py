@@ -164,38 +164,14 @@ def _normalize_like_batchnorm(proto, images: np.ndarray, gains: dict, biases: di
 
 
 # ------------------------------------------------------------------ post-processing
-def _grids(size: int = SIZE):
-    cells, strides = [], []
-    for s in STRIDES:
-        g = size // s
-        ys, xs = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-        cells.append(np.stack([xs.reshape(-1), ys.reshape(-1)], 1))
-        strides.append(np.full(g * g, s))
-    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
-
-
 def decode(output: np.ndarray, score_threshold: float = 0.3, iou_threshold: float = 0.45, size: int = SIZE):
-    """YOLOX decode of one image's [N, 5+C] output, then class-aware NMS: (boxes xyxy, scores, classes)."""
-    cells, strides = _grids(size)
-    xy = (output[:, :2] + cells) * strides
-    wh = np.exp(np.clip(output[:, 2:4], -10, 10)) * strides
-    scores_all = output[:, 4:5] * output[:, 5:]
-    cls = scores_all.argmax(1)
-    score = scores_all.max(1)
-    keep = score > score_threshold
-    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)[keep]
-    score, cls = score[keep], cls[keep]
-    chosen = []
-    for c in np.unique(cls):
-        idx = np.flatnonzero(cls == c)
-        idx = idx[np.argsort(-score[idx])]
-        while len(idx):
-            chosen.append(idx[0])
-            idx = idx[1:][iou(boxes[idx[0]][None], boxes[idx[1:]])[0] < iou_threshold]
-    chosen = np.array(sorted(chosen, key=lambda i: -score[i]), np.int64)
-    return boxes[chosen], score[chosen], cls[chosen]
+    """YOLOX decode of one image's [N, 5+C] output, then class-aware NMS: (boxes xyxy, scores, classes);
+    edgepack/quant/detection.py's decode with no cap on the number of boxes."""
+    return detection.decode(output, size, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                            max_detections=len(output), strides=STRIDES)
 
 
+from edgepack.quant import detection  # noqa: E402
 from edgepack.quant.detection import agreement, iou  # noqa: E402,F401  (one matching rule for every detector)
 
 
