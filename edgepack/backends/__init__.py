@@ -238,7 +238,7 @@ def _fusion_and_speed(graph: ir.Model, artifact: Path, target, data, speed_check
                 from edgepack import runtime
 
                 feeds = runtime.random_feeds(runtime.session(twin, optimize=False))
-            verdict = latency_verdict(twin, artifact, feeds, fusion=fusion)
+            verdict = latency_verdict(twin, artifact, feeds, fusion_of=lambda: fusion)
         out["speed"] = {**verdict.to_json(), "baseline": "the QDQ model's float twin (Q/DQ removed)"}
         logger.info("%s", verdict.line())
         if verdict.warning:

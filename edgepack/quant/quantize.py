@@ -188,7 +188,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
         raise EdgepackError("--placement measured needs --data to time the layers", hint="pass --data D")
     feeds = speed.first_feeds(model, data) if (placement == "measured" or (speed_check and not target.is_tensorrt
                                                                             and data is not None)) else None
-    timing_reference = copy_model(model) if feeds is not None else None
+    timing_reference = None if feeds is None else (reference if reference is not None else copy_model(model))
     if max_error is not None or min_agreement is not None:
         inserted, sqnr, _ = keep_sensitive_float(model, ranges, policy, data, scores, min_sqnr_db=max_error,
                                                  min_agreement=min_agreement, exclude=set(exclude))
@@ -272,7 +272,7 @@ def _speed_verdict(float_model: ir.Model, model: ir.Model, feeds: dict, threads:
     with tempfile.TemporaryDirectory(prefix="edgepack-verdict-") as folder:
         fp = io.save(float_model, Path(folder) / "fp32.onnx")
         q = io.save(model, Path(folder) / "int8.onnx")
-        return latency_verdict(fp, q, feeds, threads=threads, fusion=fusion_report(q))
+        return latency_verdict(fp, q, feeds, threads=threads, fusion_of=lambda: fusion_report(q))
 
 
 def format_result(report: dict, *, explain: bool = False) -> str:

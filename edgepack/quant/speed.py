@@ -100,7 +100,8 @@ def time_pair(path_a: str, path_b: str, feeds: dict, *, threads: int = 1, second
 
 
 def latency_verdict(fp32_path, int8_path, feeds: dict, *, threads: int = 1, seconds: float | None = None,
-                    fusion=None) -> SpeedVerdict:
+                    fusion_of=None) -> SpeedVerdict:
+    """`fusion_of()`: the artifact's FusionReport, asked for only when INT8 is not faster (the cause)."""
     from edgepack.cpu import int8_summary as cpu_flags_text
     from edgepack.profile.regression import verdict_of
     from edgepack.profile.stats import ratio_interval
@@ -109,18 +110,20 @@ def latency_verdict(fp32_path, int8_path, feeds: dict, *, threads: int = 1, seco
     int8_ms, fp32_ms = time_pair(str(int8_path), str(fp32_path), feeds, threads=threads, seconds=seconds)
     ratio, low, high = ratio_interval([int8_ms], [fp32_ms], percentile=10.0, n_resamples=500)
     verdict = verdict_of(ratio, low, high, 0.02)
-    cause = None
-    if verdict != "faster" and fusion is not None:
-        if fusion.dq_on_constants:
-            cause = f"{len(fusion.dq_on_constants)} weight(s) dequantized at every inference"
-        elif fusion.float_weighted:
-            cause = f"{len(fusion.float_weighted)} weighted layer(s) run in float between Q/DQ"
-        elif fusion.activation_qdq:
-            cause = f"{len(fusion.activation_qdq)} Q/DQ node(s) left between float ops"
-        else:
-            cause = "the model is too small for INT8 kernels to pay for their requantization"
+    cause = likely_cause(fusion_of()) if verdict != "faster" and fusion_of is not None else None
     return SpeedVerdict(ratio, low, high, verdict, "p10", threads, float(np.percentile(int8_ms, 10)),
                         float(np.percentile(fp32_ms, 10)), cpu_flags_text(), cause)
+
+
+def likely_cause(fusion) -> str:
+    """Why an INT8 model is not faster, from what ORT left unfused."""
+    if fusion.dq_on_constants:
+        return f"{len(fusion.dq_on_constants)} weight(s) dequantized at every inference"
+    if fusion.float_weighted:
+        return f"{len(fusion.float_weighted)} weighted layer(s) run in float between Q/DQ"
+    if fusion.activation_qdq:
+        return f"{len(fusion.activation_qdq)} Q/DQ node(s) left between float ops"
+    return "the model is too small for INT8 kernels to pay for their requantization"
 
 
 def layer_times(path: str, feeds: dict, *, threads: int = 1, runs: int = 30) -> dict[str, float]:
@@ -271,7 +274,6 @@ def place_by_speed(model: ir.Model, ranges, policy, *, reference: ir.Model, feed
     """The rules' placement, with every weighted layer whose INT8 kernel measures slower than its
     float kernel moved to float (steps 1-3 of the module docstring). `model` is rewritten in place;
     returns insert_qdq's result; `decisions` gets each layer's choice and times."""
-    from edgepack import io
     from edgepack.graph import copy_model
     from edgepack.quant.qdq import insert_qdq
 
@@ -279,19 +281,15 @@ def place_by_speed(model: ir.Model, ranges, policy, *, reference: ir.Model, feed
     speeds = {s.node: s for s in layer_speeds(reference, candidate.model, feeds, threads=threads,
                                                cache_key=fingerprint(reference, target_name))}
     slower = {n for n, s in speeds.items() if s.int8_slower and n in candidate.quantized}
-    moved, why_not = set(), None
+    moved, why_not, current = set(), None, candidate.model
     if slower:
         mixed = insert_qdq(copy_model(model), ranges, policy, exclude=exclude | slower, float_defaults=float_defaults)
-        with tempfile.TemporaryDirectory(prefix="edgepack-speed-") as folder:
-            a = str(io.save(candidate.model, Path(folder) / "all.onnx"))
-            b = str(io.save(mixed.model, Path(folder) / "mixed.onnx"))
-            all_ms, mixed_ms = time_pair(a, b, feeds, threads=threads, seconds=verdict_seconds())
-        if np.percentile(mixed_ms, 10) < np.percentile(all_ms, 10):
-            moved = slower
+        all_ms, mixed_ms = _time_models(candidate.model, mixed.model, feeds, threads)
+        if mixed_ms < all_ms:
+            moved, current = slower, mixed.model
         else:
-            why_not = (f"moving them to float made the whole model slower ({np.percentile(mixed_ms, 10):.3f} ms "
-                       f"vs {np.percentile(all_ms, 10):.3f} ms): kept INT8")
-    group_moves = _try_groups(model, ranges, policy, feeds, exclude | moved, float_defaults, threads)
+            why_not = f"moving them to float made the whole model slower ({mixed_ms:.3f} ms vs {all_ms:.3f} ms): kept INT8"
+    group_moves = _try_groups(model, current, ranges, policy, feeds, exclude | moved, float_defaults, threads)
     result = insert_qdq(model, ranges, policy, exclude=exclude | moved | set().union(*group_moves.values()),
                         float_defaults=float_defaults)
     group_of = {n: why for why, names in group_moves.items() for n in names}
@@ -340,28 +338,33 @@ def op_groups(model: ir.Model) -> dict[str, set[str]]:
     return {name: names for name, names in (("input region", region), ("SiLU (Sigmoid·Mul)", silu)) if names}
 
 
-def _try_groups(model, ranges, policy, feeds, exclude: set[str], float_defaults: bool, threads: int):
+def _try_groups(model, current: ir.Model, ranges, policy, feeds, exclude: set[str], float_defaults: bool,
+                threads: int):
     """Each op group of `op_groups` moved to float, kept only when the whole model, timed
-    interleaved against the placement without the move, is faster (2 % at least)."""
-    from edgepack import io
+    interleaved against `current` (the placement without the move, `exclude`), is faster (2 % at
+    least); a kept move becomes the placement the next group is timed against."""
     from edgepack.graph import copy_model
     from edgepack.quant.qdq import insert_qdq
 
     kept: dict[str, set[str]] = {}
-    current = set(exclude)
     for name, names in op_groups(model).items():
-        with tempfile.TemporaryDirectory(prefix="edgepack-speed-") as folder:
-            a = io.save(insert_qdq(copy_model(model), ranges, policy, exclude=current,
-                                   float_defaults=float_defaults).model, Path(folder) / "a.onnx")
-            b = io.save(insert_qdq(copy_model(model), ranges, policy, exclude=current | names,
-                                   float_defaults=float_defaults).model, Path(folder) / "b.onnx")
-            a_ms, b_ms = time_pair(str(a), str(b), feeds, threads=threads, seconds=verdict_seconds())
-        int8_ms, float_ms = float(np.percentile(a_ms, 10)), float(np.percentile(b_ms, 10))
+        moved = insert_qdq(copy_model(model), ranges, policy, exclude=exclude | names, float_defaults=float_defaults)
+        int8_ms, float_ms = _time_models(current, moved.model, feeds, threads)
         logger.info("%s: INT8 %.3f ms, float %.3f ms", name, int8_ms, float_ms)
         if float_ms < 0.98 * int8_ms:
             kept[f"measured: {name} in float is faster (whole model {float_ms:.3f} ms vs {int8_ms:.3f} ms in INT8)"] = names
-            current |= names
+            exclude, current = exclude | names, moved.model
     return kept
+
+
+def _time_models(a: ir.Model, b: ir.Model, feeds: dict, threads: int) -> tuple[float, float]:
+    """p10 latency (ms) of two models as ORT deploys them, timed interleaved in one process."""
+    from edgepack import io
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-speed-") as folder:
+        a_path, b_path = io.save(a, Path(folder) / "a.onnx"), io.save(b, Path(folder) / "b.onnx")
+        a_ms, b_ms = time_pair(str(a_path), str(b_path), feeds, threads=threads, seconds=verdict_seconds())
+    return float(np.percentile(a_ms, 10)), float(np.percentile(b_ms, 10))
 
 
 def _record(decisions, result, speeds: dict[str, LayerSpeed], moved: set[str], why_not: str | None,
