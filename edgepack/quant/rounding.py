@@ -13,6 +13,10 @@ error as a quadratic form in the weights, so every technique is a small matrix p
     adaround   learned up/down rounding of every weight (weight_fit.adaround)
     bias       b = E[y_float] - W~ E[x_quantized]: removes the mean output shift of weight rounding
                *and* of the quantized upstream (the inputs the layer really sees)
+    block      the layer that closes a residual block (its output, through its bias Add, meets
+               the block's input in an Add) is fitted to the block's output instead of its own:
+               target y_float + (skip_float - skip_quantized), so that the block's last layer
+               also absorbs what quantization did to the skip path and the rest of the block
 
 Each layer's W_q, s (and bias, with its int32 scale s_x * s_w on ONNX Runtime targets) are then
 rewritten in place, and the next layers see its fitted output. The integer grid is the one the
@@ -36,8 +40,8 @@ from edgepack.quant.weight_fit import Grid, adaround, clip_search
 
 logger = logging.getLogger(__name__)
 
-TECHNIQUES = ("clip", "adaround", "bias")
-METHODS = ("nearest", "clip", "adaround", "bias", "all", "auto")
+TECHNIQUES = ("clip", "adaround", "bias", "block")
+METHODS = ("nearest", "clip", "adaround", "bias", "block", "all", "auto")
 DEFAULT_SAMPLES = 256
 MIN_ROWS_PER_WEIGHT = 4            # learned rounding needs this many input rows per weight of a row
 ROWS_PER_SAMPLE = 64                # output positions of each sample that enter the moments
@@ -119,6 +123,7 @@ class _Layer:
     axis: int | None
     target: str | None             # the float model's tensor of the node's output
     bias_add: ir.Node | None = None  # MatMul -> Add(constant): the bias a MatMul layer has
+    skip: tuple[ir.Value, str] | None = None  # block output target: the skip in the QDQ model, its float name
 
 
 def round_weights(qdq_model: ir.Model, float_model: ir.Model, data, policy, *, method: str = "auto",
@@ -140,6 +145,10 @@ def round_weights(qdq_model: ir.Model, float_model: ir.Model, data, policy, *, m
     layers, report.skipped = _find_layers(qdq_model, float_model)
     if not layers:
         return report
+    if "block" in techniques:
+        float_by_output = {n.outputs[0].name: n for n in float_model.graph if n.outputs}
+        for layer in layers:
+            layer.skip = _residual_skip(layer, float_by_output)
     np.random.default_rng(seed)
     float_session = None
     order = _waves(qdq_model, layers)
@@ -225,6 +234,37 @@ def _bias_add(node: ir.Node, channels: int) -> ir.Node | None:
     return add
 
 
+def _residual_skip(layer: _Layer, float_by_output: dict) -> tuple[ir.Value, str] | None:
+    """(the skip input as the QDQ model computes it, the float model's name of it) when the
+    layer closes a residual block: its output (after its bias Add, and a Q/DQ pair) goes only
+    into an Add with another tensor of the same shape."""
+    value = (layer.bias_add or layer.node).outputs[0]
+    chain = value.name
+    for _ in range(2):  # through Q -> DQ
+        users = value.uses()
+        if len(users) != 1 or users[0].node.op_type not in ("QuantizeLinear", "DequantizeLinear") \
+                or value.is_graph_output():
+            break
+        value = users[0].node.outputs[0]
+    users = value.uses()
+    if len(users) != 1 or value.is_graph_output():
+        return None
+    add = users[0].node
+    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
+    if other is None or other.is_initializer() or const_array(other) is not None:
+        return None
+    if other.shape is None or value.shape is None or len(other.shape) != len(value.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(other.shape, value.shape)):
+        return None  # a broadcasting Add (bias-like), not a skip
+    twin = float_by_output.get(add.outputs[0].name)
+    if twin is None or twin.op_type != "Add" or chain not in [v.name for v in twin.inputs if v is not None]:
+        return None
+    float_skip = next(v for v in twin.inputs if v is not None and v.name != chain)
+    return other, float_skip.name
+
+
 CLIPPING_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Softplus")
 
 
@@ -264,6 +304,8 @@ def _waves(model: ir.Model, layers: list[_Layer]) -> list[list[_Layer]]:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000 + 4 * len(model.graph)))
     for layer in layers:
         upstream[id(layer.node)] = set(above(layer.node.inputs[0]))
+        if layer.skip is not None:
+            upstream[id(layer.node)] |= above(layer.skip[0])
     done: set[int] = set()
     waves = []
     remaining = list(layers)
@@ -307,9 +349,9 @@ def _collect(model: ir.Model, float_model: ir.Model, wave: list[_Layer], dataset
     """One pass over the data: the wave's layer inputs from the QDQ model (ORT optimizations
     off, the exact QDQ math), their targets from the float model, streamed into LayerStats."""
     graph_inputs = {v.name for v in model.graph.inputs}
-    x_names = [l.node.inputs[0].name for l in wave]
+    x_names = [l.node.inputs[0].name for l in wave] + [l.skip[0].name for l in wave if l.skip is not None]
     fetch_x = [n for n in dict.fromkeys(x_names) if n not in graph_inputs]
-    y_names = list(dict.fromkeys(l.target for l in wave))
+    y_names = list(dict.fromkeys([l.target for l in wave] + [l.skip[1] for l in wave if l.skip is not None]))
     quantized = runtime.session(_cone(model, fetch_x), optimize=False, lean=True) if fetch_x else None
     reference = runtime.session(_cone(float_model, y_names), lean=True)
     stats = {id(l): LayerStats(l.shape, l.b_float, rows_per_sample=ROWS_PER_SAMPLE, seed=seed + i)
@@ -323,7 +365,10 @@ def _collect(model: ir.Model, float_model: ir.Model, wave: list[_Layer], dataset
         feeds = {i.name: batch[i.name] for i in reference.get_inputs()}
         ys = dict(zip(y_names, runtime.run(reference, y_names, feeds, where=dataset.description)))
         for layer in wave:
-            stats[id(layer)].update(xs[layer.node.inputs[0].name], ys[layer.target])
+            target = ys[layer.target]
+            if layer.skip is not None:  # the block's output, less the skip the quantized block adds
+                target = target + (ys[layer.skip[1]] - xs[layer.skip[0].name])  # same shape: checked
+            stats[id(layer)].update(xs[layer.node.inputs[0].name], target)
         samples += len(next(iter(batch.values())))
     stats["__samples__"] = samples
     return stats
@@ -335,7 +380,9 @@ def _fit(layer: _Layer, stats: LayerStats, policy, techniques, iterations: int, 
     # full: the bias removes the whole mean output error (weights and upstream); weight-only: it
     # removes the weights' own shift (W~ - W) E[x], as insertion's correction does. Either way
     # the weights are fitted to the error's covariance, the mean being the bias' job.
-    full = "bias" in techniques and has_bias_slot and not _feeds_clipping_activation(layer.node)
+    # a block-closing layer (layer.skip) always takes the full correction: the block's mean error
+    full = ("bias" in techniques or layer.skip is not None) and has_bias_slot \
+        and not _feeds_clipping_activation(layer.node)
     weight_only = not full and has_bias_slot and bool(getattr(policy, "bias_correction", True))
     centered = full or weight_only
     quad = stats.problem(layer.w_float, centered=centered)

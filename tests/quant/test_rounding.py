@@ -33,9 +33,9 @@ def _digits() -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28).astype(np.float32)
 
 
-def _quantized(target_name: str, calib):
+def _quantized(target_name: str, calib, model_file: str = "mnist_cntk_fp32.onnx"):
     target = load_target(target_name)
-    model = io.load(SHARED_MODELS / "mnist_cntk_fp32.onnx")
+    model = io.load(SHARED_MODELS / model_file)
     prepare(model)
     policy = prepare_opset(model, QuantPolicy.for_target(target))
     teacher = copy_model(model)
@@ -82,7 +82,7 @@ def test_rounding_lowers_held_out_layer_error(target_name):
 def test_techniques_parse():
     assert techniques_for("nearest") == ()
     assert techniques_for("bias+clip") == ("clip", "bias")
-    assert techniques_for("all") == ("clip", "adaround", "bias")
+    assert techniques_for("all") == ("clip", "adaround", "bias", "block")
     with pytest.raises(Exception, match="unknown technique"):
         techniques_for("stochastic")
 
@@ -115,3 +115,28 @@ def test_cpu_grids_uint8_zero_point_128_and_7_bit(weight_qmax):
         assert np.all(const_array(dq.inputs[2]) == 128) and np.abs(q - 128).max() <= weight_qmax
     assert check_qdq(model, target) == []
     runtime.session(model).run(None, {"Input3": digits[-8:]})  # ORT loads and runs the fused artifact
+
+
+def _cifar(count: int) -> np.ndarray:
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    with np.load(SHARED_DATA / "cifar10_test" / "cifar10_test_jpeg_decoded.npz") as d:
+        x = d["images"][:count]
+    return ((x.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy()
+
+
+def test_block_target_lowers_residual_block_output_error():
+    """ResNet-20's residual blocks: fitted to the block's output (Add: conv2 + skip) instead of
+    conv2's own, the block outputs of held-out images are closer to the float model's."""
+    images = _cifar(640)
+    calib, held_out = [{"input": images[:128]}], images[128:]
+    nearest, teacher, policy, _ = _quantized("x86-cpu", calib, "resnet20_cifar10.onnx")
+    adds = [n.outputs[0].name for n in teacher.graph if n.op_type == "Add"]
+    want = runtime.session(_cone(teacher, adds)).run(adds, {"input": held_out})
+    errors = {}
+    for method in ("clip", "clip+block"):
+        fitted = copy_model(nearest)
+        report = round_weights(fitted, teacher, calib, policy, method=method)
+        got = runtime.session(_cone(fitted, adds), optimize=False).run(adds, {"input": held_out})
+        errors[method] = np.array([np.mean((g - w) ** 2) / np.var(w) for g, w in zip(got, want)])
+    assert len(report.layers) == 20
+    assert errors["clip+block"].mean() < errors["clip"].mean(), errors
