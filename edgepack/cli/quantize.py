@@ -29,9 +29,10 @@ def register(subparsers):
     parser.add_argument("--rounding", default="auto", metavar="METHOD",
                         help="fit the INT8 weights to the float model's layer outputs on --data after Q/DQ "
                              "insertion: nearest (none), clip (per-channel range search), adaround (learned "
-                             "up/down rounding), bias (bias correction against the quantized upstream), a "
-                             "'+' list (clip+bias), all, or auto (default: the measured default per target; "
-                             "see docs/quantization.md)")
+                             "up/down rounding), bias (bias correction against the quantized upstream), block "
+                             "(a residual block's last layer fitted to the block's output), a '+' list "
+                             "(clip+block), all, or auto (default: adaround, measured best on both target "
+                             "styles; see docs/quantization.md)")
     parser.add_argument("--no-runtime-check", action="store_true",
                         help="skip running the result as ONNX Runtime runs it (fused INT8 kernels) against its "
                              "QDQ math; the check catches CPUs whose int8 arithmetic saturates")

@@ -94,7 +94,7 @@ def quantize(model: ir.Model | str | os.PathLike, data=None, *, target="x86-cpu"
     `max_error` / `min_agreement` budget keeps sensitive layers at INT8) or "fp8" (E4M3 Q/DQ for
     FP8 GPUs), see quant/low_precision.py. `rounding` (with `data`, INT8 weights): fit the integer
     weights to the float model's layer outputs after insertion (quant/rounding.py): "nearest",
-    "clip", "adaround", "bias", a '+' list of those, "all", or "auto" (the measured default).
+    "clip", "adaround", "bias", "block", a '+' list of those, "all", or "auto" (the measured default).
     Models below opset 13 are upgraded (or get per-tensor
     weights), and the result passes the checker and loads in ONNX Runtime before it is returned.
     `placement`: "measured" (ONNX Runtime targets' default with data: a weighted layer whose INT8

@@ -1,13 +1,14 @@
 """Benchmark: weight rounding fitted to data (quantize --rounding) and refit after pruning.
 
 Quantization: ResNet-20 (CIFAR-10), the MNIST CNN and ShuffleNetV2 (ImageNet, depthwise) from
-../shared, for rounding nearest / clip / adaround / bias / all, in both target styles:
-jetson-orin-nano = TensorRT's QDQ math (ORT, optimizations off), x86-cpu-vnni = as ORT runs the
-artifact (fused integer kernels); side by side with ORT `quantize_static` (QDQ, per channel) and
+../shared and the representative decoder (tests/quant/decoder.py), for rounding nearest / auto /
+clip / adaround / bias / block / all, in both target styles: jetson-orin-nano = TensorRT's QDQ math
+(ORT, optimizations off), x86-cpu (7-bit weights) and x86-cpu-vnni = as ORT runs the artifact
+(fused integer kernels); side by side with ORT `quantize_static` (QDQ, per channel) and
 onnxsim 0.8's `quantize_static` + `correct_bias` + `apply_adaquant` (x86 style: uint8 activations).
 Each configuration runs in a fresh process: its time and peak RSS (ru_maxrss) are its own.
 ResNet-20 / MNIST: top-1 on held-out labelled images; ShuffleNetV2: top-1 agreement with FP32 on
-held-out COCO images (no ImageNet labels here).
+500 crops of the 50 held-out COCO images (no ImageNet labels here); decoder: perplexity / FP32.
 
 Pruning: ResNet-20 with 30/50/70 % of channels removed (prune --granularity channel), top-1 before
 and after `--refit` (least squares against the float model on 1024 images, evaluated on others).
@@ -34,8 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-VARIANTS = ("nearest", "clip", "adaround", "bias", "all")
-TARGETS = ("jetson-orin-nano", "x86-cpu-vnni")
+VARIANTS = ("nearest", "auto", "clip", "adaround", "bias", "block", "all")
+TARGETS = ("jetson-orin-nano", "x86-cpu", "x86-cpu-vnni")
 PEERS = ("ort-quantize_static", "onnxsim-ptq")
 
 
@@ -63,20 +64,30 @@ def load(name: str, calib: int):
         with gzip.open(SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz") as f:
             y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
         return SHARED / "models/mnist_cntk_fp32.onnx", "Input3", x[:calib], x[-2000:], y[-2000:]
+    paths = sorted((SHARED / "data/coco_val2017_100").glob("*.jpg"))
+    return (SHARED / "models/shufflenet-v2-12_from_int8_fp32.onnx", "input", _crops(paths[:min(calib, 50)], False),
+            _crops(paths[50:], True), None)
+
+
+def _crops(paths, ten: bool) -> np.ndarray:
+    """ImageNet preprocessing (short side 256): the centre 224 crop, or (`ten`) the centre and four
+    corner crops and their mirror images, so that 50 held-out images give 500 inputs."""
     from PIL import Image
 
-    images = []
-    for path in sorted((SHARED / "data/coco_val2017_100").glob("*.jpg")):
+    out = []
+    for path in paths:
         im = Image.open(path).convert("RGB")
         w, h = im.size
         s = 256 / min(w, h)
         im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - 224) // 2, (h - 224) // 2
-        a = (np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32) / 255 - MEAN) / STD
-        images.append(a.transpose(2, 0, 1))
-    x = np.stack(images).astype(np.float32)
-    return SHARED / "models/shufflenet-v2-12_from_int8_fp32.onnx", "input", x[:min(calib, 50)], x[50:], None
+        a = (np.asarray(im, np.float32) / 255 - MEAN) / STD
+        h, w = a.shape[:2]
+        corners = [((h - 224) // 2, (w - 224) // 2), (0, 0), (0, w - 224), (h - 224, 0), (h - 224, w - 224)]
+        for top, left in corners if ten else corners[:1]:
+            crop = a[top:top + 224, left:left + 224]
+            for c in (crop, crop[:, ::-1]) if ten else (crop,):
+                out.append(c.transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
 
 
 def top1(model, name, x, labels, reference, optimize: bool) -> float:
@@ -87,8 +98,35 @@ def top1(model, name, x, labels, reference, optimize: bool) -> float:
     return float((pred == (labels if labels is not None else reference)).mean())
 
 
+def decoder_one(target: str, variant: str) -> dict:
+    """The representative decoder (tests/quant/decoder.py, LLM-style outlier channels): perplexity
+    on held-out text as a ratio to FP32, with SmoothQuant off ("plain": where weight fitting has
+    work to do) or the default ("auto"), in this fresh process."""
+    from edgepack import runtime
+    from edgepack.graph import copy_model
+    from edgepack.quant import quantize
+    from tests.quant import decoder as dec
+
+    rounding, _, smooth = variant.partition("/")
+    base = dec.representative()
+    calib = [{"input_ids": dec.windows(dec.corpus(), 64, 32, seed=5)[:, :-1]}]
+    evaluation = dec.windows(dec.corpus(dec.EVAL_FILES), 64, 48, seed=None)
+    ppl0, _ = dec.lm_stats(runtime.session(base), evaluation)
+    model = copy_model(base)
+    start = time.perf_counter()
+    quantize(model, calib, target=target, rounding=rounding, smoothquant=None if smooth == "plain" else "auto",
+             runtime_check=False)
+    seconds = time.perf_counter() - start
+    ppl, _ = dec.lm_stats(runtime.session(model, optimize=target != "jetson-orin-nano"), evaluation)
+    return {"model": "decoder", "target": target, "variant": variant, "fp32": 1.0, "int8": ppl / ppl0,
+            "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "metric": "perplexity / FP32 perplexity"}
+
+
 def one(model_name: str, target: str, variant: str, calib: int) -> dict:
     """One configuration, in this (fresh) process."""
+    if model_name == "decoder":
+        return decoder_one(target, variant)
     from edgepack import io, runtime
     from edgepack.graph import copy_model
     from edgepack.quant import quantize
@@ -214,7 +252,7 @@ def prune_rows(calib: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="resnet20,mnist,shufflenet,prune")
+    parser.add_argument("--only", default="resnet20,mnist,shufflenet,decoder,prune")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "TARGET", "VARIANT"))
     parser.add_argument("--memory-one", nargs=3, metavar=("SAMPLES", "TARGET", "ROUNDING"))
@@ -231,7 +269,9 @@ def main() -> None:
         print(f"\n## {model_name}\n{'target':<18} {'variant':<22} {'fp32':>7} {'int8':>7} {'delta':>7} "
               f"{'time s':>7} {'peak MB':>8}")
         for target in TARGETS:
-            for variant in (*VARIANTS, *PEERS):
+            variants = (*VARIANTS, *PEERS) if model_name != "decoder" else \
+                [f"{v}/{s}" for s in ("plain", "auto") for v in ("nearest", "auto", "clip", "block", "all")]
+            for variant in variants:
                 if variant == "onnxsim-ptq" and target != "x86-cpu-vnni":
                     continue
                 proc = subprocess.run([sys.executable, __file__, "--one", model_name, target, variant,
@@ -241,9 +281,10 @@ def main() -> None:
                     print(f"{target:<18} {variant:<22} failed: {last[:90]}", flush=True)
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                print(f"{target:<18} {variant:<22} {100 * r['fp32']:>7.2f} {100 * r['int8']:>7.2f} "
-                      f"{100 * (r['int8'] - r['fp32']):>+7.2f} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
-        print(f"({r['metric']}, %)" if proc.returncode == 0 else "")
+                k = 1 if model_name == "decoder" else 100
+                print(f"{target:<18} {variant:<22} {k * r['fp32']:>7.2f} {k * r['int8']:>7.3f} "
+                      f"{k * (r['int8'] - r['fp32']):>+7.3f} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
+        print(f"({r['metric']}{', %' if model_name != 'decoder' else ''})" if proc.returncode == 0 else "")
     if "memory" in only:
         print("\n## peak RSS of quantize, ShuffleNetV2 224x224, fresh process each (ru_maxrss)")
         print(f"{'samples':>8} {'target':<18} {'rounding':<10} {'time s':>7} {'peak MB':>8}")
