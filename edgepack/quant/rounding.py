@@ -218,18 +218,22 @@ def _find_layers(model: ir.Model, float_model: ir.Model) -> tuple[list[_Layer], 
     return layers, skipped
 
 
+def _sole_add(value: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
+    """(the Add that is `value`'s only consumer, its other input), or (None, None)."""
+    users = value.uses()
+    if len(users) != 1 or value.is_graph_output():
+        return None, None
+    add = users[0].node
+    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return None, None
+    return add, add.inputs[1] if add.inputs[0] is value else add.inputs[0]
+
+
 def _bias_add(node: ir.Node, channels: int) -> ir.Node | None:
     """The Add(MatMul(x, W), b) whose constant b (one value per output feature) is the layer's
     bias, when the MatMul's output goes nowhere else."""
-    out = node.outputs[0]
-    users = out.uses()
-    if len(users) != 1 or out.is_graph_output():
-        return None
-    add = users[0].node
-    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
-        return None
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    b = const_array(other)
+    add, other = _sole_add(node.outputs[0])
+    b = const_array(other) if add is not None else None
     if b is None or b.size != channels or b.shape[-1] != channels:
         return None
     return add
@@ -247,14 +251,8 @@ def _residual_skip(layer: _Layer, float_by_output: dict) -> tuple[ir.Value, str]
                 or value.is_graph_output():
             break
         value = users[0].node.outputs[0]
-    users = value.uses()
-    if len(users) != 1 or value.is_graph_output():
-        return None
-    add = users[0].node
-    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
-        return None
-    other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
-    if other is None or other.is_initializer() or const_array(other) is not None:
+    add, other = _sole_add(value)
+    if add is None or other is None or other.is_initializer() or const_array(other) is not None:
         return None
     if other.shape is None or value.shape is None or len(other.shape) != len(value.shape) or any(
             isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(other.shape, value.shape)):
