@@ -31,8 +31,8 @@ def register(subparsers):
                              "insertion: nearest (none), clip (per-channel range search), adaround (learned "
                              "up/down rounding), bias (bias correction against the quantized upstream), block "
                              "(a residual block's last layer fitted to the block's output), a '+' list "
-                             "(clip+block), all, or auto (default: adaround, measured best on both target "
-                             "styles; see docs/quantization.md)")
+                             "(clip+block), all, or auto (default: adaround on TensorRT targets and 7-bit-weight "
+                             "CPU targets, where it measured better; nearest elsewhere; see docs/quantization.md)")
     parser.add_argument("--no-runtime-check", action="store_true",
                         help="skip running the result as ONNX Runtime runs it (fused INT8 kernels) against its "
                              "QDQ math; the check catches CPUs whose int8 arithmetic saturates")

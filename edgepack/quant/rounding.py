@@ -48,24 +48,26 @@ ROWS_PER_SAMPLE = 64                # output positions of each sample that enter
 FEED_BUDGET_BYTES = 64 * 2**20     # one batch of model inputs
 
 
-# "auto": what measured better within the time budget (docs/quantization.md, bench_rounding.py,
-# quiet 2-core machine, 256 calibration samples). Learned rounding on both target styles: ShuffleNetV2
-# top-1 agreement with FP32 on 500 held-out COCO crops, x86-cpu (7-bit weights) 0.854 -> 0.904,
-# x86-cpu-vnni 0.904 -> 0.922, TensorRT-style 0.884 -> 0.902 (clip 0.890, clip+adaround 0.896);
-# ResNet-20 top-1 on 2000 held-out images (FP32 81.80) x86-cpu 81.40 -> 82.00, TensorRT-style
-# 81.65 -> 81.95; MNIST equal. Its cost is mostly the per-layer pass over the data that clip needs
-# too (ResNet-20: 12 s of rounding, 2.4 s of it fitting). bias and block did not add to it.
-AUTO = ("adaround",)
+# "auto": what measured better within the time budget (docs/benchmarks.md, bench_rounding.py, 256
+# calibration samples). Learned rounding where INT8 loses accuracy: TensorRT targets (symmetric
+# activations) and CPU targets with 7-bit weights (x86-cpu). ShuffleNetV2 top-1 agreement with FP32
+# on 500 held-out COCO crops: TensorRT-style 89.4 -> 91.0 %, x86-cpu 85.2 -> 90.4 %; ResNet-20 top-1
+# on 2000 held-out images (FP32 81.80): 81.65 -> 81.95, 81.40 -> 82.00; the decoder without
+# SmoothQuant x86-cpu x1.313 -> x1.189 perplexity. With 8-bit weights on ORT (x86-cpu-vnni, arm64)
+# it measured equal or worse (ShuffleNetV2 91.4 -> 91.0, ResNet-20 81.55 -> 81.60, decoder x1.237 ->
+# x1.250): nearest. clip, bias and block did not add to learned rounding.
+AUTO_LEARNED, AUTO_PLAIN = ("adaround",), ()
 
 
 def techniques_for(method: str, policy=None) -> tuple[str, ...]:
     """`method` -> the techniques it runs. "clip+bias" combines; "all" = every one; "auto" is the
-    measured default (AUTO), the same for both target styles."""
+    measured default for the policy (AUTO_LEARNED where INT8 loses accuracy, else AUTO_PLAIN)."""
     method = (method or "nearest").lower()
     if method == "nearest":
         return ()
     if method == "auto":
-        return AUTO
+        learned = policy is not None and (policy.tensorrt or int(policy.weight_qmax) < 127)
+        return AUTO_LEARNED if learned else AUTO_PLAIN
     if method == "all":
         return TECHNIQUES
     parts = tuple(p.strip() for p in method.split("+"))

@@ -85,6 +85,10 @@ def test_techniques_parse():
     assert techniques_for("all") == ("clip", "adaround", "bias", "block")
     with pytest.raises(Exception, match="unknown technique"):
         techniques_for("stochastic")
+    # auto: learned rounding where INT8 measured lossy (TensorRT, 7-bit weights), else nearest
+    auto = {name: techniques_for("auto", QuantPolicy.for_target(load_target(name)))
+            for name in ("jetson-orin-nano", "x86-cpu", "x86-cpu-vnni")}
+    assert auto == {"jetson-orin-nano": ("adaround",), "x86-cpu": ("adaround",), "x86-cpu-vnni": ()}
 
 
 @pytest.mark.parametrize("weight_qmax", [127, 63])
