@@ -200,8 +200,8 @@ def memory(samples: int, target: str, rounding: str) -> dict:
     COCO images, mirrored and shifted to make more), in this fresh process."""
     from edgepack.quant import quantize
 
-    path, name, x, rest, _ = load("shufflenet", 50)
-    pool = np.concatenate([x, rest])
+    path, name = SHARED / "models/shufflenet-v2-12_from_int8_fp32.onnx", "input"
+    pool = _crops(sorted((SHARED / "data/coco_val2017_100").glob("*.jpg")), False)  # 100 centre crops
     pool = np.concatenate([pool, pool[..., ::-1]])
 
     def batches():
