@@ -95,8 +95,12 @@ class Dataset:
 
     def _batches(self, with_labels: bool) -> Iterator[dict[str, np.ndarray]]:
         checked = self._checked_batches(with_labels)
-        if not self.model_batch:
-            yield from checked
+        if not self.model_batch:  # a source's own batches may be larger than asked: cut them (views)
+            for batch in checked:
+                count = len(next(iter(batch.values())))
+                for start in range(0, count, self.batch_size):
+                    yield batch if count <= self.batch_size else {k: v[start:start + self.batch_size]
+                                                                  for k, v in batch.items()}
             return
         yield from _rebatched(checked, self.model_batch, self.description)
 

@@ -13,7 +13,9 @@ ResNet-20 / MNIST: top-1 on held-out labelled images; ShuffleNetV2: top-1 agreem
 Pruning: ResNet-20 with 30/50/70 % of channels removed (prune --granularity channel), top-1 before
 and after `--refit` (least squares against the float model on 1024 images, evaluated on others).
 
-Memory: peak RSS of `quantize` (calibration + rounding) on ShuffleNetV2 with 50 and 400 samples.
+Memory: peak RSS of `quantize` (calibration + rounding) on ShuffleNetV2 with 50 and 400 samples, and on
+a MobileNetV2-shaped model (mobilenet_shape.py: 3.5 M parameters, random weights, 4x ShuffleNetV2's
+largest tensor) with 200 and 400: the issue's 3.5 M-parameter 224x224 case, for memory and time only.
 
     python3 scripts/bench/bench_rounding.py [--only resnet20,mnist,shufflenet,prune,memory] [--calib N]
 """
@@ -38,6 +40,10 @@ MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224,
 VARIANTS = ("nearest", "auto", "clip", "adaround", "bias", "block", "all")
 TARGETS = ("jetson-orin-nano", "x86-cpu", "x86-cpu-vnni")
 PEERS = ("ort-quantize_static", "onnxsim-ptq")
+MEMORY_ROWS = (("shufflenet", 50, "jetson-orin-nano", "nearest"), ("shufflenet", 50, "jetson-orin-nano", "auto"),
+               ("shufflenet", 400, "jetson-orin-nano", "auto"), ("shufflenet", 400, "x86-cpu", "auto"),
+               ("mobilenetv2-shape", 200, "jetson-orin-nano", "auto"), ("mobilenetv2-shape", 200, "x86-cpu", "auto"),
+               ("mobilenetv2-shape", 400, "x86-cpu-vnni", "auto"))
 
 
 def cpu_flags() -> str:
@@ -195,12 +201,18 @@ def _onnxsim(base, batches):
         return io.load(dst, check=False)
 
 
-def memory(samples: int, target: str, rounding: str) -> dict:
-    """Peak RSS of `quantize` on ShuffleNetV2 (224x224) with `samples` calibration images (the 100
-    COCO images, mirrored and shifted to make more), in this fresh process."""
+def memory(model: str, samples: int, target: str, rounding: str) -> dict:
+    """Peak RSS of `quantize` on ShuffleNetV2 or the MobileNetV2-shaped model (224x224) with `samples`
+    calibration images (the 100 COCO images, mirrored and shifted to make more), in this fresh process."""
     from edgepack.quant import quantize
 
-    path, name = SHARED / "models/shufflenet-v2-12_from_int8_fp32.onnx", "input"
+    if model == "shufflenet":
+        path, name = SHARED / "models/shufflenet-v2-12_from_int8_fp32.onnx", "input"
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import mobilenet_shape
+
+        path, name = mobilenet_shape.build(Path(tempfile.mkdtemp()) / "mobilenetv2_shape.onnx"), "input"
     pool = _crops(sorted((SHARED / "data/coco_val2017_100").glob("*.jpg")), False)  # 100 centre crops
     pool = np.concatenate([pool, pool[..., ::-1]])
 
@@ -212,7 +224,8 @@ def memory(samples: int, target: str, rounding: str) -> dict:
     start = time.perf_counter()
     quantize(str(path), list(batches()) if samples <= 64 else _Replay(batches), target=target,
              rounding=rounding, runtime_check=False)
-    return {"samples": samples, "target": target, "rounding": rounding, "seconds": time.perf_counter() - start,
+    return {"model": model, "samples": samples, "target": target, "rounding": rounding,
+            "seconds": time.perf_counter() - start,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -255,10 +268,11 @@ def main() -> None:
     parser.add_argument("--only", default="resnet20,mnist,shufflenet,decoder,prune")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "TARGET", "VARIANT"))
-    parser.add_argument("--memory-one", nargs=3, metavar=("SAMPLES", "TARGET", "ROUNDING"))
+    parser.add_argument("--memory-one", nargs=4, metavar=("MODEL", "SAMPLES", "TARGET", "ROUNDING"))
     args = parser.parse_args()
     if args.memory_one:
-        print(json.dumps(memory(int(args.memory_one[0]), *args.memory_one[1:])))
+        model, samples, target, rounding = args.memory_one
+        print(json.dumps(memory(model, int(samples), target, rounding)))
         return
     if args.one:
         print(json.dumps(one(*args.one, args.calib)))
@@ -286,17 +300,17 @@ def main() -> None:
                       f"{k * (r['int8'] - r['fp32']):>+7.3f} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
         print(f"({r['metric']}{', %' if model_name != 'decoder' else ''})" if proc.returncode == 0 else "")
     if "memory" in only:
-        print("\n## peak RSS of quantize, ShuffleNetV2 224x224, fresh process each (ru_maxrss)")
-        print(f"{'samples':>8} {'target':<18} {'rounding':<10} {'time s':>7} {'peak MB':>8}")
-        for samples, target, rounding in ((50, "jetson-orin-nano", "nearest"), (50, "jetson-orin-nano", "auto"),
-                                          (400, "jetson-orin-nano", "auto"), (400, "x86-cpu", "auto")):
-            proc = subprocess.run([sys.executable, __file__, "--memory-one", str(samples), target, rounding],
+        print("\n## peak RSS of quantize, 224x224, fresh process each (ru_maxrss)")
+        print(f"{'model':<18} {'samples':>8} {'target':<18} {'rounding':<10} {'time s':>7} {'peak MB':>8}")
+        for model, samples, target, rounding in MEMORY_ROWS:
+            proc = subprocess.run([sys.executable, __file__, "--memory-one", model, str(samples), target, rounding],
                                   capture_output=True, text=True)
+            head = f"{model:<18} {samples:>8} {target:<18} {rounding:<10}"
             if proc.returncode:
-                print(f"{samples:>8} {target:<18} {rounding:<10} failed: {proc.stderr.strip().splitlines()[-1][:80]}")
+                print(f"{head} failed: {proc.stderr.strip().splitlines()[-1][:80]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{samples:>8} {target:<18} {rounding:<10} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
+            print(f"{head} {r['seconds']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
     if "prune" in only:
         print(f"\n## ResNet-20, channels pruned, then --refit ({max(args.calib, 1024)} images; top-1 on 2000 others)")
         print(f"{'sparsity':>8} {'fp32':>7} {'pruned':>7} {'refit':>7} {'recovered':>10} {'refit s':>8}")

@@ -101,3 +101,32 @@ def test_probe_ranges_equal_numpy_extremes_and_only_restricts():
     assert only["r"][0] >= 0 and only["r"][1] <= rs.max() + 1e-6
     assert isinstance(model, ir.Model) and [n.op_type for n in model.graph] == ["Conv", "Relu", "Conv"]
     io.check_model(model)  # the input model is untouched by calibration
+
+
+def test_a_sources_large_batches_are_cut_to_the_batch_size():
+    """A source handing over 16 samples at once is read `batch_size` at a time (views, same order):
+    calibration's memory budget holds whatever batches the caller makes."""
+    x = np.arange(2 * 16 * 48, dtype=np.float32).reshape(32, 3, 4, 4)
+    batches = list(open_dataset([{"x": x[:16]}, {"x": x[16:]}], RGB_SPEC, batch_size=3))
+    assert [len(b["x"]) for b in batches] == [3, 3, 3, 3, 3, 1] * 2
+    assert np.array_equal(np.concatenate([b["x"] for b in batches]), x)
+
+
+def test_calibration_runs_at_most_the_batch_its_activation_budget_allows(monkeypatch):
+    from edgepack import runtime
+    import importlib
+
+    calibrate_module = importlib.import_module("edgepack.calib.calibrate")
+    per_sample = 4 * 2 * 5 * 5 * 4  # x, c, r, y: float32 [2, 5, 5] each
+    monkeypatch.setattr(calibrate_module, "ACTIVATION_BUDGET_BYTES", 2 * per_sample)
+    seen = []
+    real_run = runtime.run
+
+    def counting_run(session, names, feeds, **kwargs):
+        seen.append(len(feeds["x"]))
+        return real_run(session, names, feeds, **kwargs)
+
+    monkeypatch.setattr(runtime, "run", counting_run)
+    data = [{"x": np.random.default_rng(0).standard_normal((16, 2, 5, 5)).astype(np.float32)}]
+    whole = calibrate(model_from_text(CONV_RELU_CONV), data, method="minmax", progress=False)
+    assert seen and max(seen) == 2 and sum(seen) == 16 and whole.samples == 16
