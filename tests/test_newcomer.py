@@ -77,7 +77,8 @@ def test_the_api_takes_the_flags_names(tmp_path):
     for file in sorted(COCO.iterdir())[:4]:
         shutil.copy(file, photos)
     result = edgepack.quantize(str(MODEL), str(photos), target="x86-cpu", resize=256, crop=224, scale=1,
-                               mean=(104, 117, 123), channel_order="BGR", runtime_check=False, equalize=False)
+                               mean=(104, 117, 123), channel_order="BGR", runtime_check=False, equalize=False,
+                               rounding="nearest")
     recorded = json.loads(result.model.metadata_props["edgepack.preprocess"])
     assert recorded == {"resize": 256, "interpolation": "bilinear", "crop": 224, "scale": 1.0,
                         "channel_order": "BGR", "mean": [104.0, 117.0, 123.0], "layout": "NHWC:NCHW"}

@@ -131,8 +131,8 @@ def _cifar(count: int) -> np.ndarray:
 def test_block_target_lowers_residual_block_output_error():
     """ResNet-20's residual blocks: fitted to the block's output (Add: conv2 + skip) instead of
     conv2's own, the block outputs of held-out images are closer to the float model's."""
-    images = _cifar(640)
-    calib, held_out = [{"input": images[:128]}], images[128:]
+    images = _cifar(320)
+    calib, held_out = [{"input": images[:64]}], images[64:]
     nearest, teacher, policy, _ = _quantized("x86-cpu", calib, "resnet20_cifar10.onnx")
     adds = [n.outputs[0].name for n in teacher.graph if n.op_type == "Add"]
     want = runtime.session(_cone(teacher, adds)).run(adds, {"input": held_out})

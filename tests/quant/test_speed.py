@@ -66,7 +66,7 @@ def test_shufflenet_fc_becomes_qgemm_and_nothing_is_dequantized_per_run(tmp_path
     rng = np.random.default_rng(0)
     data = [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
     quantize(SHARED_MODELS / "shufflenet-v2-12_from_int8_fp32.onnx", data, target="x86-cpu", runtime_check=False,
-             speed_check=False, placement="rules", equalize=False, output=tmp_path / "q.onnx")
+             speed_check=False, placement="rules", equalize=False, rounding="nearest", output=tmp_path / "q.onnx")
     report = fusion_report(tmp_path / "q.onnx")
     assert report.clean and not report.float_weighted, report.to_json()
     assert report.ops.get("com.microsoft::QGemm") == 1 and report.ops.get("com.microsoft::QLinearConcat") == 16
