@@ -106,8 +106,7 @@ def test_runtime_check_resnet20_fused_matches_qdq_math(tmp_path):
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     x = ((images / np.float32(255) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
     calib = [{"input": x[i:i + 16]} for i in range(0, 48, 16)]
-    result = quantize(SHARED_MODELS / "resnet20_cifar10.onnx", calib, target="x86-cpu", method="minmax",
-                      rounding="nearest")
+    result = quantize(SHARED_MODELS / "resnet20_cifar10.onnx", calib, target="x86-cpu", method="minmax")
     check = result.runtime_check
     assert check.ok, check.message
     assert check.runtime_sqnr_db >= check.quantization_sqnr_db + 3
